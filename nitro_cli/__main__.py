@@ -1,0 +1,3 @@
+from nitro_cli.cli import main
+
+main()

@@ -1,0 +1,70 @@
+"""The `nitro` command: wiring only. Each command lives in its own module under `commands/`."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+
+import typer
+
+from nitro_cli import __version__
+from nitro_cli.commands import bench, checklist, doctor, generate
+from nitro_cli.errors import EXIT_INTERRUPTED, NitroError
+
+app = typer.Typer(
+    name="nitro",
+    help="Run Stable Diffusion 1.x models (Nitro-Diffusion first) as fast and as lean as your GPU allows.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=False,
+)
+
+
+def _report(exc: NitroError) -> None:
+    print(f"Error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"Hint: {exc.hint}", file=sys.stderr)
+
+
+def guarded(command):
+    """Expected failures become `Error:`/`Hint:` lines and the contract's exit code (traceback with NITRO_DEBUG=1)."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except NitroError as exc:
+            if os.environ.get("NITRO_DEBUG"):
+                traceback.print_exc()
+            _report(exc)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            print("Interrupted.", file=sys.stderr)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    return run
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"nitro {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Show the version and exit.")) -> None:
+    """Run Stable Diffusion 1.x models (Nitro-Diffusion first) as fast and as lean as your GPU allows."""
+
+
+app.command("generate")(guarded(generate.generate))
+app.command("bench")(guarded(bench.bench))
+app.command("checklist")(guarded(checklist.checklist))
+app.command("doctor")(guarded(doctor.doctor))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,197 @@
+"""Where pipelines come from: the built-in `random:` models, hub ids, local folders and single files.
+
+The `random:` models are built from a fixed seed, so every process (and every preset inside one
+bench run) gets the same weights, and need no download. `random:sd15` has Nitro-Diffusion's exact
+architecture, so its speed and memory are the real model's; its pictures are noise.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from nitro_cli.errors import UsageError
+
+DEFAULT_MODEL = "nitrosocke/Nitro-Diffusion"
+RANDOM_MODELS = ("random:tiny", "random:sd15")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+CLIP_MAX_TOKENS = 77
+CLIP_VOCAB_SIZE = 49408
+RANDOM_SEED = 0
+
+# Nitro-Diffusion's scheduler_config.json (PNDM, as its model card ships it).
+NITRO_SCHEDULER_CONFIG = {
+    "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000, "skip_prk_steps": True, "steps_offset": 1,
+    "set_alpha_to_one": False, "clip_sample": False,
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What `--model` named, classified once: `kind` is random, folder, single_file or hub."""
+
+    spec: str
+    kind: str
+
+    @property
+    def is_random(self) -> bool:
+        return self.kind == "random"
+
+
+def resolve_model(spec: str | None) -> ModelSource:
+    """Classify `--model` without loading anything; a bad local path is a usage error (exit 2)."""
+    spec = spec or DEFAULT_MODEL
+    if spec.startswith("random:"):
+        if spec not in RANDOM_MODELS:
+            raise UsageError(f"unknown built-in model '{spec}'", hint=f"built-in models: {', '.join(RANDOM_MODELS)}")
+        return ModelSource(spec, "random")
+    path = Path(spec).expanduser()
+    if path.suffix in SINGLE_FILE_SUFFIXES:
+        if not path.is_file():
+            raise UsageError(f"model file not found: {spec}", hint="check the path, or try --model random:tiny for a dry run")
+        return ModelSource(str(path), "single_file")
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise UsageError(f"{spec} is a folder but not a diffusers pipeline (no model_index.json)",
+                             hint="save one with pipe.save_pretrained(DIR), or give a hub id or a .safetensors file")
+        return ModelSource(str(path), "folder")
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise UsageError(f"model not found: {spec} is neither a folder nor a hub id (owner/name)",
+                         hint="give a diffusers folder, a .safetensors/.ckpt file, owner/name, or random:tiny")
+    return ModelSource(spec, "hub")
+
+
+@lru_cache(maxsize=1)
+def _clip_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP's vocabulary and merges, rebuilt from its BPE file the way CLIP itself builds them."""
+    raw = (resources.files("nitro_cli") / "assets" / "bpe_simple_vocab_16e6.txt.gz").read_bytes()
+    lines = gzip.decompress(raw).decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1:CLIP_VOCAB_SIZE - 256 * 2 - 2 + 1]]
+    byte_chars = list(_bytes_to_unicode().values())
+    tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {token: index for index, token in enumerate(tokens)}, merges
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible map from bytes to printable characters."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def clip_tokenizer():
+    """A CLIPTokenizer equal to Nitro-Diffusion's (same vocabulary, merges and 77-token limit)."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _clip_bpe()
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_TOKENS)
+
+
+def _random_configs(name: str) -> dict[str, dict[str, Any]]:
+    """Component configs: SD 1.x's real shapes for sd15, a few-MB miniature for tiny."""
+    if name == "random:sd15":
+        return {
+            "unet": dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8),  # SD 1.x defaults otherwise
+            "vae": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        sample_size=512, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4),
+            "text": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                         projection_dim=768, hidden_act="quick_gelu"),
+            "vision": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                           image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu"),
+        }
+    return {
+        "unet": dict(sample_size=64, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+                     attention_head_dim=4, norm_num_groups=8,
+                     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")),
+        # Four VAE blocks, as in SD: 8x downscaling keeps 512x512 at 64x64 latents, cheap on a CPU.
+        "vae": dict(block_out_channels=(8, 16, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                    sample_size=512, down_block_types=("DownEncoderBlock2D",) * 4,
+                    up_block_types=("UpDecoderBlock2D",) * 4),
+        "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     projection_dim=32),
+        "vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       image_size=224, patch_size=32, projection_dim=32),
+    }
+
+
+def build_random_pipeline(name: str, device: str = "cpu"):
+    """A StableDiffusionPipeline with seeded random weights, built directly on `device` (fp32)."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig
+
+    configs = _random_configs(name)
+    text_config = CLIPTextConfig(vocab_size=CLIP_VOCAB_SIZE, max_position_embeddings=CLIP_MAX_TOKENS,
+                                 bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **configs["text"])
+    # Built on the target device with a fixed seed: same weights in every process, no slow CPU init on a GPU.
+    with torch.device(device):
+        torch.manual_seed(RANDOM_SEED)
+        unet = UNet2DConditionModel(**configs["unet"])
+        torch.manual_seed(RANDOM_SEED + 1)
+        vae = AutoencoderKL(**configs["vae"])
+        torch.manual_seed(RANDOM_SEED + 2)
+        text_encoder = CLIPTextModel(text_config)
+        torch.manual_seed(RANDOM_SEED + 3)
+        safety_checker = StableDiffusionSafetyChecker(CLIPConfig(
+            text_config=text_config.to_dict(), vision_config=CLIPVisionConfig(**configs["vision"]).to_dict(),
+            projection_dim=configs["vision"]["projection_dim"]))
+    image_size = configs["vision"]["image_size"]
+    return StableDiffusionPipeline(
+        unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=clip_tokenizer(),
+        scheduler=PNDMScheduler.from_config(NITRO_SCHEDULER_CONFIG),
+        safety_checker=safety_checker.eval(),
+        feature_extractor=CLIPImageProcessor(crop_size=image_size, size={"shortest_edge": image_size}),
+        requires_safety_checker=False,
+    )
+
+
+def _missing_model_hint(source: ModelSource) -> str:
+    if source.kind == "single_file":
+        return ("a single-file checkpoint needs its SD 1.x config: run once online so diffusers caches it, "
+                "or convert the file to a diffusers folder; or try --model random:tiny for a dry run")
+    return (f"download it once while online (`hf download {source.spec}`), unset HF_HUB_OFFLINE if it is set, "
+            "or try --model random:tiny for a dry run")
+
+
+def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool, device: str = "cpu",
+                  quantization_config=None):
+    """The pipeline behind `source`, in `torch_dtype`. A model that can't be had is exit 2 with a hint."""
+    from diffusers import StableDiffusionPipeline
+
+    if source.is_random:
+        if quantization_config is not None:
+            raise UsageError("quantization needs a saved model folder",
+                             hint="save the random model with `pipe.save_pretrained(DIR)` and pass --model DIR")
+        pipe = build_random_pipeline(source.spec, device=device).to(dtype=torch_dtype)
+        if not with_safety_checker:
+            pipe.safety_checker = None
+        return pipe
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if not with_safety_checker:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    try:
+        if source.kind == "single_file":
+            return StableDiffusionPipeline.from_single_file(source.spec, **kwargs)
+        return StableDiffusionPipeline.from_pretrained(source.spec, **kwargs)
+    except (OSError, ValueError) as exc:
+        # huggingface_hub's not-found and offline errors are OSError subclasses; bad repos raise ValueError.
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"model '{source.spec}' could not be loaded: {first_line}",
+                         hint=_missing_model_hint(source)) from exc

@@ -1,0 +1,27 @@
+"""Options shared by several commands, declared once (Typer `Annotated` aliases)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+ModelOption = Annotated[Optional[str], typer.Option(
+    "--model", "-m", metavar="MODEL",
+    help="Hub id (owner/name), diffusers folder, .safetensors/.ckpt file, or random:tiny / random:sd15. "
+         "[default: nitrosocke/Nitro-Diffusion]")]
+SetOption = Annotated[Optional[list[str]], typer.Option(
+    "--set", metavar="KEY=VALUE", help="Override one preset field (repeatable; dotted keys for groups, e.g. vae.tiling=true).")]
+DeviceOption = Annotated[Device, typer.Option("--device", help="Where to run: the first CUDA GPU if any (auto), or force one.")]
+StepsOption = Annotated[Optional[int], typer.Option("--steps", help="Denoising steps (overrides the preset).")]
+WidthOption = Annotated[Optional[int], typer.Option("--width", help="Image width, a multiple of 8 (overrides the preset).")]
+HeightOption = Annotated[Optional[int], typer.Option("--height", help="Image height, a multiple of 8 (overrides the preset).")]
+BatchSizeOption = Annotated[Optional[int], typer.Option("--batch-size", help="Images per pipeline call (overrides the preset).")]

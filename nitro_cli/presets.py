@@ -1,0 +1,253 @@
+"""Presets: plain data loaded from YAML. No torch here: `nitro --help` and `checklist` stay fast.
+
+A preset file holds the fields of `Preset`; nested groups (`vae:`) are written as YAML mappings and
+reached from the command line with dotted keys (`--set vae.tiling=true`). Unknown keys, wrong types
+and out-of-range values are usage errors (exit 2) that name the key, the file and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nitro_cli.errors import UsageError
+
+PRECISIONS = ("float32", "float16", "bfloat16")
+ATTENTIONS = ("sdpa", "xformers", "sliced")
+OFFLOADS = ("none", "model", "sequential")
+QUANTIZATIONS = ("none", "int8", "nf4")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+
+# Scheduler key -> the sampler name AUTOMATIC1111 writes in its infotext (and users know).
+SAMPLER_NAMES = {
+    "pndm": "PNDM",
+    "euler_a": "Euler a",
+    "euler": "Euler",
+    "dpmpp_2m": "DPM++ 2M",
+    "dpmpp_2m_karras": "DPM++ 2M Karras",
+    "lms": "LMS",
+    "ddim": "DDIM",
+    "unipc": "UniPC",
+}
+
+
+def _setting(default: Any, *, choices: tuple = (), minimum: float | None = None,
+             maximum: float | None = None, multiple_of: int | None = None) -> Any:
+    """A preset field with the rules its YAML value must follow."""
+    rules = {"choices": choices, "min": minimum, "max": maximum, "multiple_of": multiple_of}
+    return field(default=default, metadata=rules)
+
+
+@dataclass(frozen=True)
+class VaeSettings:
+    slicing: bool = _setting(False)
+    tiling: bool = _setting(False)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One tier's settings. Defaults are the untuned baseline: plain diffusers as the article ran it."""
+
+    # Descriptive: shown by checklist and bench, change nothing in the pipeline.
+    tier: str = _setting("custom")
+    scenario: str = _setting("")
+    claimed: str = _setting("")
+    # What the pipeline builder applies.
+    precision: str = _setting("float32", choices=PRECISIONS)
+    attention: str = _setting("sdpa", choices=ATTENTIONS)
+    scheduler: str = _setting("pndm", choices=tuple(SAMPLER_NAMES))
+    safety_checker: bool = _setting(True)
+    offload: str = _setting("none", choices=OFFLOADS)
+    quantization: str = _setting("none", choices=QUANTIZATIONS)
+    vae: VaeSettings = field(default_factory=VaeSettings)
+    compile: str = _setting("none", choices=COMPILE_MODES)
+    channels_last: bool = _setting(False)
+    fuse_qkv: bool = _setting(False)
+    # What generate and bench apply per call.
+    prompt_cache: bool = _setting(False)
+    steps: int = _setting(50, minimum=1, maximum=1000)
+    guidance: float = _setting(7.5, minimum=0.0, maximum=50.0)
+    width: int = _setting(512, minimum=64, maximum=4096, multiple_of=8)
+    height: int = _setting(512, minimum=64, maximum=4096, multiple_of=8)
+    batch_size: int = _setting(1, minimum=1, maximum=64)
+
+
+@dataclass(frozen=True)
+class LoadedPreset:
+    """A validated preset with where it came from (for messages, tables and metadata)."""
+
+    name: str
+    source: str
+    settings: Preset
+
+
+def shipped_dir() -> Path:
+    """The folder of shipped presets: inside the wheel, or `presets/` beside the source tree."""
+    packaged = resources.files("nitro_cli") / "presets"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "presets"
+
+
+def shipped_names() -> list[str]:
+    return sorted(p.stem for p in shipped_dir().glob("*.yaml"))
+
+
+def _closest(word: str, options: list[str]) -> str | None:
+    matches = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
+    return matches[0] if matches else None
+
+
+def resolve_path(name_or_path: str) -> Path:
+    """A shipped preset's name, or a path to the user's own YAML file."""
+    path = Path(name_or_path).expanduser()
+    looks_like_path = path.suffix in (".yaml", ".yml") or "/" in name_or_path or path.exists()
+    if looks_like_path:
+        if not path.is_file():
+            raise UsageError(f"preset file not found: {name_or_path}",
+                             hint=f"shipped presets: {', '.join(shipped_names())}")
+        return path
+    candidate = shipped_dir() / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    names = shipped_names()
+    close = _closest(name_or_path, names)
+    hint = f"did you mean '{close}'? " if close else ""
+    raise UsageError(f"unknown preset '{name_or_path}'",
+                     hint=f"{hint}shipped presets: {', '.join(names)}; or give a path to a .yaml file")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` pairs into a nested mapping; values are YAML scalars (`true`, `20`, `7.5`)."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set {pair!r}: expected KEY=VALUE", hint="e.g. --set steps=20 --set vae.tiling=true")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        target = nested
+        *parents, leaf = key.strip().split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise UsageError(f"--set {pair!r}: '{parent}' is set both as a value and as a group")
+        target[leaf] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _check_value(key: str, value: Any, f: dataclasses.Field) -> Any:
+    """The value converted to the field's type, or a message saying what is allowed."""
+    rules = f.metadata
+    kind = {"bool": bool, "int": int, "float": float, "str": str}[f.type]  # annotations are strings here
+    if kind is bool and not isinstance(value, bool):
+        raise ValueError(f"'{key}' must be true or false, not {value!r}")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"'{key}' must be a whole number, not {value!r}")
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"'{key}' must be a number, not {value!r}")
+        value = float(value)
+    if kind is str and not isinstance(value, str):
+        raise ValueError(f"'{key}' must be text, not {value!r}"
+                         + (f"; allowed: {', '.join(rules['choices'])}" if rules.get("choices") else ""))
+    if rules.get("choices") and value not in rules["choices"]:
+        close = _closest(str(value), list(rules["choices"]))
+        guess = f" (did you mean '{close}'?)" if close else ""
+        raise ValueError(f"'{key}' is {value!r}{guess}; allowed: {', '.join(rules['choices'])}")
+    if rules.get("min") is not None and value < rules["min"]:
+        raise ValueError(f"'{key}' must be at least {rules['min']}, not {value!r}")
+    if rules.get("max") is not None and value > rules["max"]:
+        raise ValueError(f"'{key}' must be at most {rules['max']}, not {value!r}")
+    if rules.get("multiple_of") and value % rules["multiple_of"]:
+        raise ValueError(f"'{key}' must be a multiple of {rules['multiple_of']}, not {value!r}")
+    return value
+
+
+def _group(f: dataclasses.Field) -> type | None:
+    """The settings class of a nested group (`vae`), or None for a plain value."""
+    factory = f.default_factory
+    return factory if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory) else None
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            close = _closest(str(key), list(fields))
+            guess = f"did you mean '{prefix}{close}'? " if close else ""
+            raise ValueError(f"unknown key '{dotted}'", f"{guess}valid keys: {', '.join(all_keys(cls, prefix))}")
+        group = _group(fields[key])
+        if group is None:
+            values[key] = _check_value(dotted, value, fields[key])
+        elif isinstance(value, dict):
+            values[key] = _build(group, value, dotted + ".")
+        else:
+            raise ValueError(f"'{dotted}' is a group: set its keys ({', '.join(all_keys(group, dotted + '.'))})")
+    return cls(**values)
+
+
+def all_keys(cls: type = Preset, prefix: str = "") -> list[str]:
+    """Every settable key, nested ones dotted: what `--set` accepts."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        group = _group(f)
+        if group is not None:
+            keys += all_keys(group, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def flatten(preset: Preset, prefix: str = "") -> dict[str, Any]:
+    """The preset as `{dotted key: value}`: for tables, JSON and checklist items."""
+    flat = {}
+    for f in dataclasses.fields(preset):
+        value = getattr(preset, f.name)
+        if dataclasses.is_dataclass(value):
+            flat.update(flatten(value, f"{prefix}{f.name}."))
+        else:
+            flat[f"{prefix}{f.name}"] = value
+    return flat
+
+
+def load_preset(name_or_path: str, overrides: list[str] | None = None) -> LoadedPreset:
+    """Read, merge `--set` overrides into, and validate one preset."""
+    path = resolve_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UsageError(f"preset {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"preset {path} must be a mapping of keys to values, not {type(data).__name__}")
+    try:
+        settings = _build(Preset, data)
+    except ValueError as exc:
+        raise UsageError(f"preset {path}: {exc.args[0]}", hint=exc.args[1] if len(exc.args) > 1 else None) from None
+    if overrides:
+        try:
+            settings = _build(Preset, _merge(data, parse_overrides(overrides)))
+        except ValueError as exc:
+            raise UsageError(f"--set (preset {path}): {exc.args[0]}",
+                             hint=exc.args[1] if len(exc.args) > 1 else None) from None
+    return LoadedPreset(name=path.stem, source=str(path), settings=settings)

@@ -1,0 +1,42 @@
+"""Shared fixtures: every test runs offline, with its own Hugging Face cache and a temporary folder."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+# Tiny settings so that one image costs well under a second on a CPU.
+FAST = ["--model", "random:tiny", "--steps", "2", "--width", "64", "--height", "64", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def offline_env(monkeypatch, tmp_path_factory):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
+    monkeypatch.delenv("NITRO_DEBUG", raising=False)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """`random:tiny` saved as an ordinary diffusers folder: the real-model loading path, offline."""
+    from nitro_cli.models import build_random_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny_model")
+    build_random_pipeline("random:tiny").save_pretrained(folder)
+    return folder
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)

@@ -1,0 +1,100 @@
+"""The pipeline builder: every shipped preset builds on a CPU, degrading what this machine can't do."""
+
+import dataclasses
+
+import pytest
+
+from nitro_cli import hardware
+from nitro_cli.builder import build_pipeline, resolve_device
+from nitro_cli.errors import UsageError
+from nitro_cli.presets import load_preset
+
+
+def cpu_machine(**changes) -> hardware.Machine:
+    machine = hardware.Machine(python="3.11", os="test", packages={}, cuda_available=False, compiler_available=True)
+    return dataclasses.replace(machine, **changes)
+
+
+def skipped_names(built):
+    return [what for what, _ in built.skipped]
+
+
+@pytest.mark.parametrize("name", ["baseline", "beginner", "advanced", "expert", "deploy"])
+def test_shipped_preset_builds_random_tiny(name):
+    built = build_pipeline(load_preset(name).settings, "random:tiny", "cpu", cpu_machine())
+    assert built.device == "cpu" and built.dtype == "float32"
+    assert built.pipe.unet.device.type == "cpu"
+    assert any(a.startswith("scheduler ") for a in built.applied)
+
+
+def test_half_precision_on_cpu_degrades_to_fp32_with_a_reason(capsys):
+    built = build_pipeline(load_preset("beginner").settings, "random:tiny", "cpu", cpu_machine())
+    assert built.dtype == "float32"
+    assert next(b for b in built.pipe.unet.parameters()).dtype.is_floating_point
+    assert str(next(built.pipe.unet.parameters()).dtype) == "torch.float32"
+    assert ("float16", "CPU without native half precision: float32 used") in built.skipped
+    assert "Warning: float16 skipped" in capsys.readouterr().err
+
+
+def test_advanced_applies_its_eager_optimizations():
+    built = build_pipeline(load_preset("advanced").settings, "random:tiny", "cpu", cpu_machine())
+    assert "fused QKV projections" in built.applied
+    assert "channels_last (unet, vae)" in built.applied
+    assert "no safety checker" in built.applied and built.pipe.safety_checker is None
+    assert type(built.pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert built.pipe.scheduler.config.use_karras_sigmas is True
+
+
+def test_xformers_on_cpu_falls_back_to_sdpa():
+    settings = load_preset("beginner", ["attention=xformers"]).settings
+    built = build_pipeline(settings, "random:tiny", "cpu", cpu_machine())
+    assert "xformers" in skipped_names(built)
+    assert "SDPA attention" in built.applied
+
+
+def test_compile_without_a_compiler_runs_eager():
+    built = build_pipeline(load_preset("expert").settings, "random:tiny", "cpu", cpu_machine(compiler_available=False))
+    assert "torch.compile (reduce-overhead)" in skipped_names(built)
+    assert not any("torch.compile" in a for a in built.applied)
+
+
+def test_reduce_overhead_on_cpu_compiles_in_default_mode():
+    built = build_pipeline(load_preset("expert").settings, "random:tiny", "cpu", cpu_machine())
+    assert "CUDA graphs (reduce-overhead)" in skipped_names(built)
+    assert "torch.compile unet (default); the first call compiles" in built.applied
+
+
+def test_offload_on_cpu_is_skipped():
+    built = build_pipeline(load_preset("beginner", ["offload=model"]).settings, "random:tiny", "cpu", cpu_machine())
+    assert "model CPU offload" in skipped_names(built)
+
+
+def test_vae_slicing_and_tiling_are_applied():
+    settings = load_preset("beginner", ["vae.slicing=true", "vae.tiling=true"]).settings
+    built = build_pipeline(settings, "random:tiny", "cpu", cpu_machine())
+    assert built.pipe.vae.use_slicing and built.pipe.vae.use_tiling
+    assert {"VAE slicing", "VAE tiling"} <= set(built.applied)
+
+
+def test_quantization_without_bitsandbytes_is_a_usage_error_with_install_hint(monkeypatch):
+    monkeypatch.setattr(hardware, "package_version", lambda name: None)
+    with pytest.raises(UsageError) as caught:
+        build_pipeline(load_preset("beginner", ["quantization=int8"]).settings, "random:tiny", "cpu", cpu_machine())
+    assert "bitsandbytes" in caught.value.message
+    assert "nitro-cli[quant]" in caught.value.hint
+
+
+def test_cuda_without_a_gpu_is_a_usage_error():
+    with pytest.raises(UsageError, match="no CUDA GPU"):
+        resolve_device("cuda", cpu_machine())
+    assert resolve_device("auto", cpu_machine()) == "cpu"
+
+
+def test_fp16_on_a_card_without_fast_fp16_uses_fp32():
+    gtx = hardware.GpuInfo(0, "NVIDIA GeForce GTX 1660 SUPER", (7, 5), 6144, 6000, bf16=False)
+    machine = cpu_machine(cuda_available=True, gpus=(gtx,))
+    from nitro_cli.builder import _pick_dtype
+
+    skipped = []
+    dtype = _pick_dtype(load_preset("beginner").settings, "cuda", machine, lambda what, why: skipped.append(what))
+    assert dtype == "float32" and skipped == ["float16"]

@@ -1,0 +1,76 @@
+"""Models: the built-in random ones, local folders, and errors for models that can't be had."""
+
+import json
+
+import pytest
+
+from nitro_cli.cli import app
+from nitro_cli.models import build_random_pipeline, clip_tokenizer, resolve_model
+from tests.conftest import FAST
+
+
+def test_tokenizer_splits_like_clip():
+    tokenizer = clip_tokenizer()
+    # Token ids of OpenAI CLIP's vocabulary, as Nitro-Diffusion's tokenizer gives them.
+    assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert len(tokenizer.get_vocab()) == 49408
+    assert tokenizer.model_max_length == 77
+
+
+def test_random_tiny_is_deterministic_and_small():
+    first, second = build_random_pipeline("random:tiny"), build_random_pipeline("random:tiny")
+    for a, b in zip(first.unet.parameters(), second.unet.parameters()):
+        assert a.equal(b)
+    size_mb = sum(p.numel() * 4 for m in (first.unet, first.vae, first.text_encoder) for p in m.parameters()) / 1e6
+    assert size_mb < 20
+
+
+def test_random_sd15_has_nitro_diffusions_shapes():
+    import torch
+
+    # On the meta device: the shapes of 1.2B parameters without paying for their random values.
+    with torch.device("meta"):
+        pipe = build_random_pipeline("random:sd15", device="meta")
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert pipe.unet.config.cross_attention_dim == 768
+    assert tuple(pipe.unet.config.block_out_channels) == (320, 640, 1280, 1280)
+    assert 855e6 < count(pipe.unet) < 865e6  # SD 1.x UNet: 859.5M
+    assert 120e6 < count(pipe.text_encoder) < 125e6  # CLIP ViT-L/14 text: 123M
+    assert 80e6 < count(pipe.vae) < 85e6  # SD VAE: 83.7M
+    assert 300e6 < count(pipe.safety_checker) < 310e6  # CLIP ViT-L/14 vision + projection
+
+
+def test_saved_folder_loads_as_a_real_model(runner, tiny_model_dir, tmp_path):
+    assert resolve_model(str(tiny_model_dir)).kind == "folder"
+    args = [a for a in FAST if a not in ("--model", "random:tiny")]
+    result = runner.invoke(app, ["generate", "castle", "--model", str(tiny_model_dir), "--out", str(tmp_path),
+                                 "--seed", "1", "--json", *args])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["model"] == str(tiny_model_dir)
+
+
+@pytest.mark.parametrize("model, expected", [
+    ("nitrosocke/not-a-cached-model", "could not be loaded"),
+    ("./no/such/folder", "not found"),
+    ("missing.safetensors", "model file not found"),
+    ("random:huge", "unknown built-in model"),
+])
+def test_model_that_cannot_be_had_is_exit_2_without_traceback(runner, tmp_path, model, expected):
+    args = [a for a in FAST if a not in ("--model", "random:tiny")]
+    result = runner.invoke(app, ["generate", "castle", "--model", model, "--out", str(tmp_path), *args])
+    assert result.exit_code == 2, result.output
+    assert expected in result.output
+    assert "Hint:" in result.output and "Traceback" not in result.output
+
+
+def test_folder_without_model_index_is_exit_2(runner, tmp_path):
+    result = runner.invoke(app, ["generate", "castle", "--model", str(tmp_path), "--out", str(tmp_path / "o"),
+                                 "--device", "cpu"])
+    assert result.exit_code == 2 and "model_index.json" in result.output
+
+
+def test_debug_env_shows_the_traceback(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("NITRO_DEBUG", "1")
+    result = runner.invoke(app, ["generate", "castle", "--model", "random:huge", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "Traceback" in result.output

@@ -1,0 +1,99 @@
+"""Presets: shipped files load, overrides apply, every class of bad input is exit 2 naming the problem."""
+
+import pytest
+
+from nitro_cli.cli import app
+from nitro_cli.errors import UsageError
+from nitro_cli.presets import all_keys, flatten, load_preset, shipped_names
+from tests.conftest import FAST
+
+SHIPPED = ["baseline", "beginner", "advanced", "expert", "deploy"]
+
+
+def test_every_tier_is_shipped():
+    assert set(SHIPPED) <= set(shipped_names())
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_preset_loads(name):
+    loaded = load_preset(name)
+    assert loaded.name == name
+    assert loaded.settings.tier == name
+    assert loaded.source.endswith(f"{name}.yaml")
+
+
+def test_tier_content_follows_the_article():
+    baseline, beginner, advanced, expert, deploy = (load_preset(n).settings for n in SHIPPED)
+    assert (baseline.precision, baseline.scheduler, baseline.steps, baseline.safety_checker) == ("float32", "pndm", 50, True)
+    assert (beginner.precision, beginner.attention, beginner.scheduler, beginner.steps) == ("float16", "sdpa", "euler_a", 25)
+    assert not advanced.safety_checker and advanced.scheduler == "dpmpp_2m_karras"
+    assert advanced.prompt_cache and advanced.channels_last and advanced.fuse_qkv
+    assert expert.compile != "none"
+    assert deploy.batch_size > 1
+
+
+def test_set_overrides_plain_and_dotted_keys():
+    settings = load_preset("beginner", ["steps=12", "vae.tiling=true", "guidance=5", "scheduler=ddim"]).settings
+    assert settings.steps == 12 and settings.vae.tiling is True and settings.guidance == 5.0
+    assert settings.scheduler == "ddim"
+    assert settings.precision == "float16"  # untouched fields keep the preset's values
+
+
+def test_user_yaml_file(tmp_path):
+    own = tmp_path / "mine.yaml"
+    own.write_text("precision: float16\nsteps: 30\nvae:\n  slicing: true\n")
+    loaded = load_preset(str(own))
+    assert loaded.name == "mine" and loaded.settings.steps == 30 and loaded.settings.vae.slicing
+
+
+def test_flatten_uses_the_keys_set_accepts():
+    assert list(flatten(load_preset("baseline").settings)) == all_keys()
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("stpes=20", ["unknown key 'stpes'", "did you mean 'steps'"]),
+    ("vae.tilng=true", ["unknown key 'vae.tilng'", "did you mean 'vae.tiling'"]),
+    ("steps=0", ["'steps' must be at least 1"]),
+    ("guidance=-1", ["'guidance' must be at least 0"]),
+    ("width=500", ["'width' must be a multiple of 8"]),
+    ("steps=many", ["'steps' must be a whole number"]),
+    ("channels_last=maybe", ["'channels_last' must be true or false"]),
+    ("scheduler=eulr_a", ["'scheduler' is 'eulr_a'", "euler_a", "dpmpp_2m_karras"]),
+    ("precision=fp8", ["allowed: float32, float16, bfloat16"]),
+    ("vae=1", ["'vae' is a group"]),
+    ("steps", ["expected KEY=VALUE"]),
+])
+def test_bad_override_is_exit_2_naming_the_problem(runner, tmp_path, override, expected):
+    result = runner.invoke(app, ["generate", "x", "--set", override, "--model", "random:tiny", "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert not list(tmp_path.iterdir())  # nothing generated
+    assert "Error:" in result.output and "Traceback" not in result.output
+    for text in expected:
+        assert text in result.output
+    if "must" in expected[0] or "unknown" in expected[0]:
+        assert "beginner.yaml" in result.output  # names the file
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("precison: float16\n", "unknown key 'precison'"),
+    ("steps: -3\n", "'steps' must be at least 1"),
+    ("- a\n- b\n", "must be a mapping"),
+    ("steps: [1, 2\n", "not valid YAML"),
+])
+def test_bad_preset_file_is_exit_2_naming_the_file(runner, tmp_path, content, expected):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(content)
+    result = runner.invoke(app, ["generate", "x", "--preset", str(bad), "--out", str(tmp_path / "o"), *FAST])
+    assert result.exit_code == 2
+    assert expected in result.output and str(bad) in result.output
+
+
+def test_unknown_preset_name_suggests_the_closest(runner, tmp_path):
+    result = runner.invoke(app, ["generate", "x", "--preset", "expret", "--out", str(tmp_path), *FAST])
+    assert result.exit_code == 2
+    assert "did you mean 'expert'" in result.output
+
+
+def test_cli_flag_out_of_range_is_a_usage_error():
+    with pytest.raises(UsageError, match="multiple of 8"):
+        load_preset("beginner", ["height=100"])

@@ -27,3 +27,15 @@ def test_json_output_is_only_json_on_stdout(runner, tmp_path):
     records = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [r["seed"] for r in records] == [1, 2]
     assert all(r["seconds"] > 0 for r in records)
+
+
+def test_batched_and_one_by_one_give_the_same_pixels(runner, tmp_path):
+    import numpy as np
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    runner.invoke(app, ["generate", "castle", "--seed", "5", "-n", "2", "--batch-size", "1", "--out", str(one), *FAST])
+    runner.invoke(app, ["generate", "castle", "--seed", "5", "-n", "2", "--batch-size", "2", "--out", str(two), *FAST])
+    names = sorted(p.name for p in one.glob("*.png"))
+    assert names == sorted(p.name for p in two.glob("*.png")) and len(names) == 2
+    for name in names:
+        assert np.array_equal(np.asarray(Image.open(one / name)), np.asarray(Image.open(two / name)))

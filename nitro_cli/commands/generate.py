@@ -41,6 +41,7 @@ def generate(
 ) -> None:
     """Generate images from a prompt and save them as PNG files with their generation parameters."""
     from nitro_cli.builder import build_pipeline
+    from nitro_cli.generation import PromptCache, run_batch
     from nitro_cli.measure import measure
     from nitro_cli.output import image_name, infotext, next_index, save_png
     from nitro_cli.presets import SAMPLER_NAMES, load_preset
@@ -56,23 +57,19 @@ def generate(
     first_seed = seed if seed is not None else random.randrange(2**32 - num_images)
     out.mkdir(parents=True, exist_ok=True)
 
-    import torch
-
     built = build_pipeline(settings, model, device.value)
     model_name = model or "nitrosocke/Nitro-Diffusion"
     if model_name.startswith("random:"):
         print(f"Note: {model_name} has random weights: its images are noise (for speed, memory and dry runs).",
               file=sys.stderr)
+    cache = PromptCache(built.pipe, built.device, enabled=settings.prompt_cache)
     index = next_index(out)
     for start in range(0, num_images, settings.batch_size):
         seeds = [first_seed + i for i in range(start, min(start + settings.batch_size, num_images))]
-        with measure(built.device) as taken, torch.inference_mode():
-            result = built.pipe(
-                prompt=[full_prompt] * len(seeds), negative_prompt=[negative] * len(seeds) if negative else None,
-                num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                width=settings.width, height=settings.height,
-                generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-            )
+        with measure(built.device) as taken:
+            result = run_batch(built.pipe, cache, [full_prompt] * len(seeds), [negative] * len(seeds), seeds,
+                               steps=settings.steps, guidance=settings.guidance,
+                               width=settings.width, height=settings.height)
         for image_seed, image in zip(seeds, result.images):
             path = out / image_name(index, image_seed, full_prompt)
             index += 1

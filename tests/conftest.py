@@ -13,6 +13,7 @@ FAST = ["--model", "random:tiny", "--steps", "2", "--width", "64", "--height", "
 def offline_env(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
+    monkeypatch.setenv("NITRO_CACHE_DIR", str(tmp_path_factory.mktemp("nitro_cache")))
     monkeypatch.delenv("NITRO_DEBUG", raising=False)
 
 

@@ -1,0 +1,24 @@
+"""Where nitro keeps files between runs: one cache folder, overridable with NITRO_CACHE_DIR."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """`$NITRO_CACHE_DIR`, else `$XDG_CACHE_HOME/nitro`, else `~/.cache/nitro` (not created here)."""
+    if os.environ.get("NITRO_CACHE_DIR"):
+        return Path(os.environ["NITRO_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "nitro"
+
+
+def bench_dir() -> Path:
+    """Every `nitro bench` run saves its JSON report here too; `nitro checklist` reads the newest."""
+    return cache_dir() / "bench"
+
+
+def compile_cache_dir() -> Path:
+    """torch.compile's on-disk caches (inductor), so a second process skips most compilation."""
+    return cache_dir() / "torch-compile"

@@ -64,30 +64,76 @@ def resolve_device(requested: str, machine: hardware.Machine) -> str:
     return requested
 
 
-def _pick_dtype(preset: Preset, device: str, machine: hardware.Machine, built_skip) -> str:
-    if preset.precision == "float32":
-        return "float32"
+# What this machine can do, as small pure functions: the builder acts on them and `nitro checklist`
+# shows them, so both always tell the same story. Each returns None when the setting works here.
+
+def effective_precision(precision: str, device: str, machine: hardware.Machine) -> tuple[str, str | None]:
+    """The dtype `precision` runs in on `device`, and why it differs (None when it doesn't)."""
+    if precision == "float32":
+        return "float32", None
     if device == "cpu":
         # Measured on AVX2 CPUs: fp16/bf16 are emulated, tens of times slower than fp32.
-        built_skip(preset.precision, "CPU without native half precision: float32 used")
-        return "float32"
+        return "float32", "CPU without native half precision: float32 used"
     gpu = machine.gpus[0]
-    if preset.precision == "bfloat16" and not gpu.bf16:
-        built_skip("bfloat16", f"{gpu.name} (compute capability {gpu.compute_capability[0]}.{gpu.compute_capability[1]}) "
-                               "has no bf16: float16 used")
-        return "float16"
-    if preset.precision == "float16" and not gpu.fast_fp16:
-        built_skip("float16", f"{gpu.name} has no fast fp16 (black images, slow): float32 used")
-        return "float32"
-    return preset.precision
+    if precision == "bfloat16" and not gpu.bf16:
+        return "float16", f"{gpu.name} (compute capability {gpu.capability}) has no bf16: float16 used"
+    if precision == "float16" and not gpu.fast_fp16:
+        return "float32", (f"{gpu.name} (compute capability {gpu.capability}): no fast fp16 "
+                           "(black images, slow): float32 used")
+    return precision, None
 
 
-def _quantization_config(preset: Preset):
+def xformers_blocker(device: str, machine: hardware.Machine) -> str | None:
+    if device != "cuda":
+        return "no CUDA device"
+    if machine.packages.get("xformers") is None:
+        return "xformers not installed (pip install 'nitro-cli[xformers]')"
+    if machine.xformers_test is not None and not machine.xformers_test.ok:
+        return f"xformers is broken: {machine.xformers_test.detail}"
+    return None
+
+
+def quantization_blocker(device: str, machine: hardware.Machine) -> str | None:
+    if machine.packages.get("bitsandbytes") is None:
+        return "bitsandbytes not installed"
+    if device != "cuda":
+        return "no CUDA device: diffusers' bitsandbytes quantization needs a GPU"
+    if machine.bitsandbytes_test is not None and not machine.bitsandbytes_test.ok:
+        return f"bitsandbytes found no CUDA library: {machine.bitsandbytes_test.detail}"
+    return None
+
+
+def offload_blocker(device: str) -> str | None:
+    return "already on the CPU" if device == "cpu" else None
+
+
+def compile_blocker(device: str, machine: hardware.Machine) -> str | None:
+    if machine.compiler_available:
+        return None
+    return f"torch.compile needs {'Triton' if device == 'cuda' else 'a C++ compiler'}"
+
+
+def fuse_qkv_blocker(preset: Preset) -> str | None:
+    """Fusing rewrites the attention processors: only SDPA's, and only on unquantized weights."""
+    if preset.attention == "sdpa" and preset.quantization == "none":
+        return None
+    return f"works with SDPA on unquantized weights only (attention={preset.attention})"
+
+
+def _pick_dtype(preset: Preset, device: str, machine: hardware.Machine, built_skip) -> str:
+    dtype, why = effective_precision(preset.precision, device, machine)
+    if why:
+        built_skip(preset.precision, why)
+    return dtype
+
+
+def _quantization_config(preset: Preset, device: str, machine: hardware.Machine):
     if preset.quantization == "none":
         return None
-    if hardware.package_version("bitsandbytes") is None:
-        raise UsageError(f"quantization={preset.quantization} needs bitsandbytes, which is not installed",
-                         hint="pip install 'nitro-cli[quant]'  (or --set quantization=none)")
+    why = quantization_blocker(device, machine)
+    if why:
+        raise UsageError(f"quantization={preset.quantization}: {why}",
+                         hint="pip install 'nitro-cli[quant]' on a CUDA machine  (or --set quantization=none)")
     from diffusers import PipelineQuantizationConfig
 
     backend, kwargs = QUANTIZATION_BACKENDS[preset.quantization]
@@ -131,10 +177,10 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     source = models.resolve_model(model)
     built = BuiltPipeline(pipe=None, device=device, dtype="float32")
     built.dtype = _pick_dtype(preset, device, machine, built.skip)
-    quantization = _quantization_config(preset)
+    quantization = _quantization_config(preset, device, machine)
     offload = preset.offload
-    if offload != "none" and device == "cpu":
-        built.skip(f"{offload} CPU offload", "already on the CPU")
+    if offload != "none" and offload_blocker(device):
+        built.skip(f"{offload} CPU offload", offload_blocker(device))
         offload = "none"
 
     pipe = models.load_pipeline(source, torch_dtype=getattr(torch, built.dtype), device=device,
@@ -150,14 +196,15 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     set_scheduler(pipe, preset.scheduler)
     built.applied.append(f"scheduler {preset.scheduler}")
 
-    _apply_attention(built, preset.attention)
+    _apply_attention(built, preset.attention, machine)
     if preset.fuse_qkv:
         # Fusing rewrites the attention processors, so it comes after the attention choice.
-        if preset.attention == "sdpa" and quantization is None:
+        why = fuse_qkv_blocker(preset)
+        if why:
+            built.skip("fuse_qkv", why)
+        else:
             pipe.fuse_qkv_projections()
             built.applied.append("fused QKV projections")
-        else:
-            built.skip("fuse_qkv", f"works with SDPA on unquantized weights only (attention={preset.attention})")
     if preset.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
@@ -185,13 +232,12 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     return built
 
 
-def _apply_attention(built: BuiltPipeline, attention: str) -> None:
+def _apply_attention(built: BuiltPipeline, attention: str, machine: hardware.Machine) -> None:
     pipe = built.pipe
     if attention == "xformers":
-        if built.device != "cuda":
-            built.skip("xformers", "needs a CUDA GPU: SDPA used")
-        elif not hardware.is_importable("xformers"):
-            built.skip("xformers", "not installed (pip install 'nitro-cli[xformers]'): SDPA used")
+        why = xformers_blocker(built.device, machine)
+        if why:
+            built.skip("xformers", f"{why}: SDPA used")
         else:
             try:
                 pipe.enable_xformers_memory_efficient_attention()
@@ -209,9 +255,9 @@ def _apply_attention(built: BuiltPipeline, attention: str) -> None:
 def _apply_compile(built: BuiltPipeline, mode: str, machine: hardware.Machine) -> None:
     if mode == "none":
         return
-    if not machine.compiler_available:
-        needs = "Triton" if built.device == "cuda" else "a C++ compiler"
-        built.skip(f"torch.compile ({mode})", f"needs {needs}: eager mode used")
+    why = compile_blocker(built.device, machine)
+    if why:
+        built.skip(f"torch.compile ({mode})", f"{why}: eager mode used")
         return
     import torch
 

@@ -22,6 +22,16 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
+@pytest.fixture
+def fake_probe(monkeypatch):
+    """`fake_probe(machine)`: commands see `machine` instead of this one (see tests/fake_machines.py)."""
+    from nitro_cli import hardware
+
+    def use(fake):
+        monkeypatch.setattr(hardware, "probe", lambda deep=False, outputs=None: fake)
+    return use
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """`random:tiny` saved as an ordinary diffusers folder: the real-model loading path, offline."""

@@ -102,3 +102,11 @@ def test_real_probe_on_this_machine(runner):
     assert result.exit_code == (1 if any(c["status"] == "fail" for c in report["checks"]) else 0)
     assert report["torch"] == hardware.package_version("torch")
     assert report["hf_hub_offline"] is True  # conftest sets HF_HUB_OFFLINE=1
+
+
+def test_docs_show_the_same_recommendation_table():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "doctor.md").read_text(encoding="utf-8")
+    for number, rule in enumerate(diagnosis.RECOMMENDATION_RULES, start=1):
+        assert f"| {number} | {rule.when} | `{rule.preset}` | {rule.reason} |" in doc

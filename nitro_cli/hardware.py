@@ -180,11 +180,11 @@ def _hf_offline() -> bool:
     return value.upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def _cached_model(repo_id: str = DEFAULT_MODEL) -> CachedModel | None:
+def _cached_model(repo_id: str = DEFAULT_MODEL, hub_cache: Path | None = None) -> CachedModel | None:
     from huggingface_hub import scan_cache_dir
 
     try:
-        cache = scan_cache_dir()
+        cache = scan_cache_dir(hub_cache)
     except Exception:  # no cache folder yet, or an unreadable one: nothing is cached
         return None
     for repo in cache.repos:

@@ -35,6 +35,7 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 # bitsandbytes through diffusers' pipeline-level quantization config; the VAE has few Linear layers.
+# (`fp8_storage`, the other value of `quantization`, needs no package: see _apply_fp8_storage.)
 QUANTIZATION_BACKENDS = {
     "int8": ("bitsandbytes_8bit", {"load_in_8bit": True}),
     "nf4": ("bitsandbytes_4bit", {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}),
@@ -82,15 +83,24 @@ def _pick_dtype(preset: Preset, device: str, machine: hardware.Machine, built_sk
     return preset.precision
 
 
-def _quantization_config(preset: Preset):
-    if preset.quantization == "none":
+def _quantization_config(preset: Preset, device: str, dtype: str, built_skip):
+    """diffusers' loading-time config for the bitsandbytes back-ends; None for the others (applied after loading)."""
+    if preset.quantization not in QUANTIZATION_BACKENDS:
+        return None
+    if device != "cuda":
+        # diffusers' bitsandbytes quantizer refuses to load without a GPU ("No GPU found"), whatever bnb's build.
+        built_skip(f"{preset.quantization} quantization", "bitsandbytes in diffusers needs a CUDA GPU: "
+                                                          "unquantized weights used")
         return None
     if hardware.package_version("bitsandbytes") is None:
         raise UsageError(f"quantization={preset.quantization} needs bitsandbytes, which is not installed",
-                         hint="pip install 'nitro-cli[quant]'  (or --set quantization=none)")
+                         hint="pip install 'nitro-cli[quant]'  (or --set quantization=fp8_storage, "
+                              "which needs no extra package, or quantization=none)")
     from diffusers import PipelineQuantizationConfig
 
     backend, kwargs = QUANTIZATION_BACKENDS[preset.quantization]
+    if preset.quantization == "nf4":
+        kwargs = dict(kwargs, bnb_4bit_compute_dtype=dtype)  # bitsandbytes computes in fp32 unless told
     return PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs,
                                       components_to_quantize=["unet", "text_encoder"])
 
@@ -131,7 +141,7 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     source = models.resolve_model(model)
     built = BuiltPipeline(pipe=None, device=device, dtype="float32")
     built.dtype = _pick_dtype(preset, device, machine, built.skip)
-    quantization = _quantization_config(preset)
+    quantization = _quantization_config(preset, device, built.dtype, built.skip)
     offload = preset.offload
     if offload != "none" and device == "cpu":
         built.skip(f"{offload} CPU offload", "already on the CPU")
@@ -162,6 +172,8 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
         built.applied.append("channels_last (unet, vae)")
+    if preset.quantization == "fp8_storage":
+        _apply_fp8_storage(built)
     if preset.vae.slicing:
         pipe.vae.enable_slicing()
         built.applied.append("VAE slicing")
@@ -204,6 +216,20 @@ def _apply_attention(built: BuiltPipeline, attention: str) -> None:
         built.applied.append("sliced attention")
         return
     built.applied.append("SDPA attention")
+
+
+def _apply_fp8_storage(built: BuiltPipeline) -> None:
+    """UNet weights kept in fp8 and cast up one layer at a time for compute: half the fp16 weight memory.
+
+    Only the UNet: the pipeline takes its prompt-embedding dtype from the text encoder's parameters, so
+    an fp8 text encoder would make fp8 latents (and it is small, and off the GPU under offload anyway).
+    diffusers keeps the UNet's norm layers in the compute dtype. After fuse_qkv, so the fused layers are cast too.
+    """
+    import torch
+
+    built.pipe.unet.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
+                                             compute_dtype=getattr(torch, built.dtype))
+    built.applied.append(f"fp8 storage of unet weights (layerwise casting, {built.dtype} compute)")
 
 
 def _apply_compile(built: BuiltPipeline, mode: str, machine: hardware.Machine) -> None:

@@ -90,6 +90,8 @@ def plan_for_vram(max_vram_gib: float, *, width: int = 512, height: int = 512, b
         overrides.append("vae.tiling=true")
         notes.append("VAE tiling for the large image")
     basis = "measured" if chosen.measured else "not measured yet"
+    if (width, height, batch_size) != (512, 512, 1):
+        basis += " at 512x512 batch 1, scaled by pixels and images"
     verdict = (f"expected peak {peak:.2f} GiB ({basis}) + {HEADROOM_GIB} GiB headroom fits {max_vram_gib:g} GiB"
                if fits else
                f"even {chosen.preset} is expected to need {peak:.2f} GiB + {HEADROOM_GIB} GiB headroom, over "

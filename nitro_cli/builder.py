@@ -35,6 +35,7 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 # bitsandbytes through diffusers' pipeline-level quantization config; the VAE has few Linear layers.
+# (`fp8_storage`, the other value of `quantization`, needs no package: see _apply_fp8_storage.)
 QUANTIZATION_BACKENDS = {
     "int8": ("bitsandbytes_8bit", {"load_in_8bit": True}),
     "nf4": ("bitsandbytes_4bit", {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}),
@@ -93,7 +94,10 @@ def xformers_blocker(device: str, machine: hardware.Machine) -> str | None:
     return None
 
 
-def quantization_blocker(device: str, machine: hardware.Machine) -> str | None:
+def quantization_blocker(quantization: str, device: str, machine: hardware.Machine) -> str | None:
+    """Why this machine can't apply `quantization` (None: it can). fp8 storage needs no extra package."""
+    if quantization not in QUANTIZATION_BACKENDS:
+        return None
     if machine.packages.get("bitsandbytes") is None:
         return "bitsandbytes not installed"
     if device != "cuda":
@@ -114,10 +118,11 @@ def compile_blocker(device: str, machine: hardware.Machine) -> str | None:
 
 
 def fuse_qkv_blocker(preset: Preset) -> str | None:
-    """Fusing rewrites the attention processors: only SDPA's, and only on unquantized weights."""
-    if preset.attention == "sdpa" and preset.quantization == "none":
+    """Fusing rewrites the attention processors: only SDPA's, and not on bitsandbytes weights."""
+    if preset.attention == "sdpa" and preset.quantization not in QUANTIZATION_BACKENDS:
         return None
-    return f"works with SDPA on unquantized weights only (attention={preset.attention})"
+    return (f"works with SDPA on weights not quantized by bitsandbytes only "
+            f"(attention={preset.attention}, quantization={preset.quantization})")
 
 
 def _pick_dtype(preset: Preset, device: str, machine: hardware.Machine, built_skip) -> str:
@@ -127,16 +132,26 @@ def _pick_dtype(preset: Preset, device: str, machine: hardware.Machine, built_sk
     return dtype
 
 
-def _quantization_config(preset: Preset, device: str, machine: hardware.Machine):
-    if preset.quantization == "none":
+def _quantization_config(preset: Preset, device: str, dtype: str, machine: hardware.Machine, built_skip):
+    """diffusers' loading-time config for the bitsandbytes back-ends; None for the others (applied after loading)."""
+    if preset.quantization not in QUANTIZATION_BACKENDS:
         return None
-    why = quantization_blocker(device, machine)
+    if device != "cuda":
+        # diffusers' bitsandbytes quantizer refuses to load without a GPU ("No GPU found"), whatever bnb's build:
+        # the machine can't, so degrade; a GPU without bitsandbytes is fixable, so that is an error below.
+        built_skip(f"{preset.quantization} quantization", "bitsandbytes in diffusers needs a CUDA GPU: "
+                                                          "unquantized weights used")
+        return None
+    why = quantization_blocker(preset.quantization, device, machine)
     if why:
         raise UsageError(f"quantization={preset.quantization}: {why}",
-                         hint="pip install 'nitro-cli[quant]' on a CUDA machine  (or --set quantization=none)")
+                         hint="pip install 'nitro-cli[quant]'  (or --set quantization=fp8_storage, "
+                              "which needs no extra package, or quantization=none)")
     from diffusers import PipelineQuantizationConfig
 
     backend, kwargs = QUANTIZATION_BACKENDS[preset.quantization]
+    if preset.quantization == "nf4":
+        kwargs = dict(kwargs, bnb_4bit_compute_dtype=dtype)  # bitsandbytes computes in fp32 unless told
     return PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs,
                                       components_to_quantize=["unet", "text_encoder"])
 
@@ -177,10 +192,10 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     source = models.resolve_model(model)
     built = BuiltPipeline(pipe=None, device=device, dtype="float32")
     built.dtype = _pick_dtype(preset, device, machine, built.skip)
-    quantization = _quantization_config(preset, device, machine)
+    quantization = _quantization_config(preset, device, built.dtype, machine, built.skip)
     offload = preset.offload
-    if offload != "none" and offload_blocker(device):
-        built.skip(f"{offload} CPU offload", offload_blocker(device))
+    if offload != "none" and (why := offload_blocker(device)):
+        built.skip(f"{offload} CPU offload", why)
         offload = "none"
 
     pipe = models.load_pipeline(source, torch_dtype=getattr(torch, built.dtype), device=device,
@@ -209,6 +224,8 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
         built.applied.append("channels_last (unet, vae)")
+    if preset.quantization == "fp8_storage":
+        _apply_fp8_storage(built)
     if preset.vae.slicing:
         pipe.vae.enable_slicing()
         built.applied.append("VAE slicing")
@@ -250,6 +267,20 @@ def _apply_attention(built: BuiltPipeline, attention: str, machine: hardware.Mac
         built.applied.append("sliced attention")
         return
     built.applied.append("SDPA attention")
+
+
+def _apply_fp8_storage(built: BuiltPipeline) -> None:
+    """UNet weights kept in fp8 and cast up one layer at a time for compute: half the fp16 weight memory.
+
+    Only the UNet: the pipeline takes its prompt-embedding dtype from the text encoder's parameters, so
+    an fp8 text encoder would make fp8 latents (and it is small, and off the GPU under offload anyway).
+    diffusers keeps the UNet's norm layers in the compute dtype. After fuse_qkv, so the fused layers are cast too.
+    """
+    import torch
+
+    built.pipe.unet.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
+                                             compute_dtype=getattr(torch, built.dtype))
+    built.applied.append(f"fp8 storage of unet weights (layerwise casting, {built.dtype} compute)")
 
 
 def _apply_compile(built: BuiltPipeline, mode: str, machine: hardware.Machine) -> None:

@@ -21,7 +21,7 @@ from nitro_cli.errors import UsageError
 PRECISIONS = ("float32", "float16", "bfloat16")
 ATTENTIONS = ("sdpa", "xformers", "sliced")
 OFFLOADS = ("none", "model", "sequential")
-QUANTIZATIONS = ("none", "int8", "nf4")
+QUANTIZATIONS = ("none", "int8", "nf4", "fp8_storage")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
 # Scheduler key -> the sampler name AUTOMATIC1111 writes in its infotext (and users know).

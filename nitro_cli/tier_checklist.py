@@ -61,7 +61,7 @@ def _availability(key: str, value: Any, preset: Preset, device: str, machine: Ma
     if key == "attention" and value == "xformers":
         why = builder.xformers_blocker(device, machine)
     elif key == "quantization" and value != "none":
-        why = builder.quantization_blocker(device, machine)
+        why = builder.quantization_blocker(value, device, machine)
     elif key == "offload" and value != "none":
         why = builder.offload_blocker(device)
     elif key == "compile" and value != "none":

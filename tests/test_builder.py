@@ -76,10 +76,12 @@ def test_vae_slicing_and_tiling_are_applied():
     assert {"VAE slicing", "VAE tiling"} <= set(built.applied)
 
 
-def test_quantization_without_bitsandbytes_is_a_usage_error_with_install_hint(monkeypatch):
-    monkeypatch.setattr(hardware, "package_version", lambda name: None)
+def test_quantization_without_bitsandbytes_is_a_usage_error_with_install_hint():
+    # On a GPU machine (faked: the error comes before anything is loaded); on a CPU bnb is skipped instead.
+    gpu = hardware.GpuInfo(0, "NVIDIA GeForce RTX 2060", (7, 5), 6144, 6000, bf16=False)
     with pytest.raises(UsageError) as caught:
-        build_pipeline(load_preset("beginner", ["quantization=int8"]).settings, "random:tiny", "cpu", cpu_machine())
+        build_pipeline(load_preset("beginner", ["quantization=int8"]).settings, "random:tiny", "cuda",
+                       cpu_machine(cuda_available=True, gpus=(gpu,)))
     assert "bitsandbytes" in caught.value.message
     assert "nitro-cli[quant]" in caught.value.hint
 

@@ -242,7 +242,9 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     else:
         pipe.to(device)
 
-    _apply_compile(built, preset.compile, machine)
+    _apply_sdpa_backend(built, preset.sdpa_backend, preset.attention)
+    _apply_cudnn_benchmark(built, preset.cudnn_benchmark)
+    _apply_compile(built, preset, machine)
     if preset.prompt_cache:
         built.applied.append("prompt-embedding cache")
     pipe.set_progress_bar_config(disable=True)
@@ -283,18 +285,121 @@ def _apply_fp8_storage(built: BuiltPipeline) -> None:
     built.applied.append(f"fp8 storage of unet weights (layerwise casting, {built.dtype} compute)")
 
 
-def _apply_compile(built: BuiltPipeline, mode: str, machine: hardware.Machine) -> None:
+# What each `sdpa_backend` (presets.SDPA_BACKENDS) leaves enabled: torch picks the fastest allowed kernel.
+SDPA_KERNELS = {
+    "auto": ("flash", "efficient", "cudnn", "math"),
+    "flash": ("flash",),
+    "efficient": ("efficient",),
+    "cudnn": ("cudnn",),
+    "math": ("math",),
+}
+
+# diffusers' fp16 guide recommends these inductor flags with max-autotune. Coordinate-descent tuning
+# makes the first compilation much longer, hence opt-in (`inductor_tuning`).
+INDUCTOR_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False}
+
+
+def _apply_sdpa_backend(built: BuiltPipeline, choice: str, attention: str) -> None:
+    """Process-wide kernel switches (what `torch.nn.attention.sdpa_kernel` sets for a block), set on every
+    build, so that one preset's choice never leaks into the next preset built in the same process."""
+    import torch
+
+    if choice != "auto" and built.device != "cuda":
+        built.skip(f"sdpa_backend {choice}", "a CUDA kernel choice; the CPU keeps torch's own pick")
+        choice = "auto"
+    elif choice != "auto" and attention != "sdpa":
+        built.skip(f"sdpa_backend {choice}", f"the UNet uses {attention} attention, not SDPA")
+        choice = "auto"
+    enabled = SDPA_KERNELS[choice]
+    torch.backends.cuda.enable_flash_sdp("flash" in enabled)
+    torch.backends.cuda.enable_mem_efficient_sdp("efficient" in enabled)
+    torch.backends.cuda.enable_cudnn_sdp("cudnn" in enabled)
+    torch.backends.cuda.enable_math_sdp("math" in enabled)
+    if choice != "auto":
+        built.applied.append(f"SDPA kernel: {choice} only")
+
+
+def _apply_cudnn_benchmark(built: BuiltPipeline, wanted: bool) -> None:
+    """Set on every CUDA build (on or off) for the same reason as the SDPA switches."""
+    import torch
+
+    if built.device != "cuda":
+        if wanted:
+            built.skip("cudnn_benchmark", "cuDNN is CUDA only")
+        return
+    torch.backends.cudnn.benchmark = wanted
+    if wanted:
+        built.applied.append("cuDNN benchmark mode (the first call of each shape tries every convolution kernel)")
+
+
+def use_compile_caches() -> str:
+    """Point inductor's on-disk caches (FX graphs, AOTAutograd, Triton kernels) at nitro's cache folder,
+    so a later process with the same model, preset and shape loads compiled code instead of compiling.
+    Must run before the first compilation; torch reads the variable each time it opens its cache."""
+    from nitro_cli import paths
+
+    folder = str(paths.compile_cache_dir())
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    functorch_config.enable_autograd_cache = True
+    return folder
+
+
+def _compile_options(mode: str, tuning: bool, cuda_graphs: bool) -> dict[str, Any]:
+    """torch.compile's `mode` as inductor options, so the tuning flags travel with this compilation only
+    (`mode=` and `options=` can't be passed together)."""
+    from torch._inductor import list_mode_options
+
+    options = dict(list_mode_options(mode))
+    if not cuda_graphs:
+        options.pop("triton.cudagraphs", None)
+    if tuning:
+        options.update(INDUCTOR_TUNING)
+    return options
+
+
+def _apply_compile(built: BuiltPipeline, preset: Preset, machine: hardware.Machine) -> None:
+    mode = preset.compile
+    extras = {"compile_vae": preset.compile_vae, "compile_text_encoder": preset.compile_text_encoder,
+              "inductor_tuning": preset.inductor_tuning}
     if mode == "none":
+        for name, wanted in extras.items():
+            if wanted:
+                built.skip(name, "compile is none: set compile to a mode")
         return
     why = compile_blocker(built.device, machine)
     if why:
         built.skip(f"torch.compile ({mode})", f"{why}: eager mode used")
         return
-    import torch
 
-    # CUDA graphs (reduce-overhead) only exist on the GPU; inductor's default mode is the CPU equivalent.
-    if mode == "reduce-overhead" and built.device != "cuda":
+    # CUDA graphs (reduce-overhead, max-autotune) only exist on the GPU; on the CPU the same mode
+    # without them is the equivalent.
+    cuda_graphs = built.device == "cuda"
+    if mode == "reduce-overhead" and not cuda_graphs:
         built.skip("CUDA graphs (reduce-overhead)", "no CUDA device: torch.compile default mode used")
         mode = "default"
-    built.pipe.unet = torch.compile(built.pipe.unet, mode=mode, fullgraph=True)
+    elif mode == "max-autotune" and not cuda_graphs:
+        built.skip("CUDA graphs (max-autotune)", "no CUDA device: compiled without them")
+    built.applied.append(f"compile caches in {use_compile_caches()} (a later process reuses them)")
+    tuning = preset.inductor_tuning
+    if tuning:
+        built.applied.append("inductor tuning (" + ", ".join(f"{k}={v}" for k, v in INDUCTOR_TUNING.items()) + ")")
+    pipe = built.pipe
+    pipe.unet.compile(fullgraph=True, options=_compile_options(mode, tuning, cuda_graphs))
     built.applied.append(f"torch.compile unet ({mode}); the first call compiles")
+    if preset.compile_vae:
+        # A CUDA graph's output is overwritten by its next replay; sliced or tiled decoding calls the
+        # decoder several times and concatenates the outputs afterwards, so it runs without graphs.
+        vae_graphs = cuda_graphs and not (preset.vae.slicing or preset.vae.tiling)
+        if cuda_graphs and not vae_graphs:
+            built.skip("CUDA graphs for the VAE decoder", "VAE slicing/tiling reuses the graph within one decode")
+        pipe.vae.decoder.compile(fullgraph=True, options=_compile_options(mode, tuning, vae_graphs))
+        built.applied.append(f"torch.compile VAE decoder ({mode}{'' if vae_graphs else ', no CUDA graphs'})")
+    if preset.compile_text_encoder:
+        # No CUDA graphs: the prompt cache keeps the encoder's outputs across calls, and a replay
+        # would overwrite them.
+        pipe.text_encoder.compile(fullgraph=True, options=_compile_options(mode, tuning, cuda_graphs=False))
+        built.applied.append(f"torch.compile text encoder ({mode}, no CUDA graphs)")

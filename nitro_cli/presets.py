@@ -23,6 +23,7 @@ ATTENTIONS = ("sdpa", "xformers", "sliced")
 OFFLOADS = ("none", "model", "sequential")
 QUANTIZATIONS = ("none", "int8", "nf4", "fp8_storage")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
 
 # Scheduler key -> the sampler name AUTOMATIC1111 writes in its infotext (and users know).
 SAMPLER_NAMES = {
@@ -67,8 +68,13 @@ class Preset:
     quantization: str = _setting("none", choices=QUANTIZATIONS)
     vae: VaeSettings = field(default_factory=VaeSettings)
     compile: str = _setting("none", choices=COMPILE_MODES)
+    compile_vae: bool = _setting(False)
+    compile_text_encoder: bool = _setting(False)
+    inductor_tuning: bool = _setting(False)
     channels_last: bool = _setting(False)
     fuse_qkv: bool = _setting(False)
+    sdpa_backend: str = _setting("auto", choices=SDPA_BACKENDS)
+    cudnn_benchmark: bool = _setting(False)
     # What generate and bench apply per call.
     prompt_cache: bool = _setting(False)
     steps: int = _setting(50, minimum=1, maximum=1000)

@@ -165,7 +165,7 @@ def test_quantized_random_model_loads_from_its_cached_folder(monkeypatch, tmp_pa
 
 # --- VAE tiling for large images -----------------------------------------------------------------
 
-@pytest.mark.slow  # about 10 s on a 2-core CPU, nearly all of it the 9 overlapping 512x512 VAE tiles
+# About 10 s on a 2-core CPU, nearly all of it the 9 overlapping 512x512 VAE tiles: worth it, so not `slow`.
 def test_lowvram_decodes_1024_tile_by_tile_on_cpu(monkeypatch):
     import numpy as np
 

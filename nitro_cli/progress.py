@@ -28,7 +28,7 @@ class RunDisplay(RunObserver):
     """Rich progress bars for images and denoising steps (only on a terminal), one stdout line per image."""
 
     def __init__(self, total_images: int, *, json_output: bool, model: str, preset: str):
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, soft_wrap=True)
         self._json = json_output
         self._model, self._preset = model, preset
         self._progress = Progress(TextColumn("{task.description:<7}"), BarColumn(), MofNCompleteColumn(),
@@ -36,13 +36,17 @@ class RunDisplay(RunObserver):
         self._images = self._progress.add_task("images", total=total_images)
         self._steps = self._progress.add_task("steps", total=None)
         self._vae_fp32_said = False
+        self._total, self._saved = total_images, 0
 
     def __enter__(self) -> "RunDisplay":
         self._progress.start()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, exc, traceback) -> None:
         self._progress.stop()
+        if exc_type is KeyboardInterrupt:
+            self.console.print(f"Stopped: {self._saved} image(s) of {self._total} saved, none half-written. "
+                               "Repeat the command with --resume to make the rest.", markup=False)
 
     def batch_started(self, batch: list[PlannedImage]) -> None:
         self._progress.reset(self._steps, total=batch[0].job.steps,
@@ -53,13 +57,14 @@ class RunDisplay(RunObserver):
 
     def image_done(self, result: ImageResult) -> None:
         self._progress.advance(self._images)
+        self._saved += result.path is not None
         if result.redecoded and not self._vae_fp32_said:
             self.console.print(f"Warning: {result.planned.name}: the half-precision VAE gave NaN/black pixels; decoded "
-                               "again with the VAE in fp32 (kept in fp32 for the rest of this run)")
+                               "again with the VAE in fp32 (kept in fp32 for the rest of this run)", markup=False)
             self._vae_fp32_said = True
         if result.blocked:
             self.console.print(f"Blocked: {result.planned.name} (seed {result.planned.seed}) was blacked out by the "
-                               "safety checker: not saved. Try another seed or prompt.")
+                               "safety checker: not saved. Try another seed or prompt.", markup=False)
         if self._json:
             print(json.dumps(image_record(result, model=self._model, preset=self._preset), ensure_ascii=False),
                   flush=True)
@@ -70,7 +75,8 @@ class RunDisplay(RunObserver):
         on_gpu = device.startswith("cuda")
         table = Table(title="nitro generate", title_justify="left")
         for column in ("image", "seed", "s/image", "it/s", "peak VRAM MiB" if on_gpu else "peak RSS MiB", "note"):
-            table.add_column(column, justify="left" if column in ("image", "note") else "right")
+            table.add_column(column, justify="left" if column in ("image", "note") else "right",
+                             overflow="fold" if column == "image" else "ellipsis")
         for result in results:
             taken = result.measurement
             peak = taken.peak_vram_mib if on_gpu else taken.peak_rss_mib

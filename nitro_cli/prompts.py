@@ -148,7 +148,8 @@ def read_prompts_file(path: Path, defaults: PromptJob, styles: list[str]) -> lis
         except ValueError as exc:
             problems.append(f"line {number}: {exc}")
     if problems:
-        raise UsageError(f"prompts file {path}: " + "\n  ".join(problems),
+        listed = problems[0] if len(problems) == 1 else f"{len(problems)} bad lines:\n  " + "\n  ".join(problems)
+        raise UsageError(f"prompts file {path}: {listed}",
                          hint="fix the lines above; nothing was generated")
     if not jobs:
         raise UsageError(f"prompts file {path} has no prompts (only blank or # lines)")

@@ -165,16 +165,17 @@ class StopAfterStep:
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._installed = threading.current_thread() is threading.main_thread()
+        self._previous = signal.getsignal(signal.SIGINT)
 
     def __enter__(self) -> "StopAfterStep":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        if self._installed:
+            signal.signal(signal.SIGINT, self._handle)
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
 
     def _handle(self, signum, frame) -> None:
         self.requested = True

@@ -188,6 +188,12 @@ def _check_value(key: str, value: Any, f: dataclasses.Field) -> Any:
     return value
 
 
+def check_setting(key: str, value: Any, label: str | None = None) -> Any:
+    """One top-level preset field's value, checked by that field's rules (ValueError naming `label` if not)."""
+    fields = {f.name: f for f in dataclasses.fields(Preset)}
+    return _check_value(label or key, value, fields[key])
+
+
 def _group(f: dataclasses.Field) -> type | None:
     """The settings class of a nested group (`vae`), or None for a plain value."""
     factory = f.default_factory

@@ -7,7 +7,7 @@ import pytest
 from nitro_cli import hardware
 from nitro_cli.builder import build_pipeline, resolve_device
 from nitro_cli.errors import UsageError
-from nitro_cli.presets import load_preset
+from nitro_cli.presets import SAMPLER_NAMES, load_preset
 
 
 def cpu_machine(**changes) -> hardware.Machine:
@@ -100,3 +100,14 @@ def test_fp16_on_a_card_without_fast_fp16_uses_fp32():
     skipped = []
     dtype = _pick_dtype(load_preset("beginner").settings, "cuda", machine, lambda what, why: skipped.append(what))
     assert dtype == "float32" and skipped == ["float16"]
+
+
+@pytest.mark.parametrize("scheduler", list(SAMPLER_NAMES))
+def test_every_scheduler_runs(scheduler):
+    import torch
+
+    built = build_pipeline(load_preset("beginner", [f"scheduler={scheduler}"]).settings, "random:tiny", "cpu",
+                           cpu_machine())
+    image = built.pipe("castle", num_inference_steps=3, width=64, height=64, output_type="np",
+                       generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.shape == (64, 64, 3) and torch.isfinite(torch.from_numpy(image)).all()

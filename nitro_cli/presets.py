@@ -23,6 +23,7 @@ ATTENTIONS = ("sdpa", "xformers", "sliced")
 OFFLOADS = ("none", "model", "sequential")
 QUANTIZATIONS = ("none", "int8", "nf4")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+BACKENDS = ("pytorch", "onnx")  # onnx: an exported fp32 graph run by ONNX Runtime (CPU/edge)
 
 # Scheduler key -> the sampler name AUTOMATIC1111 writes in its infotext (and users know).
 SAMPLER_NAMES = {
@@ -69,6 +70,7 @@ class Preset:
     compile: str = _setting("none", choices=COMPILE_MODES)
     channels_last: bool = _setting(False)
     fuse_qkv: bool = _setting(False)
+    backend: str = _setting("pytorch", choices=BACKENDS)
     # What generate and bench apply per call.
     prompt_cache: bool = _setting(False)
     steps: int = _setting(50, minimum=1, maximum=1000)

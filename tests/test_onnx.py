@@ -91,7 +91,13 @@ def test_onnx_images_match_pytorch_for_the_same_seed(exported, scheduler):
     assert psnr(images[1][0], images[1][1]) < 30  # the two seeds give different images: the check can fail
 
 
-def test_backend_onnx_generates_end_to_end(runner, tmp_path):
+def test_backend_onnx_generates_end_to_end(runner, tmp_path, exported):
+    import shutil
+
+    from nitro_cli.paths import cache_dir
+
+    # random: models are exported once into the cache; seeding it with the fixture's export saves seconds.
+    shutil.copytree(exported, cache_dir() / "onnx" / "random-tiny")
     torch_dir, onnx_dir = tmp_path / "torch", tmp_path / "onnx"
     common = ["generate", "castle", "--seed", "4", "-n", "2", "--batch-size", "2", "--set", "scheduler=dpmpp_2m", *FAST]
     result = runner.invoke(app, [*common, "--out", str(onnx_dir), "--set", "backend=onnx", "--json"])

@@ -35,6 +35,7 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 # bitsandbytes through diffusers' pipeline-level quantization config; the VAE has few Linear layers.
+# (`fp8_storage`, the other value of `quantization`, needs no package: see _apply_fp8_storage.)
 QUANTIZATION_BACKENDS = {
     "int8": ("bitsandbytes_8bit", {"load_in_8bit": True}),
     "nf4": ("bitsandbytes_4bit", {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}),
@@ -64,33 +65,93 @@ def resolve_device(requested: str, machine: hardware.Machine) -> str:
     return requested
 
 
-def _pick_dtype(preset: Preset, device: str, machine: hardware.Machine, built_skip) -> str:
-    if preset.precision == "float32":
-        return "float32"
+# What this machine can do, as small pure functions: the builder acts on them and `nitro checklist`
+# shows them, so both always tell the same story. Each returns None when the setting works here.
+
+def effective_precision(precision: str, device: str, machine: hardware.Machine) -> tuple[str, str | None]:
+    """The dtype `precision` runs in on `device`, and why it differs (None when it doesn't)."""
+    if precision == "float32":
+        return "float32", None
     if device == "cpu":
         # Measured on AVX2 CPUs: fp16/bf16 are emulated, tens of times slower than fp32.
-        built_skip(preset.precision, "CPU without native half precision: float32 used")
-        return "float32"
+        return "float32", "CPU without native half precision: float32 used"
     gpu = machine.gpus[0]
-    if preset.precision == "bfloat16" and not gpu.bf16:
-        built_skip("bfloat16", f"{gpu.name} (compute capability {gpu.compute_capability[0]}.{gpu.compute_capability[1]}) "
-                               "has no bf16: float16 used")
-        return "float16"
-    if preset.precision == "float16" and not gpu.fast_fp16:
-        built_skip("float16", f"{gpu.name} has no fast fp16 (black images, slow): float32 used")
-        return "float32"
-    return preset.precision
+    if precision == "bfloat16" and not gpu.bf16:
+        return "float16", f"{gpu.name} (compute capability {gpu.capability}) has no bf16: float16 used"
+    if precision == "float16" and not gpu.fast_fp16:
+        return "float32", (f"{gpu.name} (compute capability {gpu.capability}): no fast fp16 "
+                           "(black images, slow): float32 used")
+    return precision, None
 
 
-def _quantization_config(preset: Preset):
-    if preset.quantization == "none":
+def xformers_blocker(device: str, machine: hardware.Machine) -> str | None:
+    if device != "cuda":
+        return "no CUDA device"
+    if machine.packages.get("xformers") is None:
+        return "xformers not installed (pip install 'nitro-cli[xformers]')"
+    if machine.xformers_test is not None and not machine.xformers_test.ok:
+        return f"xformers is broken: {machine.xformers_test.detail}"
+    return None
+
+
+def quantization_blocker(quantization: str, device: str, machine: hardware.Machine) -> str | None:
+    """Why this machine can't apply `quantization` (None: it can). fp8 storage needs no extra package."""
+    if quantization not in QUANTIZATION_BACKENDS:
         return None
-    if hardware.package_version("bitsandbytes") is None:
-        raise UsageError(f"quantization={preset.quantization} needs bitsandbytes, which is not installed",
-                         hint="pip install 'nitro-cli[quant]'  (or --set quantization=none)")
+    if machine.packages.get("bitsandbytes") is None:
+        return "bitsandbytes not installed"
+    if device != "cuda":
+        return "no CUDA device: diffusers' bitsandbytes quantization needs a GPU"
+    if machine.bitsandbytes_test is not None and not machine.bitsandbytes_test.ok:
+        return f"bitsandbytes found no CUDA library: {machine.bitsandbytes_test.detail}"
+    return None
+
+
+def offload_blocker(device: str) -> str | None:
+    return "already on the CPU" if device == "cpu" else None
+
+
+def compile_blocker(device: str, machine: hardware.Machine) -> str | None:
+    if machine.compiler_available:
+        return None
+    return f"torch.compile needs {'Triton' if device == 'cuda' else 'a C++ compiler'}"
+
+
+def fuse_qkv_blocker(preset: Preset) -> str | None:
+    """Fusing rewrites the attention processors: only SDPA's, and not on bitsandbytes weights."""
+    if preset.attention == "sdpa" and preset.quantization not in QUANTIZATION_BACKENDS:
+        return None
+    return (f"works with SDPA on weights not quantized by bitsandbytes only "
+            f"(attention={preset.attention}, quantization={preset.quantization})")
+
+
+def _pick_dtype(preset: Preset, device: str, machine: hardware.Machine, built_skip) -> str:
+    dtype, why = effective_precision(preset.precision, device, machine)
+    if why:
+        built_skip(preset.precision, why)
+    return dtype
+
+
+def _quantization_config(preset: Preset, device: str, dtype: str, machine: hardware.Machine, built_skip):
+    """diffusers' loading-time config for the bitsandbytes back-ends; None for the others (applied after loading)."""
+    if preset.quantization not in QUANTIZATION_BACKENDS:
+        return None
+    if device != "cuda":
+        # diffusers' bitsandbytes quantizer refuses to load without a GPU ("No GPU found"), whatever bnb's build:
+        # the machine can't, so degrade; a GPU without bitsandbytes is fixable, so that is an error below.
+        built_skip(f"{preset.quantization} quantization", "bitsandbytes in diffusers needs a CUDA GPU: "
+                                                          "unquantized weights used")
+        return None
+    why = quantization_blocker(preset.quantization, device, machine)
+    if why:
+        raise UsageError(f"quantization={preset.quantization}: {why}",
+                         hint="pip install 'nitro-cli[quant]'  (or --set quantization=fp8_storage, "
+                              "which needs no extra package, or quantization=none)")
     from diffusers import PipelineQuantizationConfig
 
     backend, kwargs = QUANTIZATION_BACKENDS[preset.quantization]
+    if preset.quantization == "nf4":
+        kwargs = dict(kwargs, bnb_4bit_compute_dtype=dtype)  # bitsandbytes computes in fp32 unless told
     return PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs,
                                       components_to_quantize=["unet", "text_encoder"])
 
@@ -136,10 +197,10 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
                          hint="add --set backend=onnx (or give the original diffusers model)")
     built = BuiltPipeline(pipe=None, device=device, dtype="float32")
     built.dtype = _pick_dtype(preset, device, machine, built.skip)
-    quantization = _quantization_config(preset)
+    quantization = _quantization_config(preset, device, built.dtype, machine, built.skip)
     offload = preset.offload
-    if offload != "none" and device == "cpu":
-        built.skip(f"{offload} CPU offload", "already on the CPU")
+    if offload != "none" and (why := offload_blocker(device)):
+        built.skip(f"{offload} CPU offload", why)
         offload = "none"
 
     pipe = models.load_pipeline(source, torch_dtype=getattr(torch, built.dtype), device=device,
@@ -155,18 +216,21 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     set_scheduler(pipe, preset.scheduler)
     built.applied.append(f"scheduler {preset.scheduler}")
 
-    _apply_attention(built, preset.attention)
+    _apply_attention(built, preset.attention, machine)
     if preset.fuse_qkv:
         # Fusing rewrites the attention processors, so it comes after the attention choice.
-        if preset.attention == "sdpa" and quantization is None:
+        why = fuse_qkv_blocker(preset)
+        if why:
+            built.skip("fuse_qkv", why)
+        else:
             pipe.fuse_qkv_projections()
             built.applied.append("fused QKV projections")
-        else:
-            built.skip("fuse_qkv", f"works with SDPA on unquantized weights only (attention={preset.attention})")
     if preset.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
         built.applied.append("channels_last (unet, vae)")
+    if preset.quantization == "fp8_storage":
+        _apply_fp8_storage(built)
     if preset.vae.slicing:
         pipe.vae.enable_slicing()
         built.applied.append("VAE slicing")
@@ -183,7 +247,9 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     else:
         pipe.to(device)
 
-    _apply_compile(built, preset.compile, machine)
+    _apply_sdpa_backend(built, preset.sdpa_backend, preset.attention)
+    _apply_cudnn_benchmark(built, preset.cudnn_benchmark)
+    _apply_compile(built, preset, machine)
     if preset.prompt_cache:
         built.applied.append("prompt-embedding cache")
     pipe.set_progress_bar_config(disable=True)
@@ -191,16 +257,14 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
 
 
 # Preset fields that shape the PyTorch pipeline only: an ONNX export is a fixed fp32 graph.
-PYTORCH_ONLY_FIELDS = ("precision", "attention", "offload", "quantization", "compile", "channels_last", "fuse_qkv",
-                       "vae.slicing", "vae.tiling")
+PYTORCH_ONLY_FIELDS = ("precision", "attention", "offload", "quantization", "compile", "compile_vae",
+                       "compile_text_encoder", "inductor_tuning", "channels_last", "fuse_qkv", "sdpa_backend",
+                       "cudnn_benchmark", "vae.slicing", "vae.tiling")
 
 
 def _build_onnx(preset: Preset, source: models.ModelSource, device: str) -> BuiltPipeline:
     """The `backend: onnx` pipeline: an exported folder run by ONNX Runtime, behind run_batch's interface."""
     onnx_export.require_onnx_packages()
-    if preset.scheduler not in onnx_export.ONNX_SCHEDULERS:
-        raise UsageError(f"scheduler '{preset.scheduler}' does not run on the ONNX backend",
-                         hint=f"--set scheduler=NAME, one of: {', '.join(onnx_export.ONNX_SCHEDULERS)}")
     import onnxruntime
 
     built = BuiltPipeline(pipe=None, device="cpu", dtype="float32")
@@ -217,9 +281,8 @@ def _build_onnx(preset: Preset, source: models.ModelSource, device: str) -> Buil
 
     folder = onnx_export.exported_folder(source)
     onnx_pipe = onnx_export.load_onnx_pipeline(folder, provider=provider, with_safety_checker=preset.safety_checker)
-    set_scheduler(onnx_pipe, preset.scheduler)
-    onnx_pipe.set_progress_bar_config(disable=True)
     built.pipe = onnx_export.OnnxRuntimePipeline(onnx_pipe)
+    set_scheduler(built.pipe, preset.scheduler)
     built.applied += [f"ONNX Runtime {onnxruntime.__version__} ({provider})", "precision float32",
                       f"scheduler {preset.scheduler}"]
     if not preset.safety_checker:
@@ -232,13 +295,12 @@ def _build_onnx(preset: Preset, source: models.ModelSource, device: str) -> Buil
     return built
 
 
-def _apply_attention(built: BuiltPipeline, attention: str) -> None:
+def _apply_attention(built: BuiltPipeline, attention: str, machine: hardware.Machine) -> None:
     pipe = built.pipe
     if attention == "xformers":
-        if built.device != "cuda":
-            built.skip("xformers", "needs a CUDA GPU: SDPA used")
-        elif not hardware.is_importable("xformers"):
-            built.skip("xformers", "not installed (pip install 'nitro-cli[xformers]'): SDPA used")
+        why = xformers_blocker(built.device, machine)
+        if why:
+            built.skip("xformers", f"{why}: SDPA used")
         else:
             try:
                 pipe.enable_xformers_memory_efficient_attention()
@@ -253,18 +315,135 @@ def _apply_attention(built: BuiltPipeline, attention: str) -> None:
     built.applied.append("SDPA attention")
 
 
-def _apply_compile(built: BuiltPipeline, mode: str, machine: hardware.Machine) -> None:
-    if mode == "none":
-        return
-    if not machine.compiler_available:
-        needs = "Triton" if built.device == "cuda" else "a C++ compiler"
-        built.skip(f"torch.compile ({mode})", f"needs {needs}: eager mode used")
-        return
+def _apply_fp8_storage(built: BuiltPipeline) -> None:
+    """UNet weights kept in fp8 and cast up one layer at a time for compute: half the fp16 weight memory.
+
+    Only the UNet: the pipeline takes its prompt-embedding dtype from the text encoder's parameters, so
+    an fp8 text encoder would make fp8 latents (and it is small, and off the GPU under offload anyway).
+    diffusers keeps the UNet's norm layers in the compute dtype. After fuse_qkv, so the fused layers are cast too.
+    """
     import torch
 
-    # CUDA graphs (reduce-overhead) only exist on the GPU; inductor's default mode is the CPU equivalent.
-    if mode == "reduce-overhead" and built.device != "cuda":
+    built.pipe.unet.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
+                                             compute_dtype=getattr(torch, built.dtype))
+    built.applied.append(f"fp8 storage of unet weights (layerwise casting, {built.dtype} compute)")
+
+
+# What each `sdpa_backend` (presets.SDPA_BACKENDS) leaves enabled: torch picks the fastest allowed kernel.
+SDPA_KERNELS = {
+    "auto": ("flash", "efficient", "cudnn", "math"),
+    "flash": ("flash",),
+    "efficient": ("efficient",),
+    "cudnn": ("cudnn",),
+    "math": ("math",),
+}
+
+# diffusers' fp16 guide recommends these inductor flags with max-autotune. Coordinate-descent tuning
+# makes the first compilation much longer, hence opt-in (`inductor_tuning`).
+INDUCTOR_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False}
+
+
+def _apply_sdpa_backend(built: BuiltPipeline, choice: str, attention: str) -> None:
+    """Process-wide kernel switches (what `torch.nn.attention.sdpa_kernel` sets for a block), set on every
+    build, so that one preset's choice never leaks into the next preset built in the same process."""
+    import torch
+
+    if choice != "auto" and built.device != "cuda":
+        built.skip(f"sdpa_backend {choice}", "a CUDA kernel choice; the CPU keeps torch's own pick")
+        choice = "auto"
+    elif choice != "auto" and attention != "sdpa":
+        built.skip(f"sdpa_backend {choice}", f"the UNet uses {attention} attention, not SDPA")
+        choice = "auto"
+    enabled = SDPA_KERNELS[choice]
+    torch.backends.cuda.enable_flash_sdp("flash" in enabled)
+    torch.backends.cuda.enable_mem_efficient_sdp("efficient" in enabled)
+    torch.backends.cuda.enable_cudnn_sdp("cudnn" in enabled)
+    torch.backends.cuda.enable_math_sdp("math" in enabled)
+    if choice != "auto":
+        built.applied.append(f"SDPA kernel: {choice} only")
+
+
+def _apply_cudnn_benchmark(built: BuiltPipeline, wanted: bool) -> None:
+    """Set on every CUDA build (on or off) for the same reason as the SDPA switches."""
+    import torch
+
+    if built.device != "cuda":
+        if wanted:
+            built.skip("cudnn_benchmark", "cuDNN is CUDA only")
+        return
+    torch.backends.cudnn.benchmark = wanted
+    if wanted:
+        built.applied.append("cuDNN benchmark mode (the first call of each shape tries every convolution kernel)")
+
+
+def use_compile_caches() -> str:
+    """Point inductor's on-disk caches (FX graphs, AOTAutograd, Triton kernels) at nitro's cache folder,
+    so a later process with the same model, preset and shape loads compiled code instead of compiling.
+    Must run before the first compilation; torch reads the variable each time it opens its cache."""
+    from nitro_cli import paths
+
+    folder = str(paths.compile_cache_dir())
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    functorch_config.enable_autograd_cache = True
+    return folder
+
+
+def _compile_options(mode: str, tuning: bool, cuda_graphs: bool) -> dict[str, Any]:
+    """torch.compile's `mode` as inductor options, so the tuning flags travel with this compilation only
+    (`mode=` and `options=` can't be passed together)."""
+    from torch._inductor import list_mode_options
+
+    options = dict(list_mode_options(mode))
+    if not cuda_graphs:
+        options.pop("triton.cudagraphs", None)
+    if tuning:
+        options.update(INDUCTOR_TUNING)
+    return options
+
+
+def _apply_compile(built: BuiltPipeline, preset: Preset, machine: hardware.Machine) -> None:
+    mode = preset.compile
+    extras = {"compile_vae": preset.compile_vae, "compile_text_encoder": preset.compile_text_encoder,
+              "inductor_tuning": preset.inductor_tuning}
+    if mode == "none":
+        for name, wanted in extras.items():
+            if wanted:
+                built.skip(name, "compile is none: set compile to a mode")
+        return
+    why = compile_blocker(built.device, machine)
+    if why:
+        built.skip(f"torch.compile ({mode})", f"{why}: eager mode used")
+        return
+
+    # CUDA graphs (reduce-overhead, max-autotune) only exist on the GPU; on the CPU the same mode
+    # without them is the equivalent.
+    cuda_graphs = built.device == "cuda"
+    if mode == "reduce-overhead" and not cuda_graphs:
         built.skip("CUDA graphs (reduce-overhead)", "no CUDA device: torch.compile default mode used")
         mode = "default"
-    built.pipe.unet = torch.compile(built.pipe.unet, mode=mode, fullgraph=True)
+    elif mode == "max-autotune" and not cuda_graphs:
+        built.skip("CUDA graphs (max-autotune)", "no CUDA device: compiled without them")
+    built.applied.append(f"compile caches in {use_compile_caches()} (a later process reuses them)")
+    tuning = preset.inductor_tuning
+    if tuning:
+        built.applied.append("inductor tuning (" + ", ".join(f"{k}={v}" for k, v in INDUCTOR_TUNING.items()) + ")")
+    pipe = built.pipe
+    pipe.unet.compile(fullgraph=True, options=_compile_options(mode, tuning, cuda_graphs))
     built.applied.append(f"torch.compile unet ({mode}); the first call compiles")
+    if preset.compile_vae:
+        # A CUDA graph's output is overwritten by its next replay; sliced or tiled decoding calls the
+        # decoder several times and concatenates the outputs afterwards, so it runs without graphs.
+        vae_graphs = cuda_graphs and not (preset.vae.slicing or preset.vae.tiling)
+        if cuda_graphs and not vae_graphs:
+            built.skip("CUDA graphs for the VAE decoder", "VAE slicing/tiling reuses the graph within one decode")
+        pipe.vae.decoder.compile(fullgraph=True, options=_compile_options(mode, tuning, vae_graphs))
+        built.applied.append(f"torch.compile VAE decoder ({mode}{'' if vae_graphs else ', no CUDA graphs'})")
+    if preset.compile_text_encoder:
+        # No CUDA graphs: the prompt cache keeps the encoder's outputs across calls, and a replay
+        # would overwrite them.
+        pipe.text_encoder.compile(fullgraph=True, options=_compile_options(mode, tuning, cuda_graphs=False))
+        built.applied.append(f"torch.compile text encoder ({mode}, no CUDA graphs)")

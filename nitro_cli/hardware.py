@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 import platform
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from nitro_cli import paths
+from nitro_cli.models import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,8 @@ class GpuInfo:
     total_vram_mib: int
     free_vram_mib: int
     bf16: bool
+    # SDPA kernels a tiny fp16 call ran with: "flash", "mem_efficient", "math". Empty: not tested.
+    sdpa_kernels: tuple[str, ...] = ()
 
     @property
     def fast_fp16(self) -> bool:
@@ -28,6 +35,25 @@ class GpuInfo:
         if self.compute_capability < (7, 0):
             return self.compute_capability == (6, 0)  # P100 is the one Pascal with fast fp16
         return "GTX 16" not in self.name
+
+    @property
+    def capability(self) -> str:
+        return f"{self.compute_capability[0]}.{self.compute_capability[1]}"
+
+
+@dataclass(frozen=True)
+class PackageTest:
+    """Whether an optional package did real work on this machine, not just imported."""
+
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    repo_id: str
+    path: str
+    size_mib: int
 
 
 @dataclass(frozen=True)
@@ -40,14 +66,24 @@ class Machine:
     gpus: tuple[GpuInfo, ...] = ()
     compiler_available: bool = False
     notes: tuple[str, ...] = field(default=())
+    # Filled by `probe(deep=True)` (doctor, checklist); None means "not looked at" or "not there".
+    torch_cudnn: int | None = None
+    driver_version: str | None = None
+    xformers_test: PackageTest | None = None
+    bitsandbytes_test: PackageTest | None = None
+    model_cache: CachedModel | None = None
+    hf_offline: bool = False
+    outputs_dir: str = "outputs"
+    free_disk_mib: int | None = None
+    compile_cache_dir: str = ""
 
     @property
     def has_gpu(self) -> bool:
         return self.cuda_available and bool(self.gpus)
 
 
-PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "xformers",
-            "bitsandbytes", "torchao", "onnxruntime", "triton", "nvidia-ml-py")
+PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "huggingface_hub", "xformers",
+            "bitsandbytes", "torchao", "onnxruntime", "optimum", "triton", "nvidia-ml-py")
 
 
 def package_version(name: str) -> str | None:
@@ -69,8 +105,111 @@ def _compiler_available(cuda: bool) -> bool:
     return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
 
 
-def probe() -> Machine:
-    """Look at this machine. Imports torch: call it from commands, never at import time."""
+def _failure(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+
+
+def _sdpa_kernels(index: int) -> tuple[str, ...]:
+    """Run one tiny fp16 attention call per SDPA backend; the ones that don't raise are usable."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(1, 2, 64, 64, device=f"cuda:{index}", dtype=torch.float16)
+    usable = []
+    for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("mem_efficient", SDPBackend.EFFICIENT_ATTENTION),
+                          ("math", SDPBackend.MATH)):
+        try:
+            with sdpa_kernel(backend):
+                torch.nn.functional.scaled_dot_product_attention(q, q, q)
+            usable.append(name)
+        except RuntimeError:
+            pass
+    return tuple(usable)
+
+
+def _test_xformers(cuda: bool) -> PackageTest | None:
+    """A prebuilt xformers wheel only works with the torch it was built for: import it and run it."""
+    if package_version("xformers") is None:
+        return None
+    try:
+        import xformers.ops
+
+        if not cuda:
+            return PackageTest(True, "imports (its kernels need a CUDA GPU)")
+        import torch
+
+        q = torch.randn(1, 16, 2, 40, device="cuda", dtype=torch.float16)  # (batch, tokens, heads, dim)
+        xformers.ops.memory_efficient_attention(q, q, q)
+        return PackageTest(True, "imports and runs a fp16 attention call")
+    except Exception as exc:  # a mismatched build fails in many ways: ImportError, OSError, RuntimeError
+        return PackageTest(False, _failure(exc))
+
+
+def _test_bitsandbytes(cuda: bool) -> PackageTest | None:
+    """bitsandbytes imports fine without its CUDA library and fails only at the first quantized layer."""
+    if package_version("bitsandbytes") is None or not cuda:
+        return None
+    try:
+        from bitsandbytes.cextension import lib
+    except Exception as exc:
+        return PackageTest(False, _failure(exc))
+    if getattr(lib, "compiled_with_cuda", False):
+        return PackageTest(True, "CUDA library loaded")
+    reason = getattr(lib, "error_msg", "") or "no CUDA library for this torch"
+    return PackageTest(False, reason.strip().splitlines()[0])
+
+
+def _driver_version() -> str | None:
+    """The NVIDIA driver, through NVML (nvidia-ml-py) when it is installed."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no pynvml, no driver, or no permission: simply unknown
+        return None
+    return version.decode() if isinstance(version, bytes) else str(version)
+
+
+def _hf_offline() -> bool:
+    """Read like huggingface_hub does, but now: its constant is frozen when it is first imported."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _cached_model(repo_id: str = DEFAULT_MODEL, hub_cache: Path | None = None) -> CachedModel | None:
+    from huggingface_hub import scan_cache_dir
+
+    try:
+        cache = scan_cache_dir(hub_cache)
+    except Exception:  # no cache folder yet, or an unreadable one: nothing is cached
+        return None
+    for repo in cache.repos:
+        if repo.repo_type == "model" and repo.repo_id == repo_id:
+            return CachedModel(repo_id, str(repo.repo_path), repo.size_on_disk // 2**20)
+    return None
+
+
+def _free_disk_mib(folder: Path) -> int | None:
+    """Free space where outputs go (the nearest existing folder: the output folder may not exist yet)."""
+    folder = folder.resolve()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free // 2**20
+    except OSError:
+        return None
+
+
+def probe(deep: bool = False, outputs: Path = Path("outputs")) -> Machine:
+    """Look at this machine. Imports torch: call it from commands, never at import time.
+
+    `deep` also runs what doctor and checklist need and a pipeline build does not: tiny xformers and
+    SDPA calls, bitsandbytes' library check, NVML, the Hugging Face cache scan and free disk.
+    """
     import torch
 
     gpus = []
@@ -86,8 +225,9 @@ def probe() -> Machine:
                 total_vram_mib=total // 2**20,
                 free_vram_mib=free // 2**20,
                 bf16=(props.major, props.minor) >= (8, 0),
+                sdpa_kernels=_sdpa_kernels(index) if deep else (),
             ))
-    return Machine(
+    machine = Machine(
         python=platform.python_version(),
         os=f"{platform.system()} {platform.release()} ({platform.machine()})",
         packages={name: package_version(name) for name in PACKAGES},
@@ -95,4 +235,18 @@ def probe() -> Machine:
         torch_cuda=torch.version.cuda,
         gpus=tuple(gpus),
         compiler_available=_compiler_available(cuda),
+        torch_cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        hf_offline=_hf_offline(),
+        outputs_dir=str(outputs),
+        compile_cache_dir=str(paths.compile_cache_dir()),
+    )
+    if not deep:
+        return machine
+    return replace(
+        machine,
+        driver_version=_driver_version(),
+        xformers_test=_test_xformers(cuda),
+        bitsandbytes_test=_test_bitsandbytes(cuda),
+        model_cache=_cached_model(),
+        free_disk_mib=_free_disk_mib(outputs),
     )

@@ -8,12 +8,15 @@ architecture, so its speed and memory are the real model's; its pictures are noi
 from __future__ import annotations
 
 import gzip
+import shutil
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from nitro_cli import paths
 from nitro_cli.errors import UsageError
 
 DEFAULT_MODEL = "nitrosocke/Nitro-Diffusion"
@@ -160,6 +163,25 @@ def build_random_pipeline(name: str, device: str = "cpu"):
     )
 
 
+def random_model_folder(name: str, device: str = "cpu") -> Path:
+    """`name` saved once as a diffusers folder in nitro's cache, with the weights it has when built on `device`.
+
+    The same seed gives different weights on a CPU and a GPU, hence one folder per device. The folder is
+    written under a temporary name and renamed when complete, so a reader never sees half a model.
+    """
+    folder = paths.cache_dir() / "models" / f"{name.replace(':', '-')}-{device}"
+    if (folder / "model_index.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    build_random_pipeline(name, device=device).save_pretrained(staging)
+    try:
+        staging.rename(folder)
+    except OSError:  # another process saved it first: theirs is as good
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
 def _missing_model_hint(source: ModelSource) -> str:
     if source.kind == "single_file":
         return ("a single-file checkpoint needs its SD 1.x config: run once online so diffusers caches it, "
@@ -173,10 +195,10 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
     """The pipeline behind `source`, in `torch_dtype`. A model that can't be had is exit 2 with a hint."""
     from diffusers import StableDiffusionPipeline
 
+    if source.is_random and quantization_config is not None:
+        # Quantizers work while reading weight files, so the random model is loaded from its saved copy.
+        source = ModelSource(str(random_model_folder(source.spec, device)), "folder")
     if source.is_random:
-        if quantization_config is not None:
-            raise UsageError("quantization needs a saved model folder",
-                             hint="save the random model with `pipe.save_pretrained(DIR)` and pass --model DIR")
         pipe = build_random_pipeline(source.spec, device=device).to(dtype=torch_dtype)
         if not with_safety_checker:
             pipe.safety_checker = None

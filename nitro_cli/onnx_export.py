@@ -11,8 +11,9 @@ size. The torch.export-based exporter (the default since torch 2.9) needs ~1 min
 and fails on its dynamic spatial shapes (torch 2.13).
 
 `OnnxRuntimePipeline` puts the ONNX pipeline behind the interface `generation.run_batch` uses, so
-that generate and bench run both backends through one call path, with the same seeds giving the
-same starting noise (and so nearly the same pixels).
+that generate and bench run both backends through one call path: it runs the PyTorch pipeline's
+denoising loop around the exported UNet, so every scheduler works and the same seed gives the same
+starting noise (and so nearly the same pixels).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 from nitro_cli import hardware, models
@@ -33,9 +35,9 @@ ONNX_PIPELINE_CLASS = "OnnxStableDiffusionPipeline"
 DEFAULT_OPSET = 17  # LayerNormalization as one op; every onnxruntime since 1.14 runs it
 ONNX_FILE = "model.onnx"
 EXTERNAL_WEIGHTS_FILE = "weights.pb"  # the name diffusers' OnnxRuntimeModel copies along with model.onnx
-# Schedulers the ONNX pipeline's loop runs. Euler, Euler a and LMS fail there (their starting noise
-# scale is a torch tensor the numpy loop can't multiply), and Euler a would ignore the seed anyway.
-ONNX_SCHEDULERS = ("pndm", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "unipc")
+SD_VAE_SCALE_FACTOR = 8  # SD 1.x latents are 1/8 of the image side
+# SD 1.x VAE latent scale: an export keeps no VAE config, and diffusers' ONNX pipeline hard-codes it too.
+SD_VAE_SCALING_FACTOR = 0.18215
 EXPORT_HINT = "nitro export onnx --model M --out DIR, then --model DIR"
 INSTALL_HINT = "pip install 'nitro-cli[onnx]'"
 
@@ -277,22 +279,61 @@ def load_onnx_pipeline(folder: Path, *, provider: str, with_safety_checker: bool
                              hint=f"export it again: {EXPORT_HINT}") from exc
 
 
+class OnnxVaeDecoder:
+    """The exported VAE decoder with the parts of diffusers' `AutoencoderKL` that `generation.decode_latents` uses.
+
+    An export is a float32 graph, so `dtype` is float32 and the fp32 re-decode of the NaN guard never runs.
+    """
+
+    def __init__(self, session):
+        self.session = session
+        self.config = SimpleNamespace(scaling_factor=SD_VAE_SCALING_FACTOR)
+
+    @property
+    def dtype(self):
+        import torch
+
+        return torch.float32
+
+    def decode(self, latents, return_dict: bool = False) -> tuple:
+        """Pixels in [-1, 1], as a one-item tuple (what `AutoencoderKL.decode(..., return_dict=False)` returns)."""
+        import torch
+
+        if return_dict:
+            raise ValueError("the ONNX VAE decoder returns a tuple only: call decode(..., return_dict=False)")
+        return (torch.from_numpy(self.session(latent_sample=latents.numpy())[0]),)
+
+
 class OnnxRuntimePipeline:
     """An `OnnxStableDiffusionPipeline` with the calls `generation.run_batch` makes on a diffusers pipeline.
 
-    run_batch encodes prompts with `encode_prompt` and passes torch embeddings and one torch CPU
-    generator per image; the ONNX pipeline takes numpy arrays and a numpy RandomState. Here the
-    starting latents are drawn from the torch generators exactly as StableDiffusionPipeline draws them,
-    so a seed gives the same starting noise on both backends.
+    The denoising loop is StableDiffusionPipeline's, in torch, with the exported UNet as the noise
+    predictor: the scheduler steps on torch tensors, so every scheduler runs (diffusers' numpy ONNX
+    loop fails on Euler, Euler a and LMS), the starting noise is drawn from the torch CPU generators
+    exactly as the PyTorch pipeline draws it (a seed gives the same image on both backends, within
+    float error), and Euler a takes its per-step noise from the same generators. The call stops at
+    latents; `vae`, `run_safety_checker` and `image_processor` then decode, check and convert as
+    run_batch does for the PyTorch pipeline.
     """
 
     def __init__(self, onnx_pipe):
+        from diffusers.image_processor import VaeImageProcessor
+
         self.onnx_pipe = onnx_pipe
-        self._execution_device = "cpu"  # where encode_prompt's embeddings live (numpy, on the host)
+        self.scheduler = onnx_pipe.scheduler  # the loop's own: builder.set_scheduler replaces it here
+        self._execution_device = "cpu"  # where the torch side (embeddings, latents) lives; ONNX Runtime copies
+        self.vae = OnnxVaeDecoder(onnx_pipe.vae_decoder)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=SD_VAE_SCALE_FACTOR)
+        self._num_timesteps = 0
 
     @property
-    def scheduler(self):
-        return self.onnx_pipe.scheduler
+    def tokenizer(self):
+        return self.onnx_pipe.tokenizer
+
+    @property
+    def num_timesteps(self) -> int:
+        """Denoising steps of the current (or last) call, as diffusers' pipelines report it to step callbacks."""
+        return self._num_timesteps
 
     def encode_prompt(self, prompt: str, device, num_images_per_prompt: int, do_classifier_free_guidance: bool,
                       negative_prompt: str | None = None):
@@ -307,18 +348,68 @@ class OnnxRuntimePipeline:
         return torch.from_numpy(positive), torch.from_numpy(negative)
 
     def __call__(self, *, prompt_embeds, negative_prompt_embeds, num_inference_steps: int, guidance_scale: float,
-                 width: int, height: int, generator: list, callback_on_step_end: Callable | None = None):
+                 width: int, height: int, generator: list, output_type: str,
+                 callback_on_step_end: Callable | None = None):
+        """Denoise to latents (`output_type="latent"`, the only one: decoding is run_batch's)."""
+        import inspect
+
+        import numpy as np
         import torch
+        from diffusers.pipelines.onnx_utils import ORT_TO_NP_TYPE
+        from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
         from diffusers.utils.torch_utils import randn_tensor
 
-        channels = self.onnx_pipe.unet.model.get_inputs()[0].shape[1]
-        shape = (prompt_embeds.shape[0], channels, height // 8, width // 8)
+        if output_type != "latent":
+            raise ValueError(f"OnnxRuntimePipeline returns latents only, not output_type={output_type!r}")
+        unet, scheduler = self.onnx_pipe.unet, self.scheduler
+        guided = guidance_scale > 1.0  # as StableDiffusionPipeline decides classifier-free guidance
+        embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if guided else prompt_embeds
+        embeds = embeds.numpy()
+
+        scheduler.set_timesteps(num_inference_steps, device="cpu")
+        timesteps = scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+        inputs = {i.name: i for i in unet.model.get_inputs()}
+        shape = (prompt_embeds.shape[0], inputs["sample"].shape[1], height // SD_VAE_SCALE_FACTOR,
+                 width // SD_VAE_SCALE_FACTOR)
         latents = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
-        callback = None
-        if callback_on_step_end is not None:
-            def callback(step: int, timestep, step_latents) -> None:
-                callback_on_step_end(self, step, timestep, {"latents": step_latents})
-        negative = negative_prompt_embeds.numpy() if negative_prompt_embeds is not None else None
-        return self.onnx_pipe(prompt_embeds=prompt_embeds.numpy(), negative_prompt_embeds=negative,
-                              latents=latents.numpy(), num_inference_steps=num_inference_steps,
-                              guidance_scale=guidance_scale, width=width, height=height, callback=callback)
+        latents = latents * scheduler.init_noise_sigma
+        timestep_dtype = ORT_TO_NP_TYPE[inputs["timestep"].type]
+        step_parameters = inspect.signature(scheduler.step).parameters
+        step_kwargs = {key: value for key, value in (("eta", 0.0), ("generator", generator)) if key in step_parameters}
+
+        for i, t in enumerate(timesteps):
+            model_input = torch.cat([latents] * 2) if guided else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            timestep = np.array([t.item()], dtype=timestep_dtype)
+            noise_pred = torch.from_numpy(unet(sample=model_input.numpy(), timestep=timestep,
+                                               encoder_hidden_states=embeds)[0])
+            if guided:
+                noise_uncond, noise_text = noise_pred.chunk(2)
+                noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+            latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+            if callback_on_step_end is not None:
+                latents = callback_on_step_end(self, i, t, {"latents": latents}).pop("latents", latents)
+        return StableDiffusionPipelineOutput(images=latents, nsfw_content_detected=None)
+
+    def run_safety_checker(self, pixels, device, dtype):
+        """(pixels, NSFW flags) as StableDiffusionPipeline.run_safety_checker returns them, flagged images zeroed;
+        (pixels, None) without a checker. `device` and `dtype` are the torch pipeline's; the graph is fp32 on ORT."""
+        import numpy as np
+        import torch
+
+        checker = self.onnx_pipe.safety_checker
+        if checker is None:
+            return pixels, None
+        clip_input = self.onnx_pipe.feature_extractor(self.image_processor.postprocess(pixels, output_type="pil"),
+                                                      return_tensors="np").pixel_values.astype(np.float32)
+        images = np.ascontiguousarray(pixels.permute(0, 2, 3, 1).numpy())  # the graph takes NHWC, as exported
+        checked, flags = [], []
+        for i in range(len(images)):  # one at a time: the traced graph's NSFW mask broadcasts over batch 1 only
+            image, flag = checker(clip_input=clip_input[i:i + 1], images=images[i:i + 1])
+            checked.append(image)
+            flags.append(bool(flag[0]))
+        return torch.from_numpy(np.concatenate(checked)).permute(0, 3, 1, 2), flags
+
+    def maybe_free_model_hooks(self) -> None:
+        """Nothing to free: ONNX Runtime sessions have no CPU-offload hooks."""

@@ -1,13 +1,33 @@
-"""Image files: names that sort in prompt order, AUTOMATIC1111 infotext, writes no reader sees half-done."""
+"""Image files: names that sort in prompt order, AUTOMATIC1111 infotext, writes no reader sees half-done.
+
+Names are `NNNNN-SEED-slug.png`. How a run's names stay reproducible, so that `--resume` finds them:
+a run writes a small manifest, `.nitro-run.json`, in its output folder before its first image, holding
+a fingerprint of the request (model, preset settings except batch size, prompts, images per prompt,
+`--seed`), the first free file number it started at and its first seed (drawn at random when `--seed`
+was not given). Image i of the run (in prompt order) is then number `first_index + i` with the seed the
+plan gives it from `first_seed`. `--resume` reads the manifest back, checks that the fingerprint matches,
+rebuilds the same plan and generates only the names that are not on disk. A new run (without `--resume`)
+starts past the highest number in the folder, so it never overwrites anything, and replaces the manifest.
+Batch size is left out of the fingerprint: batching does not change pixels, so after an out-of-memory
+error a run can be resumed with a smaller batch.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from nitro_cli import __version__
+from nitro_cli.errors import UsageError
+
+MANIFEST_NAME = ".nitro-run.json"
+SEED_LIMIT = 2**32  # drawn seeds stay in A1111's range, so they can be typed back into it
 
 NAME_PATTERN = re.compile(r"^(\d{5})-(\d+)-.*\.png$")
 
@@ -43,15 +63,71 @@ def infotext(prompt: str, negative: str, params: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def _write_atomically(path: Path, write) -> None:
+    """`write(temporary)` to a hidden name in the same folder, then rename: readers see all or nothing,
+    and an interruption leaves no partial file behind."""
+    temporary = path.with_name(f".{path.name}.part")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def save_png(image, path: Path, parameters: str) -> None:
-    """Write to a hidden temporary name in the same folder, then rename: readers see all or nothing."""
+    """The image as a PNG with A1111's `parameters` text chunk, written atomically."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     info.add_text("parameters", parameters)
-    temporary = path.with_name(f".{path.name}.part")
-    try:
-        image.save(temporary, format="PNG", pnginfo=info)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    _write_atomically(path, lambda temporary: image.save(temporary, format="PNG", pnginfo=info))
+
+
+def save_image(planned, image, *, folder: Path, sampler: str, model: str, preset: str) -> Path:
+    """One planned image (a generation.PlannedImage) with its A1111 parameters, written atomically."""
+    job, path = planned.job, folder / planned.name
+    save_png(image, path, infotext(job.prompt, job.negative, {
+        "Steps": job.steps, "Sampler": sampler, "CFG scale": job.guidance, "Seed": planned.seed,
+        "Size": f"{job.width}x{job.height}", "Model": model, "Preset": preset,
+    }))
+    return path
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What `.nitro-run.json` holds: enough to rebuild a run's names and seeds."""
+
+    fingerprint: str
+    first_index: int
+    first_seed: int
+    images: int
+
+
+def fingerprint(request: dict) -> str:
+    """A short stable hash of everything that decides a run's images (JSON-able values only)."""
+    text = json.dumps(request, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def start_run(folder: Path, request_fingerprint: str, images: int, seed: int | None, resume: bool) -> RunRecord:
+    """The run's first file number and first seed: read back for `--resume`, else fresh and recorded."""
+    manifest = folder / MANIFEST_NAME
+    if resume:
+        if not manifest.is_file():
+            raise UsageError(f"--resume: no earlier run recorded in {folder}",
+                             hint="run the command without --resume to start one")
+        try:
+            record = RunRecord(**json.loads(manifest.read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"--resume: {manifest} is damaged ({exc})",
+                             hint="run the command without --resume to start a new run") from None
+        if record.fingerprint != request_fingerprint:
+            raise UsageError(f"--resume: the last run in {folder} was a different request "
+                             "(prompts, seed, images per prompt, model or preset differ)",
+                             hint="repeat the interrupted command exactly, plus --resume; or drop --resume")
+        return record
+    first_seed = seed if seed is not None else random.randrange(SEED_LIMIT - images)
+    record = RunRecord(request_fingerprint, next_index(folder), first_seed, images)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_atomically(manifest, lambda temporary: temporary.write_text(json.dumps(dataclasses.asdict(record)), encoding="utf-8"))
+    return record

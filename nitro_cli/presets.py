@@ -21,8 +21,9 @@ from nitro_cli.errors import UsageError
 PRECISIONS = ("float32", "float16", "bfloat16")
 ATTENTIONS = ("sdpa", "xformers", "sliced")
 OFFLOADS = ("none", "model", "sequential")
-QUANTIZATIONS = ("none", "int8", "nf4")
+QUANTIZATIONS = ("none", "int8", "nf4", "fp8_storage")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
 BACKENDS = ("pytorch", "onnx")  # onnx: an exported fp32 graph run by ONNX Runtime (CPU/edge)
 
 # Scheduler key -> the sampler name AUTOMATIC1111 writes in its infotext (and users know).
@@ -68,8 +69,13 @@ class Preset:
     quantization: str = _setting("none", choices=QUANTIZATIONS)
     vae: VaeSettings = field(default_factory=VaeSettings)
     compile: str = _setting("none", choices=COMPILE_MODES)
+    compile_vae: bool = _setting(False)
+    compile_text_encoder: bool = _setting(False)
+    inductor_tuning: bool = _setting(False)
     channels_last: bool = _setting(False)
     fuse_qkv: bool = _setting(False)
+    sdpa_backend: str = _setting("auto", choices=SDPA_BACKENDS)
+    cudnn_benchmark: bool = _setting(False)
     backend: str = _setting("pytorch", choices=BACKENDS)
     # What generate and bench apply per call.
     prompt_cache: bool = _setting(False)
@@ -182,6 +188,12 @@ def _check_value(key: str, value: Any, f: dataclasses.Field) -> Any:
     if rules.get("multiple_of") and value % rules["multiple_of"]:
         raise ValueError(f"'{key}' must be a multiple of {rules['multiple_of']}, not {value!r}")
     return value
+
+
+def check_setting(key: str, value: Any, label: str | None = None) -> Any:
+    """One top-level preset field's value, checked by that field's rules (ValueError naming `label` if not)."""
+    fields = {f.name: f for f in dataclasses.fields(Preset)}
+    return _check_value(label or key, value, fields[key])
 
 
 def _group(f: dataclasses.Field) -> type | None:

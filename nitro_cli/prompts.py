@@ -1,9 +1,34 @@
-"""Prompts: Nitro-Diffusion's style tokens (and, with the generate work, prompt files)."""
+"""Prompts: Nitro-Diffusion's style tokens, prompt files, and CLIP's 77-token limit.
+
+A prompts file is AUTOMATIC1111's prompts-from-file format: UTF-8, one prompt per line, blank lines
+and `#` lines skipped. A line with `--` in it is a list of options, parsed like a shell command line:
+
+    --prompt "castle on a cliff" --negative_prompt blurry --seed 5 --steps 20 --cfg_scale 6
+    --prompt a princess --style arcane --style disney --width 512 --height 768
+
+`--prompt` and `--negative_prompt` take every word up to the next option, quoted or not (as A1111
+does); `--style` may repeat and adds to the command line's styles. Any other line is the prompt.
+The whole file is checked before a model is loaded: every bad line is reported with its number.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from nitro_cli.errors import UsageError
+from nitro_cli.presets import check_setting
+
 # The model card's tokens; several together give a mixed style.
 STYLE_TOKENS = {"archer": "archer style", "arcane": "arcane style", "disney": "modern disney style"}
+
+# A1111's option names -> PromptJob fields checked against the preset's rules for that field.
+_SETTING_OPTIONS = {"steps": "steps", "cfg_scale": "guidance", "width": "width", "height": "height"}
+_TEXT_OPTIONS = ("prompt", "negative_prompt")
+LINE_OPTIONS = (*_TEXT_OPTIONS, "seed", *_SETTING_OPTIONS, "style")
 
 
 def apply_styles(prompt: str, styles: list[str]) -> str:
@@ -14,3 +39,133 @@ def apply_styles(prompt: str, styles: list[str]) -> str:
         if token not in result.lower():
             result = f"{result}, {token}" if result else token
     return result
+
+
+@dataclass(frozen=True)
+class PromptJob:
+    """One prompt with the settings its images use: the command line's, or a file line's overrides."""
+
+    prompt: str               # styles already applied
+    negative: str
+    seed: int | None          # the first seed of this prompt's images; None: the run's seed sequence
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    line: int | None = None   # where it came from in the prompts file
+
+
+class _BadLine(ValueError):
+    pass
+
+
+def _parse_options(text: str) -> dict[str, object]:
+    """A1111's `cmdargs`: `--name value` pairs; prompt texts run to the next option."""
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:  # shlex's only error: an unclosed quote or a trailing backslash
+        raise _BadLine(f"cannot split into options ({exc})") from None
+    found: dict[str, object] = {"style": []}
+    position = 0
+    while position < len(words):
+        word = words[position]
+        if not word.startswith("--"):
+            raise _BadLine(f"'{word}' is not an option; write the prompt as --prompt \"...\"")
+        name = word[2:]
+        if name not in LINE_OPTIONS:
+            close = difflib.get_close_matches(name, LINE_OPTIONS, n=1, cutoff=0.5)
+            guess = f" (did you mean --{close[0]}?)" if close else ""
+            raise _BadLine(f"unknown option {word}{guess}; allowed: {', '.join('--' + o for o in LINE_OPTIONS)}")
+        values = []
+        position += 1
+        while position < len(words) and not words[position].startswith("--"):
+            values.append(words[position])
+            position += 1
+        if not values:
+            raise _BadLine(f"{word} needs a value")
+        if name in _TEXT_OPTIONS:
+            found[name] = " ".join(values)
+        elif len(values) > 1:
+            raise _BadLine(f"{word} takes one value, got {len(values)}: {' '.join(values)}")
+        elif name == "style":
+            found["style"].append(values[0])
+        else:
+            found[name] = values[0]
+    return found
+
+
+def _number(option: str, raw: object, kind: type) -> int | float:
+    try:
+        return kind(raw)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise _BadLine(f"--{option} must be {what}, not '{raw}'") from None
+
+
+def parse_line(text: str, defaults: PromptJob, styles: list[str]) -> PromptJob:
+    """One non-blank, non-comment line on top of the command line's settings (ValueError says why not)."""
+    options = _parse_options(text) if "--" in text else {"prompt": text.strip(), "style": []}
+    changes: dict[str, object] = {}
+    if "negative_prompt" in options:
+        changes["negative"] = options["negative_prompt"]
+    if "seed" in options:
+        seed = _number("seed", options["seed"], int)
+        if seed < 0:
+            raise _BadLine(f"--seed must be 0 or more, not {seed}")
+        changes["seed"] = seed
+    for option, field in _SETTING_OPTIONS.items():
+        if option in options:
+            value = _number(option, options[option], float if field == "guidance" else int)
+            changes[field] = check_setting(field, value, label=f"--{option}")
+    unknown = [s for s in options["style"] if s not in STYLE_TOKENS]
+    if unknown:
+        raise _BadLine(f"unknown style '{unknown[0]}'; allowed: {', '.join(STYLE_TOKENS)}")
+    prompt = str(options.get("prompt", "")).strip()
+    if not prompt:
+        raise _BadLine("no prompt (add --prompt \"...\")")
+    changes["prompt"] = apply_styles(prompt, [*styles, *options["style"]])
+    return dataclasses.replace(defaults, **changes)
+
+
+def read_prompts_file(path: Path, defaults: PromptJob, styles: list[str]) -> list[PromptJob]:
+    """Every prompt in the file, or a UsageError listing each bad line by number."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read prompts file {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise UsageError(f"prompts file {path}: line {line}: not UTF-8 text ({exc.reason})",
+                         hint="save the file as UTF-8") from None
+    jobs, problems = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            jobs.append(dataclasses.replace(parse_line(line, defaults, styles), line=number))
+        except ValueError as exc:
+            problems.append(f"line {number}: {exc}")
+    if problems:
+        listed = problems[0] if len(problems) == 1 else f"{len(problems)} bad lines:\n  " + "\n  ".join(problems)
+        raise UsageError(f"prompts file {path}: {listed}",
+                         hint="fix the lines above; nothing was generated")
+    if not jobs:
+        raise UsageError(f"prompts file {path} has no prompts (only blank or # lines)")
+    return jobs
+
+
+def truncation_warnings(tokenizer, jobs: list[PromptJob]) -> list[str]:
+    """One warning per distinct prompt or negative prompt longer than the text encoder reads (77 tokens
+    for CLIP), showing the part that is dropped."""
+    limit = tokenizer.model_max_length
+    warnings = []
+    texts = dict.fromkeys(text for job in jobs for text in (job.prompt, job.negative) if text)
+    for text in texts:
+        ids = tokenizer(text).input_ids  # with the start and end tokens the limit counts
+        if len(ids) > limit:
+            dropped = tokenizer.decode(ids[limit - 1:-1]).strip()
+            warnings.append(f"prompt longer than {limit} tokens; this end of it is ignored: \"{dropped}\" "
+                            f"(in \"{text[:40]}...\")")
+    return warnings

@@ -15,11 +15,24 @@ def offline_env(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
     monkeypatch.setenv("NITRO_CACHE_DIR", str(tmp_path_factory.mktemp("nitro_cache")))
     monkeypatch.delenv("NITRO_DEBUG", raising=False)
+    # The builder points torch's compile cache at NITRO_CACHE_DIR; give the variable back after each test.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
 
 
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
+
+
+@pytest.fixture
+def fake_probe(monkeypatch):
+    """`fake_probe(machine)`: commands see `machine` instead of this one (see tests/fake_machines.py)."""
+    from nitro_cli import hardware
+
+    def use(fake):
+        monkeypatch.setattr(hardware, "probe", lambda deep=False, outputs=None: fake)
+    return use
 
 
 @pytest.fixture(scope="session")
@@ -33,8 +46,16 @@ def tiny_model_dir(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
+    import os
+
     import torch
 
+    # Slow tests (compiling on the CPU: minutes) run only when asked, so the default suite stays fast.
+    if not os.environ.get("NITRO_SLOW_TESTS"):
+        skip_slow = pytest.mark.skip(reason="slow; set NITRO_SLOW_TESTS=1 to run")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip_slow)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")

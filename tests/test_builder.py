@@ -7,7 +7,7 @@ import pytest
 from nitro_cli import hardware
 from nitro_cli.builder import build_pipeline, resolve_device
 from nitro_cli.errors import UsageError
-from nitro_cli.presets import load_preset
+from nitro_cli.presets import SAMPLER_NAMES, load_preset
 
 
 def cpu_machine(**changes) -> hardware.Machine:
@@ -76,10 +76,12 @@ def test_vae_slicing_and_tiling_are_applied():
     assert {"VAE slicing", "VAE tiling"} <= set(built.applied)
 
 
-def test_quantization_without_bitsandbytes_is_a_usage_error_with_install_hint(monkeypatch):
-    monkeypatch.setattr(hardware, "package_version", lambda name: None)
+def test_quantization_without_bitsandbytes_is_a_usage_error_with_install_hint():
+    # On a GPU machine (faked: the error comes before anything is loaded); on a CPU bnb is skipped instead.
+    gpu = hardware.GpuInfo(0, "NVIDIA GeForce RTX 2060", (7, 5), 6144, 6000, bf16=False)
     with pytest.raises(UsageError) as caught:
-        build_pipeline(load_preset("beginner", ["quantization=int8"]).settings, "random:tiny", "cpu", cpu_machine())
+        build_pipeline(load_preset("beginner", ["quantization=int8"]).settings, "random:tiny", "cuda",
+                       cpu_machine(cuda_available=True, gpus=(gpu,)))
     assert "bitsandbytes" in caught.value.message
     assert "nitro-cli[quant]" in caught.value.hint
 
@@ -98,3 +100,14 @@ def test_fp16_on_a_card_without_fast_fp16_uses_fp32():
     skipped = []
     dtype = _pick_dtype(load_preset("beginner").settings, "cuda", machine, lambda what, why: skipped.append(what))
     assert dtype == "float32" and skipped == ["float16"]
+
+
+@pytest.mark.parametrize("scheduler", list(SAMPLER_NAMES))
+def test_every_scheduler_runs(scheduler):
+    import torch
+
+    built = build_pipeline(load_preset("beginner", [f"scheduler={scheduler}"]).settings, "random:tiny", "cpu",
+                           cpu_machine())
+    image = built.pipe("castle", num_inference_steps=3, width=64, height=64, output_type="np",
+                       generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.shape == (64, 64, 3) and torch.isfinite(torch.from_numpy(image)).all()

@@ -1,8 +1,88 @@
-"""`nitro checklist` (not implemented yet: its own issue)."""
+"""`nitro checklist`: each tier's settings, whether this machine can do them, claimed vs measured."""
 
-from nitro_cli.errors import RuntimeFailure
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
 
 
-def checklist() -> None:
-    """Not implemented yet."""
-    raise RuntimeFailure("`nitro checklist` is not implemented yet")
+def _where_measured(report_path: Path | None, looked_in: Path) -> str:
+    if report_path is not None:
+        return f"Measured: from {report_path}"
+    return f"Measured: no bench report in {looked_in} (run `nitro bench`, or pass --bench FILE)"
+
+
+def _markdown(tiers, source_line: str, machine_line: str) -> str:
+    from nitro_cli.tier_checklist import measured_text
+
+    lines = [f"Machine: {machine_line}. {source_line}.", ""]
+    for tier in tiers:
+        lines += [f"### {tier.tier}", "", tier.scenario, "",
+                  f"Claimed (article): {tier.claimed or '-'}. Measured: {measured_text(tier.measured)}.", ""]
+        if not tier.items:
+            lines += ["The reference: every other tier is measured against it.", ""]
+            continue
+        lines += ["| item | setting | on this machine | article claims |", "|---|---|---|---|"]
+        for item in tier.items:
+            can = "yes" if item.available else "no"
+            verdict = f"{can}: {item.reason}" if item.reason else can
+            lines.append(f"| {item.name} | `{item.setting}` | {verdict} | {item.claimed or '-'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _show(tiers, source_line: str, machine_line: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from nitro_cli.tier_checklist import measured_text
+
+    console = Console(stderr=True)
+    console.print(f"Machine: {machine_line}")
+    for tier in tiers:
+        table = Table(title=f"{tier.tier}: {tier.scenario}",
+                      caption=f"claimed: {tier.claimed or '-'} | measured: {measured_text(tier.measured)}")
+        for column in ("item", "setting", "here", "why / instead", "article claims"):
+            table.add_column(column, overflow="fold")
+        for item in tier.items:
+            table.add_row(item.name, item.setting, "[green]yes[/]" if item.available else "[yellow]no[/]",
+                          item.reason, item.claimed)
+        if not tier.items:
+            table.add_row("(none)", "the reference", "", "every tier is measured against it", "")
+        console.print(table)
+    console.print(source_line, markup=False, highlight=False)
+
+
+def checklist(
+    tier: Annotated[Optional[str], typer.Option("--tier", help="One tier (a shipped preset name or YAML path); default: all.")] = None,
+    bench: Annotated[Optional[Path], typer.Option("--bench", metavar="FILE", help="`nitro bench --json` report to take measured numbers from [default: newest in the bench cache folder].")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print Markdown tables on stdout.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON list of tiers on stdout.")] = False,
+) -> None:
+    """Each tier's settings: can this machine do them, what the article claims, what `nitro bench` measured."""
+    from nitro_cli import hardware, paths
+    from nitro_cli.diagnosis import recommend
+    from nitro_cli.errors import UsageError
+    from nitro_cli.tier_checklist import build_checklist, newest_bench_report, read_bench_report, tier_names
+
+    if markdown and json_output:
+        raise UsageError("--markdown and --json both print on stdout: choose one")
+    report_path = bench or newest_bench_report()
+    report = read_bench_report(report_path) if report_path else None
+    machine = hardware.probe(deep=True)
+    tiers = build_checklist(machine, [tier] if tier else tier_names(), report, report_path)
+
+    gpu = machine.gpus[0] if machine.has_gpu else None
+    machine_line = (f"{gpu.name} ({gpu.total_vram_mib} MiB, compute capability {gpu.capability})" if gpu
+                    else "no CUDA device (CPU)") + f"; recommended preset: {recommend(machine).preset}"
+    source_line = _where_measured(report_path, paths.bench_dir())
+    if json_output:
+        print(json.dumps([asdict(t) for t in tiers], indent=2))
+    elif markdown:
+        print(_markdown(tiers, source_line, machine_line))
+    else:
+        _show(tiers, source_line, machine_line)

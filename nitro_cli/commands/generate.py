@@ -1,11 +1,12 @@
-"""`nitro generate`: text to PNG files, with A1111 metadata."""
+"""`nitro generate`: prompts (one, or a prompts file) to PNG files with A1111 metadata."""
 
 from __future__ import annotations
 
-import json
-import random
 import sys
+import time
+from dataclasses import replace
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,12 +24,15 @@ class Style(str, Enum):
 
 def generate(
     prompt: Annotated[Optional[str], typer.Argument(help="What to draw.")] = None,
+    prompts_file: Annotated[Optional[Path], typer.Option(
+        "--prompts-file", "-f", help="UTF-8 file, one prompt per line (# comments); lines may carry A1111-style "
+                                     "overrides: --prompt --negative_prompt --seed --steps --cfg_scale --width --height --style.")] = None,
     style: Annotated[Optional[list[Style]], typer.Option("--style", help="Add a Nitro-Diffusion style token (repeatable: mixed styles).")] = None,
     preset: Annotated[str, typer.Option("--preset", "-p", help="Shipped preset name or path to a YAML file.")] = "beginner",
     set_: options.SetOption = None,
     model: options.ModelOption = None,
     negative: Annotated[str, typer.Option("--negative", help="Negative prompt.")] = "",
-    seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="Seed of the first image; image i uses seed+i. Random if unset.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="Seed of the first image; image i uses seed+i. Random (and recorded) if unset.")] = None,
     steps: options.StepsOption = None,
     guidance: Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale (CFG).")] = None,
     width: options.WidthOption = None,
@@ -36,53 +40,57 @@ def generate(
     num_images: Annotated[int, typer.Option("--num-images", "-n", min=1, help="Images per prompt.")] = 1,
     batch_size: options.BatchSizeOption = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("outputs"),
+    resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted run: same command plus --resume makes only the missing images.")] = False,
     device: options.DeviceOption = options.Device.auto,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout, nothing else there.")] = False,
 ) -> None:
-    """Generate images from a prompt and save them as PNG files with their generation parameters."""
+    """Generate images from a prompt or a prompts file; save them as PNG files with their generation parameters."""
+    from nitro_cli import output
     from nitro_cli.builder import build_pipeline
-    from nitro_cli.generation import PromptCache, run_batch
-    from nitro_cli.measure import measure
-    from nitro_cli.output import image_name, infotext, next_index, save_png
+    from nitro_cli.generation import PromptCache, generate_images, plan_images, request_fingerprint
+    from nitro_cli.models import DEFAULT_MODEL
     from nitro_cli.presets import SAMPLER_NAMES, load_preset
-    from nitro_cli.prompts import apply_styles
+    from nitro_cli.progress import RunDisplay
+    from nitro_cli.prompts import PromptJob, apply_styles, read_prompts_file, truncation_warnings
 
-    if not prompt or not prompt.strip():
-        raise UsageError("no prompt given", hint='nitro generate "arcane style castle" --model random:tiny')
+    has_prompt = bool(prompt and prompt.strip())
+    if has_prompt == (prompts_file is not None):
+        raise UsageError("give either a prompt or --prompts-file" + (", not both" if has_prompt else ""),
+                         hint='nitro generate "arcane style castle" --model random:tiny')
     flag_overrides = {"steps": steps, "guidance": guidance, "width": width, "height": height, "batch_size": batch_size}
     overrides = list(set_ or []) + [f"{key}={value}" for key, value in flag_overrides.items() if value is not None]
     loaded = load_preset(preset, overrides)
     settings = loaded.settings
-    full_prompt = apply_styles(prompt, [s.value for s in style or []])
-    first_seed = seed if seed is not None else random.randrange(2**32 - num_images)
-    out.mkdir(parents=True, exist_ok=True)
+    styles = [s.value for s in style or []]
+    defaults = PromptJob(prompt="", negative=negative, seed=None, steps=settings.steps, guidance=settings.guidance,
+                         width=settings.width, height=settings.height)
+    if prompts_file is not None:
+        jobs = read_prompts_file(prompts_file, defaults, styles)
+    else:
+        jobs = [replace(defaults, prompt=apply_styles(prompt, styles))]
+    model_name = model or DEFAULT_MODEL
+
+    # Names and seeds are fixed before the model loads, so a bad --resume costs nothing.
+    total = len(jobs) * num_images
+    run = output.start_run(out, request_fingerprint(model_name, settings, jobs, num_images, seed), total, seed, resume)
+    planned = plan_images(jobs, num_images, run.first_index, run.first_seed)
+    pending = [image for image in planned if not (out / image.name).exists()]
+    if resume:
+        print(f"Resuming: {total - len(pending)} of {total} images already in {out}; making {len(pending)}.",
+              file=sys.stderr)
+    if not pending:
+        return
 
     built = build_pipeline(settings, model, device.value)
-    model_name = model or "nitrosocke/Nitro-Diffusion"
     if model_name.startswith("random:"):
         print(f"Note: {model_name} has random weights: its images are noise (for speed, memory and dry runs).",
               file=sys.stderr)
+    for warning in truncation_warnings(built.pipe.tokenizer, jobs):
+        print(f"Warning: {warning}", file=sys.stderr)
     cache = PromptCache(built.pipe, built.device, enabled=settings.prompt_cache)
-    index = next_index(out)
-    for start in range(0, num_images, settings.batch_size):
-        seeds = [first_seed + i for i in range(start, min(start + settings.batch_size, num_images))]
-        with measure(built.device) as taken:
-            result = run_batch(built.pipe, cache, [full_prompt] * len(seeds), [negative] * len(seeds), seeds,
-                               steps=settings.steps, guidance=settings.guidance,
-                               width=settings.width, height=settings.height)
-        for image_seed, image in zip(seeds, result.images):
-            path = out / image_name(index, image_seed, full_prompt)
-            index += 1
-            parameters = infotext(full_prompt, negative, {
-                "Steps": settings.steps, "Sampler": SAMPLER_NAMES[settings.scheduler],
-                "CFG scale": settings.guidance, "Seed": image_seed, "Size": f"{settings.width}x{settings.height}",
-                "Model": model_name, "Preset": loaded.name,
-            })
-            save_png(image, path, parameters)
-            seconds = taken.seconds / len(seeds)
-            if json_output:
-                print(json.dumps({"path": str(path), "prompt": full_prompt, "negative_prompt": negative,
-                                  "seed": image_seed, "seconds": round(seconds, 4), "preset": loaded.name,
-                                  "model": model_name}))
-            else:
-                print(f"{path}  ({seconds:.2f} s)")
+    save = partial(output.save_image, folder=out, sampler=SAMPLER_NAMES[settings.scheduler], model=model_name, preset=loaded.name)
+    start = time.perf_counter()
+    with RunDisplay(len(pending), json_output=json_output, model=model_name, preset=loaded.name) as display:
+        results = generate_images(built.pipe, cache, built.device, pending, batch_size=settings.batch_size,
+                                  save=save, observer=display)
+    display.summary(results, cache, time.perf_counter() - start, built.device)

@@ -1,0 +1,204 @@
+"""What `nitro doctor` concludes from a probed machine: checks (ok/warn/fail) and the preset to use.
+
+Plain functions of `hardware.Machine`, so tests hand them fake machines. No torch here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from nitro_cli.hardware import GpuInfo, Machine
+from nitro_cli.models import DEFAULT_MODEL
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+
+# nitro's own hard dependencies: without any of them no command can generate.
+REQUIRED = ("torch", "diffusers", "transformers", "accelerate", "safetensors")
+
+# Total VRAM as cards report it: a nominal 4 GB card shows about 3.8 to 4.0 GiB, an 8 GB one about
+# 7.8 to 8.0 GiB, so the cut-offs sit between nominal sizes.
+SMALL_VRAM_MIB = 4608   # nominal 4 GB cards and below
+MEDIUM_VRAM_MIB = 7680  # nominal 6 GB cards
+LARGE_VRAM_MIB = 16384
+LOW_DISK_MIB = 1024
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of the recommendation table: the first row whose `applies` is true wins."""
+
+    when: str
+    applies: Callable[[Machine], bool]
+    preset: str
+    reason: str
+
+
+def _first_gpu_vram(machine: Machine) -> int:
+    return machine.gpus[0].total_vram_mib
+
+
+def _large_modern_gpu(machine: Machine) -> bool:
+    gpu = machine.gpus[0]
+    return gpu.total_vram_mib >= LARGE_VRAM_MIB and gpu.compute_capability >= (8, 0) and machine.compiler_available
+
+
+# The recommendation rule, top to bottom (docs/doctor.md shows the same table).
+RECOMMENDATION_RULES = (
+    Rule("no CUDA GPU", lambda m: not m.has_gpu, "beginner",
+         "no CUDA GPU: runs on the CPU in float32, minutes per image (`--model random:tiny` for a dry run)"),
+    Rule("several GPUs, each 8 GB or more", lambda m: len(m.gpus) > 1 and min(g.total_vram_mib for g in m.gpus)
+         >= MEDIUM_VRAM_MIB, "deploy",
+         "several GPUs: the throughput tier; run one nitro process per GPU (CUDA_VISIBLE_DEVICES=i) to use them all"),
+    Rule("under 4.5 GiB VRAM (4 GB cards)", lambda m: _first_gpu_vram(m) < SMALL_VRAM_MIB, "minvram",
+         "under 4.5 GiB of VRAM: the smallest-memory settings"),
+    Rule("under 7.5 GiB VRAM (6 GB cards)", lambda m: _first_gpu_vram(m) < MEDIUM_VRAM_MIB, "lowvram",
+         "under 7.5 GiB of VRAM: the memory-saving settings"),
+    Rule("16 GB or more, compute capability 8.0+, torch.compile available", _large_modern_gpu, "expert",
+         "large modern GPU: fp16 with torch.compile and CUDA graphs is the fastest single image"),
+    Rule("any other GPU", lambda m: True, "advanced",
+         "fp16, a fast sampler, no safety checker, no compilation to wait for"),
+)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    preset: str
+    reason: str
+    notes: tuple[str, ...] = ()
+
+
+def recommend(machine: Machine) -> Recommendation:
+    rule = next(r for r in RECOMMENDATION_RULES if r.applies(machine))
+    notes = []
+    if machine.has_gpu and not machine.gpus[0].fast_fp16:
+        gpu = machine.gpus[0]
+        notes.append(f"{gpu.name} (compute capability {gpu.capability}) has no fast fp16: fp32 needed. nitro runs "
+                     "half-precision presets in float32 here, which takes about twice the memory")
+    if rule.preset == "advanced" and machine.has_gpu and not machine.compiler_available:
+        notes.append("torch.compile needs Triton (pip install triton): without it expert and deploy run eager")
+    return Recommendation(rule.preset, rule.reason, tuple(notes))
+
+
+def _gpu_label(gpu: GpuInfo) -> str:
+    return f"GPU {gpu.index} {gpu.name}"
+
+
+def _check_packages(machine: Machine) -> list[Check]:
+    missing = [name for name in REQUIRED if not machine.packages.get(name)]
+    if missing:
+        return [Check("packages", FAIL, f"not installed: {', '.join(missing)}", "pip install nitro-cli")]
+    return [Check("packages", OK, ", ".join(f"{name} {machine.packages[name]}" for name in REQUIRED))]
+
+
+def _check_gpu(machine: Machine) -> list[Check]:
+    if machine.has_gpu:
+        names = ", ".join(f"{g.name} ({g.total_vram_mib} MiB)" for g in machine.gpus)
+        return [Check("cuda", OK, f"CUDA {machine.torch_cuda}: {names}")]
+    if machine.torch_cuda is None:
+        return [Check("cuda", WARN, f"torch {machine.packages.get('torch')} is a CPU-only build: the CPU path works, "
+                                    "slowly", "on an NVIDIA machine, install a CUDA build of torch "
+                                              "(https://pytorch.org/get-started/locally/)")]
+    return [Check("cuda", WARN, f"torch is built for CUDA {machine.torch_cuda} but sees no GPU: the CPU path works, "
+                                "slowly", "check `nvidia-smi`, the driver, and CUDA_VISIBLE_DEVICES")]
+
+
+def _check_each_gpu(machine: Machine) -> list[Check]:
+    checks = []
+    for gpu in machine.gpus if machine.has_gpu else ():
+        label = _gpu_label(gpu)
+        if gpu.fast_fp16:
+            checks.append(Check(f"fp16 ({label})", OK, f"fast fp16, bf16 {'yes' if gpu.bf16 else 'no'}"))
+        else:
+            checks.append(Check(f"fp16 ({label})", WARN,
+                                f"compute capability {gpu.capability}: no fast fp16 (black images, slow): fp32 needed",
+                                "nothing to do: nitro runs it in float32; mind the doubled memory"))
+        used = gpu.total_vram_mib - gpu.free_vram_mib
+        if gpu.total_vram_mib < SMALL_VRAM_MIB:
+            checks.append(Check(f"vram ({label})", WARN, f"{gpu.total_vram_mib} MiB in all", "--preset minvram"))
+        elif used > gpu.total_vram_mib // 2:
+            checks.append(Check(f"vram ({label})", WARN, f"{used} of {gpu.total_vram_mib} MiB already in use",
+                                "close other programs using the GPU (see nvidia-smi)"))
+        else:
+            checks.append(Check(f"vram ({label})", OK, f"{gpu.free_vram_mib} of {gpu.total_vram_mib} MiB free"))
+        if gpu.sdpa_kernels and set(gpu.sdpa_kernels) <= {"math"}:
+            checks.append(Check(f"sdpa ({label})", WARN, "only the math kernel runs: slow, memory-hungry attention",
+                                "update torch; or --set attention=xformers with a working xformers"))
+        elif gpu.sdpa_kernels:
+            checks.append(Check(f"sdpa ({label})", OK, "kernels: " + ", ".join(gpu.sdpa_kernels)))
+    if not machine.has_gpu:
+        checks.append(Check("sdpa", OK, "kernels: math (CPU)"))
+    return checks
+
+
+def _check_xformers(machine: Machine) -> list[Check]:
+    version = machine.packages.get("xformers")
+    test = machine.xformers_test
+    if version is None:
+        return [Check("xformers", OK, "not installed (optional: PyTorch's SDPA is as fast)")]
+    if test is None:
+        return [Check("xformers", OK, f"{version} installed (not tested)")]
+    if test.ok:
+        return [Check("xformers", OK, f"{version}: {test.detail}")]
+    return [Check("xformers", FAIL, f"{version} is broken with torch {machine.packages.get('torch')}: {test.detail}",
+                  "pip uninstall xformers (SDPA needs nothing), or install the xformers build made for this torch")]
+
+
+def _check_bitsandbytes(machine: Machine) -> list[Check]:
+    version = machine.packages.get("bitsandbytes")
+    test = machine.bitsandbytes_test
+    if version is None:
+        return [Check("bitsandbytes", OK, "not installed (optional: only for quantization=int8/nf4)")]
+    if not machine.has_gpu:
+        return [Check("bitsandbytes", OK, f"{version} installed; its quantization needs a CUDA GPU")]
+    if test is None or test.ok:
+        return [Check("bitsandbytes", OK, f"{version}: {test.detail if test else 'installed (not tested)'}")]
+    return [Check("bitsandbytes", FAIL, f"{version}: {test.detail}",
+                  f"pip install -U bitsandbytes (a build for CUDA {machine.torch_cuda}), or pip uninstall bitsandbytes")]
+
+
+def _check_model(machine: Machine) -> list[Check]:
+    cached = machine.model_cache
+    if cached is not None:
+        return [Check("model", OK, f"{cached.repo_id} cached: {cached.path} ({cached.size_mib} MiB)")]
+    if machine.hf_offline:
+        return [Check("model", WARN, f"{DEFAULT_MODEL} is not in the local cache and HF_HUB_OFFLINE is set",
+                      "unset HF_HUB_OFFLINE once to download it, or pass --model FOLDER_OR_FILE")]
+    return [Check("model", OK, f"{DEFAULT_MODEL} not cached yet: downloaded from the hub on first use")]
+
+
+def _check_disk(machine: Machine) -> list[Check]:
+    if machine.free_disk_mib is None:
+        return []
+    if machine.free_disk_mib < LOW_DISK_MIB:
+        return [Check("disk", WARN, f"{machine.free_disk_mib} MiB free for {machine.outputs_dir}",
+                      "free some space or use --out on another disk")]
+    return [Check("disk", OK, f"{machine.free_disk_mib // 1024} GiB free for {machine.outputs_dir}")]
+
+
+def _check_compile(machine: Machine) -> list[Check]:
+    needs = "Triton" if machine.has_gpu else "a C++ compiler"
+    if machine.compiler_available:
+        return [Check("torch.compile", OK, f"{needs} found; compile caches in {machine.compile_cache_dir}")]
+    fix = "pip install triton" if machine.has_gpu else "install g++ (e.g. apt install g++)"
+    return [Check("torch.compile", WARN, f"needs {needs}, not found: expert and deploy run eager", fix)]
+
+
+CHECKS = (_check_packages, _check_gpu, _check_each_gpu, _check_xformers, _check_bitsandbytes, _check_model,
+          _check_disk, _check_compile)
+
+
+def run_checks(machine: Machine) -> list[Check]:
+    return [check for run in CHECKS for check in run(machine)]
+
+
+def failed(checks: list[Check]) -> bool:
+    return any(check.status == FAIL for check in checks)

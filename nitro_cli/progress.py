@@ -1,0 +1,93 @@
+"""What a generate run shows: progress bars and a summary table on stderr, saved paths or JSON lines on stdout."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from nitro_cli.generation import ImageResult, PlannedImage, PromptCache, RunObserver
+
+
+def image_record(result: ImageResult, *, model: str, preset: str) -> dict:
+    """The `--json` line for one image."""
+    planned, job, taken = result.planned, result.planned.job, result.measurement
+    return {
+        "path": str(result.path) if result.path else None, "prompt": job.prompt, "negative_prompt": job.negative,
+        "seed": planned.seed, "steps": job.steps, "guidance": job.guidance, "width": job.width, "height": job.height,
+        "seconds": round(result.seconds, 4), "it_per_s": round(result.it_per_s, 3), "batch_size": result.batch_size,
+        "peak_vram_mib": round(taken.peak_vram_mib, 1) if taken.peak_vram_mib is not None else None,
+        "peak_rss_mib": round(taken.peak_rss_mib, 1), "blocked": result.blocked,
+        "vae_fp32_redecode": result.redecoded, "preset": preset, "model": model,
+    }
+
+
+class RunDisplay(RunObserver):
+    """Rich progress bars for images and denoising steps (only on a terminal), one stdout line per image."""
+
+    def __init__(self, total_images: int, *, json_output: bool, model: str, preset: str):
+        self.console = Console(stderr=True, soft_wrap=True)
+        self._json = json_output
+        self._model, self._preset = model, preset
+        self._progress = Progress(TextColumn("{task.description:<7}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=self.console, disable=not self.console.is_terminal)
+        self._images = self._progress.add_task("images", total=total_images)
+        self._steps = self._progress.add_task("steps", total=None)
+        self._vae_fp32_said = False
+        self._total, self._saved = total_images, 0
+
+    def __enter__(self) -> "RunDisplay":
+        self._progress.start()
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self._progress.stop()
+        if exc_type is KeyboardInterrupt:
+            self.console.print(f"Stopped: {self._saved} image(s) of {self._total} saved, none half-written. "
+                               "Repeat the command with --resume to make the rest.", markup=False)
+
+    def batch_started(self, batch: list[PlannedImage]) -> None:
+        self._progress.reset(self._steps, total=batch[0].job.steps,
+                             description=f"steps ({len(batch)} image{'s' if len(batch) > 1 else ''})")
+
+    def step_done(self, step: int, total: int) -> None:
+        self._progress.update(self._steps, completed=step, total=total)
+
+    def image_done(self, result: ImageResult) -> None:
+        self._progress.advance(self._images)
+        self._saved += result.path is not None
+        if result.redecoded and not self._vae_fp32_said:
+            self.console.print(f"Warning: {result.planned.name}: the half-precision VAE gave NaN/black pixels; decoded "
+                               "again with the VAE in fp32 (kept in fp32 for the rest of this run)", markup=False)
+            self._vae_fp32_said = True
+        if result.blocked:
+            self.console.print(f"Blocked: {result.planned.name} (seed {result.planned.seed}) was blacked out by the "
+                               "safety checker: not saved. Try another seed or prompt.", markup=False)
+        if self._json:
+            print(json.dumps(image_record(result, model=self._model, preset=self._preset), ensure_ascii=False),
+                  flush=True)
+        elif result.path is not None:
+            print(result.path, flush=True)
+
+    def summary(self, results: list[ImageResult], cache: PromptCache, total_seconds: float, device: str) -> None:
+        on_gpu = device.startswith("cuda")
+        table = Table(title="nitro generate", title_justify="left")
+        for column in ("image", "seed", "s/image", "it/s", "peak VRAM MiB" if on_gpu else "peak RSS MiB", "note"):
+            table.add_column(column, justify="left" if column in ("image", "note") else "right",
+                             overflow="fold" if column == "image" else "ellipsis")
+        for result in results:
+            taken = result.measurement
+            peak = taken.peak_vram_mib if on_gpu else taken.peak_rss_mib
+            notes = [f"batch of {result.batch_size}"] if result.batch_size > 1 else []
+            notes += ["VAE fp32 redecode"] if result.redecoded else []
+            notes += ["BLOCKED: not saved"] if result.blocked else []
+            table.add_row(result.planned.name, str(result.planned.seed), f"{result.seconds:.2f}",
+                          f"{result.it_per_s:.2f}", f"{peak:.0f}", ", ".join(notes))
+        self.console.print(table)
+        reuse = f", {cache.hits} reused from the cache" if cache.enabled else " (prompt cache off)"
+        blocked = sum(r.blocked for r in results)
+        self.console.print(f"Prompt encoding: {cache.encode_seconds:.2f} s for {cache.encodes} encode(s){reuse}. "
+                           f"Total: {total_seconds:.2f} s for {len(results) - blocked} saved image(s)"
+                           + (f", {blocked} blocked" if blocked else "") + ".")

@@ -1,0 +1,160 @@
+"""The article's §5.1 checklist made real for one machine: `nitro checklist`'s data, no torch here.
+
+A tier's items are the preset settings where it differs from `baseline`, read from the preset files.
+Whether this machine can do each comes from the pipeline builder's own rules (`builder.*_blocker`),
+and what each tier really gains from the newest `nitro bench` report.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nitro_cli import builder, paths
+from nitro_cli.errors import UsageError
+from nitro_cli.hardware import Machine
+from nitro_cli.presets import Preset, flatten, load_preset, shipped_names
+
+# Text fields describe a tier; they change nothing in the pipeline.
+DESCRIPTIVE = ("tier", "scenario", "claimed")
+TIER_ORDER = ("baseline", "beginner", "advanced", "expert", "deploy")
+
+# What the article claims per technique (shared/seed/README.md): data about the article, keyed by the
+# preset setting that implements the technique. Settings the article never mentions have no entry.
+ARTICLE_CLAIMS = {
+    "precision": "14.2 → 8.7 GB VRAM (§2.1)",
+    "attention=xformers": "+40% attention speed, -25% memory (§2.3)",
+    "safety_checker": "-7% memory (§2.4)",
+    "scheduler": "Euler a 20 steps, DPM++ 2M Karras 30, LMS 25 (§3.1)",
+    "steps": "20-25 steps (§3.1, §5.1)",
+    "prompt_cache": "-30% time for 5+ images of one prompt (§3.3)",
+    "offload": "a 6 GB RTX 2060 runs 512² at 5.8 GB (§2.2)",
+    "quantization": "8-bit loading: a 6 GB card fits (§2.2); part of expert's 3x (§5.1)",
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    name: str
+    setting: str
+    available: bool
+    reason: str
+    claimed: str
+
+
+@dataclass(frozen=True)
+class Tier:
+    tier: str
+    scenario: str
+    claimed: str
+    items: tuple[Item, ...]
+    measured: dict[str, Any] | None
+
+
+def _availability(key: str, value: Any, preset: Preset, device: str, machine: Machine) -> tuple[bool, str]:
+    """(can this machine do it, why not or what it does instead), from the builder's rules."""
+    if key == "precision":
+        dtype, why = builder.effective_precision(value, device, machine)
+        return dtype == value, why or ""
+    if key == "attention" and value == "xformers":
+        why = builder.xformers_blocker(device, machine)
+    elif key == "quantization" and value != "none":
+        why = builder.quantization_blocker(value, device, machine)
+    elif key == "offload" and value != "none":
+        why = builder.offload_blocker(device)
+    elif key == "compile" and value != "none":
+        why = builder.compile_blocker(device, machine)
+        if not why and value == "reduce-overhead" and device != "cuda":
+            return True, "no CUDA device: default mode, without CUDA graphs"
+    elif key == "fuse_qkv" and value:
+        why = builder.fuse_qkv_blocker(preset)
+    else:
+        why = None
+    return why is None, why or ""
+
+
+def _claim(key: str, value: Any) -> str:
+    return ARTICLE_CLAIMS.get(f"{key}={value}") or ARTICLE_CLAIMS.get(key, "")
+
+
+def tier_items(preset: Preset, reference: Preset, device: str, machine: Machine) -> tuple[Item, ...]:
+    items = []
+    base = flatten(reference)
+    for key, value in flatten(preset).items():
+        if key in DESCRIPTIVE or base.get(key) == value:
+            continue
+        shown = str(value).lower() if isinstance(value, bool) else value
+        available, reason = _availability(key, value, preset, device, machine)
+        items.append(Item(name=key.replace("_", " ").replace(".", " "), setting=f"{key}: {shown}",
+                          available=available, reason=reason, claimed=_claim(key, value)))
+    return tuple(items)
+
+
+def tier_names() -> list[str]:
+    """The article's tiers in their order, then any other shipped preset (lowvram, minvram, ...)."""
+    names = shipped_names()
+    return [n for n in TIER_ORDER if n in names] + [n for n in names if n not in TIER_ORDER]
+
+
+def newest_bench_report(folder: Path | None = None) -> Path | None:
+    folder = folder or paths.bench_dir()
+    reports = sorted(folder.glob("bench-*.json"), key=lambda p: (p.stat().st_mtime, p.name))
+    return reports[-1] if reports else None
+
+
+def read_bench_report(path: Path) -> dict[str, Any]:
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"bench report not found: {path}", hint="run `nitro bench --json FILE` first") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"bench report {path} is not readable JSON: {exc}") from None
+    if not isinstance(report, dict) or not isinstance(report.get("results"), list):
+        raise UsageError(f"bench report {path} has no `results` list",
+                         hint="give a file written by `nitro bench --json FILE`")
+    return report
+
+
+MEASURED_FIELDS = ("median_s", "speedup_vs_baseline", "peak_vram_mib", "images_per_min", "psnr_vs_baseline_db")
+
+
+def measured_for(report: dict[str, Any] | None, source: Path | None, tier: str) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    entry = next((r for r in report["results"] if isinstance(r, dict) and r.get("preset") == tier), None)
+    if entry is None or entry.get("median_s") is None:
+        return None
+    environment = report.get("environment") or {}
+    measured = {name: entry.get(name) for name in MEASURED_FIELDS}
+    measured.update(device=environment.get("device"), model=environment.get("model"), file=str(source))
+    return measured
+
+
+def build_checklist(machine: Machine, tiers: list[str], report: dict[str, Any] | None = None,
+                    report_path: Path | None = None) -> list[Tier]:
+    device = builder.resolve_device("auto", machine)
+    reference = load_preset("baseline").settings
+    result = []
+    for name in tiers:
+        loaded = load_preset(name)
+        preset = loaded.settings
+        result.append(Tier(tier=loaded.name, scenario=preset.scenario, claimed=preset.claimed,
+                           items=tier_items(preset, reference, device, machine),
+                           measured=measured_for(report, report_path, loaded.name)))
+    return result
+
+
+def measured_text(measured: dict[str, Any] | None) -> str:
+    """One line for tables: what the bench report says about a tier."""
+    if measured is None:
+        return "not measured"
+    parts = [f"{measured['median_s']:.3g} s/image"]
+    if measured.get("speedup_vs_baseline") is not None:
+        parts.append(f"{measured['speedup_vs_baseline']:.2f}x vs baseline")
+    if measured.get("peak_vram_mib") is not None:
+        parts.append(f"{measured['peak_vram_mib']:.0f} MiB peak VRAM")
+    if measured.get("device"):
+        parts.append(f"on {measured['device']}")
+    return ", ".join(parts)

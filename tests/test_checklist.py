@@ -1,0 +1,139 @@
+"""`nitro checklist`: items derived from the preset files, this machine's verdicts, bench numbers."""
+
+import json
+import os
+
+import pytest
+
+from nitro_cli import paths
+from nitro_cli.cli import app
+from nitro_cli.presets import flatten, load_preset, shipped_names
+from nitro_cli.tier_checklist import DESCRIPTIVE, build_checklist, tier_names
+
+from fake_machines import GTX_1060, MACHINES, RTX_3060, machine
+
+
+def items_of(tiers, name):
+    return {item["setting"]: item for item in next(t for t in tiers if t["tier"] == name)["items"]}
+
+
+def test_items_are_exactly_the_settings_that_differ_from_baseline(runner, fake_probe):
+    fake_probe(MACHINES["A100 80 GB"])
+    result = runner.invoke(app, ["checklist", "--json"])
+    assert result.exit_code == 0, result.output
+    tiers = json.loads(result.stdout)
+    assert [t["tier"] for t in tiers] == tier_names()
+    assert set(tier_names()) == set(shipped_names())
+    baseline = flatten(load_preset("baseline").settings)
+    for tier in tiers:
+        settings = flatten(load_preset(tier["tier"]).settings)
+        differing = {key for key, value in settings.items() if key not in DESCRIPTIVE and baseline[key] != value}
+        assert {item["setting"].split(":")[0] for item in tier["items"]} == differing
+        assert tier["claimed"] == load_preset(tier["tier"]).settings.claimed
+        assert tier["measured"] is None
+        for item in tier["items"]:
+            assert set(item) >= {"name", "setting", "available", "reason"}
+    assert items_of(tiers, "expert")["compile: reduce-overhead"]["available"] is True
+
+
+def test_cpu_machine_says_why_not(runner, fake_probe):
+    fake_probe(MACHINES["no GPU"])
+    tiers = json.loads(runner.invoke(app, ["checklist", "--json"]).stdout)
+    fp16 = items_of(tiers, "beginner")["precision: float16"]
+    assert fp16["available"] is False and "CPU" in fp16["reason"]
+    assert "no CUDA device" in items_of(tiers, "expert")["compile: reduce-overhead"]["reason"]
+
+
+def test_gtx_1060_has_no_fast_fp16(runner, fake_probe):
+    fake_probe(MACHINES["GTX 1060 6 GB"])
+    tiers = json.loads(runner.invoke(app, ["checklist", "--json", "--tier", "beginner"]).stdout)
+    assert [t["tier"] for t in tiers] == ["beginner"]
+    fp16 = items_of(tiers, "beginner")["precision: float16"]
+    assert fp16["available"] is False and "compute capability 6.1): no fast fp16" in fp16["reason"]
+
+
+@pytest.mark.parametrize("fake, reason", [
+    (machine(RTX_3060), "xformers not installed"),
+    (machine(), "no CUDA device"),
+    (MACHINES["broken xformers"], "xformers is broken: ImportError"),
+])
+def test_xformers_item_on_a_users_preset(runner, fake_probe, tmp_path, fake, reason):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("tier: mine\nattention: xformers\nquantization: int8\n", encoding="utf-8")
+    fake_probe(fake)
+    result = runner.invoke(app, ["checklist", "--json", "--tier", str(mine)])
+    items = items_of(json.loads(result.stdout), "mine")
+    assert items["attention: xformers"]["available"] is False
+    assert reason in items["attention: xformers"]["reason"]
+    assert items["quantization: int8"]["available"] is False
+    assert "+40% attention speed" in items["attention: xformers"]["claimed"]
+
+
+def test_xformers_item_available_where_it_works():
+    working = machine(GTX_1060, packages={"xformers": "0.0.28"})
+    mine = load_preset("baseline", ["attention=xformers"])
+    from nitro_cli.tier_checklist import tier_items
+
+    (item,) = tier_items(mine.settings, load_preset("baseline").settings, "cuda", working)
+    assert item.available and item.reason == ""
+
+
+def write_bench(folder, name, median_s, age_s=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    report = {"environment": {"device": "NVIDIA H200", "model": "random:sd15"},
+              "results": [{"preset": "baseline", "median_s": 2.1, "speedup_vs_baseline": 1.0, "peak_vram_mib": 6492},
+                          {"preset": "advanced", "median_s": median_s, "speedup_vs_baseline": 2.1 / median_s,
+                           "peak_vram_mib": 2724.0, "images_per_min": 60 / median_s}]}
+    path = folder / name
+    path.write_text(json.dumps(report), encoding="utf-8")
+    stamp = 1_700_000_000 - age_s
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def test_reads_the_newest_bench_report_from_the_cache(runner, fake_probe):
+    fake_probe(MACHINES["no GPU"])
+    write_bench(paths.bench_dir(), "bench-20261125-100000.json", 1.0, age_s=3600)
+    newest = write_bench(paths.bench_dir(), "bench-20261126-100000.json", 0.7)
+    result = runner.invoke(app, ["checklist", "--json", "--tier", "advanced"])
+    (tier,) = json.loads(result.stdout)
+    assert tier["measured"]["median_s"] == 0.7
+    assert tier["measured"]["speedup_vs_baseline"] == pytest.approx(3.0)
+    assert tier["measured"]["file"] == str(newest)
+    human = runner.invoke(app, ["checklist", "--tier", "beginner"])
+    assert f"Measured: from {newest}" in human.stderr.replace("\n", "")
+    assert "not measured" in human.stderr  # beginner is not in the report
+
+
+def test_bench_option_and_where_it_looked(runner, fake_probe, tmp_path):
+    fake_probe(MACHINES["no GPU"])
+    chosen = write_bench(tmp_path, "mine.json", 1.4)
+    (tier,) = json.loads(runner.invoke(app, ["checklist", "--json", "--tier", "advanced", "--bench", str(chosen)]).stdout)
+    assert tier["measured"]["median_s"] == 1.4
+    markdown = runner.invoke(app, ["checklist", "--markdown", "--tier", "beginner"])
+    assert f"no bench report in {paths.bench_dir()}" in markdown.stdout
+    missing = runner.invoke(app, ["checklist", "--bench", str(tmp_path / "nope.json")])
+    assert missing.exit_code == 2 and "bench report not found" in missing.stderr
+    (tmp_path / "bad.json").write_text("{}", encoding="utf-8")
+    assert runner.invoke(app, ["checklist", "--bench", str(tmp_path / "bad.json")]).exit_code == 2
+
+
+def test_markdown_has_one_table_per_tier(runner, fake_probe):
+    fake_probe(MACHINES["RTX 3060 12 GB"])
+    result = runner.invoke(app, ["checklist", "--markdown"])
+    assert result.exit_code == 0
+    out = result.stdout
+    assert out.count("| item | setting | on this machine | article claims |") == len(tier_names()) - 1  # not baseline
+    assert "### baseline" in out and "| precision | `precision: float16` | yes | 14.2 → 8.7 GB VRAM (§2.1) |" in out
+    assert "recommended preset: advanced" in out
+
+
+def test_unknown_tier_is_a_usage_error(runner, fake_probe):
+    fake_probe(MACHINES["no GPU"])
+    result = runner.invoke(app, ["checklist", "--tier", "expret"])
+    assert result.exit_code == 2 and "did you mean 'expert'" in result.stderr
+
+
+def test_build_checklist_marks_every_item_available_on_a_capable_gpu():
+    tiers = build_checklist(MACHINES["A100 80 GB"], ["advanced", "expert", "deploy"])
+    assert all(item.available for tier in tiers for item in tier.items)

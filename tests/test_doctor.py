@@ -1,0 +1,112 @@
+"""`nitro doctor` on fake machines: checks, exit code and recommended preset for each."""
+
+import json
+
+import pytest
+
+from fake_machines import A100, MACHINES, RTX_3060, gpu, machine
+
+from nitro_cli import diagnosis, hardware
+from nitro_cli.cli import app
+
+# (machine, recommended preset, exit code, {check name: status} that must hold)
+EXPECTED = [
+    ("no GPU", "beginner", 0, {"cuda": "warn", "sdpa": "ok", "xformers": "ok"}),
+    ("GTX 1060 6 GB", "lowvram", 0, {"cuda": "ok", "fp16 (GPU 0 NVIDIA GeForce GTX 1060 6GB)": "warn"}),
+    ("RTX 3060 12 GB", "advanced", 0, {"cuda": "ok", "fp16 (GPU 0 NVIDIA GeForce RTX 3060)": "ok"}),
+    ("A100 80 GB", "expert", 0, {"vram (GPU 0 NVIDIA A100-SXM4-80GB)": "ok", "sdpa (GPU 0 NVIDIA A100-SXM4-80GB)": "ok"}),
+    ("two GPUs", "deploy", 0, {"fp16 (GPU 1 NVIDIA A100-SXM4-80GB)": "ok"}),
+    ("broken xformers", "advanced", 1, {"xformers": "fail"}),
+]
+
+
+@pytest.mark.parametrize("name, preset, exit_code, statuses", EXPECTED, ids=[e[0] for e in EXPECTED])
+def test_doctor_json_on_fake_machines(runner, fake_probe, name, preset, exit_code, statuses):
+    fake_probe(MACHINES[name])
+    result = runner.invoke(app, ["doctor", "--json"])
+    assert result.exit_code == exit_code, result.output
+    report = json.loads(result.stdout)
+    assert report["recommended_preset"] == preset
+    assert report["cuda_available"] is MACHINES[name].has_gpu
+    assert len(report["devices"]) == len(MACHINES[name].gpus)
+    got = {check["name"]: check["status"] for check in report["checks"]}
+    for check_name, status in statuses.items():
+        assert got[check_name] == status, report["checks"]
+    assert all(check["status"] in ("ok", "warn", "fail") and check["detail"] for check in report["checks"])
+    for field in ("python", "torch", "diffusers", "packages"):
+        assert field in report
+
+
+def test_doctor_device_fields_follow_the_contract(runner, fake_probe):
+    fake_probe(MACHINES["GTX 1060 6 GB"])
+    device = json.loads(runner.invoke(app, ["doctor", "--json"]).stdout)["devices"][0]
+    assert device == {**device, "name": "NVIDIA GeForce GTX 1060 6GB", "compute_capability": "6.1",
+                      "total_vram_mib": 6072, "bf16": False, "fast_fp16": False}
+    assert device["free_vram_mib"] == 6072 - 300
+
+
+def test_card_without_fast_fp16_is_told_fp32_is_needed():
+    recommendation = diagnosis.recommend(MACHINES["GTX 1060 6 GB"])
+    assert any("fp32 needed" in note for note in recommendation.notes)
+    assert not diagnosis.recommend(MACHINES["RTX 3060 12 GB"]).notes
+
+
+@pytest.mark.parametrize("total_mib, preset", [(3900, "minvram"), (4095, "minvram"), (6144, "lowvram"),
+                                               (7980, "advanced"), (24576, "expert")])
+def test_vram_thresholds(total_mib, preset):
+    assert diagnosis.recommend(machine(gpu("NVIDIA GeForce RTX 3090", (8, 6), total_mib))).preset == preset
+
+
+def test_large_card_without_triton_gets_advanced_with_a_note():
+    recommendation = diagnosis.recommend(machine(A100, compiler_available=False))
+    assert recommendation.preset == "advanced"
+    assert any("Triton" in note for note in recommendation.notes)
+
+
+def test_small_gpus_do_not_make_a_deploy_machine():
+    small = machine(gpu("NVIDIA GeForce GTX 1650", (7, 5), 3900), gpu("NVIDIA GeForce GTX 1650", (7, 5), 3900, 1))
+    assert diagnosis.recommend(small).preset == "minvram"
+
+
+def test_bitsandbytes_without_its_cuda_library_fails():
+    broken = machine(RTX_3060, packages={"bitsandbytes": "0.45.0"},
+                     bitsandbytes_test=hardware.PackageTest(False, "libbitsandbytes_cuda130.so not found"))
+    checks = {c.name: c for c in diagnosis.run_checks(broken)}
+    assert checks["bitsandbytes"].status == "fail" and "pip install -U bitsandbytes" in checks["bitsandbytes"].fix
+    assert diagnosis.failed(list(checks.values()))
+
+
+def test_missing_required_package_fails_and_offline_uncached_model_warns():
+    broken = machine(packages={"diffusers": None}, hf_offline=True)
+    checks = {c.name: c for c in diagnosis.run_checks(broken)}
+    assert checks["packages"].status == "fail" and "diffusers" in checks["packages"].detail
+    assert checks["model"].status == "warn" and "HF_HUB_OFFLINE" in checks["model"].detail
+    cached = machine(model_cache=hardware.CachedModel("nitrosocke/Nitro-Diffusion", "/hf/models--x", 5120))
+    assert {c.name: c for c in diagnosis.run_checks(cached)}["model"].status == "ok"
+
+
+def test_human_output_goes_to_stderr_with_a_summary_line(runner, fake_probe):
+    fake_probe(MACHINES["broken xformers"])
+    result = runner.invoke(app, ["doctor"])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "Recommended preset" in result.stderr
+    summary = next(line for line in result.stderr.splitlines() if line.startswith("nitro "))
+    assert "NVIDIA GeForce RTX 3060" in summary and "1 fail" in summary and "recommended advanced" in summary
+
+
+def test_real_probe_on_this_machine(runner):
+    """The real, deep probe: runs here (no GPU needed) and reports this machine's torch."""
+    result = runner.invoke(app, ["doctor", "--json"])
+    report = json.loads(result.stdout)
+    assert result.exit_code == (1 if any(c["status"] == "fail" for c in report["checks"]) else 0)
+    assert report["torch"] == hardware.package_version("torch")
+    assert report["hf_hub_offline"] is True  # conftest sets HF_HUB_OFFLINE=1
+
+
+def test_docs_show_the_same_recommendation_table():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "doctor.md").read_text(encoding="utf-8")
+    for number, rule in enumerate(diagnosis.RECOMMENDATION_RULES, start=1):
+        assert f"| {number} | {rule.when} | `{rule.preset}` | {rule.reason} |" in doc

@@ -1,0 +1,188 @@
+"""The expert tier's speed knobs: each field validates, each shows in the builder's applied or skipped
+list, and compiling on the CPU gives the eager picture (slow: set NITRO_SLOW_TESTS=1)."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from nitro_cli import builder, paths
+from nitro_cli.builder import BuiltPipeline, build_pipeline
+from nitro_cli.errors import UsageError
+from nitro_cli.presets import SDPA_BACKENDS, all_keys, load_preset, shipped_dir
+from tests.test_builder import cpu_machine, skipped_names
+
+ROOT = Path(__file__).resolve().parent.parent
+GPU_VARIANTS = sorted((ROOT / "docs" / "gpu-variants").glob("*.yaml"))
+
+
+def _yaml_keys(data: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in data.items():
+        keys += _yaml_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+    return keys
+
+
+@pytest.mark.parametrize("override, message", [
+    ("compile_vae=yes please", "'compile_vae' must be true or false"),
+    ("compile_text_encoder=1", "'compile_text_encoder' must be true or false"),
+    ("inductor_tuning=fast", "'inductor_tuning' must be true or false"),
+    ("cudnn_benchmark=2", "'cudnn_benchmark' must be true or false"),
+    ("sdpa_backend=flsh", "did you mean 'flash'"),
+    ("compile=max-autotun", "did you mean 'max-autotune'"),
+])
+def test_new_fields_reject_bad_values(override, message):
+    with pytest.raises(UsageError, match=message):
+        load_preset("expert", [override])
+
+
+def test_new_fields_accept_their_values():
+    settings = load_preset("beginner", ["compile=default", "compile_vae=true", "compile_text_encoder=true",
+                                        "inductor_tuning=true", "sdpa_backend=cudnn", "cudnn_benchmark=true"]).settings
+    assert (settings.compile_vae, settings.compile_text_encoder, settings.inductor_tuning) == (True, True, True)
+    assert (settings.sdpa_backend, settings.cudnn_benchmark) == ("cudnn", True)
+
+
+@pytest.mark.parametrize("path", sorted(shipped_dir().glob("*.yaml")) + GPU_VARIANTS, ids=lambda p: p.name)
+def test_preset_files_list_every_field_and_load(path):
+    assert sorted(_yaml_keys(yaml.safe_load(path.read_text()))) == sorted(all_keys())
+    load_preset(str(path))
+
+
+def test_gpu_variants_each_change_the_expert_preset():
+    expert = yaml.safe_load((shipped_dir() / "expert.yaml").read_text())
+    assert len(GPU_VARIANTS) >= 6
+    for path in GPU_VARIANTS:
+        variant = yaml.safe_load(path.read_text())
+        changed = {k for k in all_keys() if k != "tier" and "." not in k and variant[k] != expert[k]}
+        assert changed, f"{path.name} is the expert preset unchanged"
+
+
+def test_docs_describe_every_field():
+    doc = (ROOT / "docs" / "presets.md").read_text()
+    assert [key for key in all_keys() if f"`{key}`" not in doc] == []
+
+
+def test_sdpa_choices_match_the_builder():
+    assert set(SDPA_BACKENDS) == set(builder.SDPA_KERNELS)
+
+
+def test_compile_knobs_on_cpu_are_applied_with_the_cache_folder():
+    settings = load_preset("expert", ["compile_vae=true", "compile_text_encoder=true", "inductor_tuning=true"]).settings
+    built = build_pipeline(settings, "random:tiny", "cpu", cpu_machine())
+    folder = str(paths.compile_cache_dir())
+    assert f"compile caches in {folder} (a later process reuses them)" in built.applied
+
+
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == folder
+    assert "torch.compile VAE decoder (default, no CUDA graphs)" in built.applied
+    assert "torch.compile text encoder (default, no CUDA graphs)" in built.applied
+    assert any(a.startswith("inductor tuning (conv_1x1_as_mm=True") for a in built.applied)
+    for module in (built.pipe.unet, built.pipe.vae.decoder, built.pipe.text_encoder):
+        assert module._compiled_call_impl is not None
+
+
+def test_compile_extras_without_a_compile_mode_are_skipped():
+    settings = load_preset("advanced", ["compile_vae=true", "compile_text_encoder=true", "inductor_tuning=true"]).settings
+    built = build_pipeline(settings, "random:tiny", "cpu", cpu_machine())
+    assert {"compile_vae", "compile_text_encoder", "inductor_tuning"} <= set(skipped_names(built))
+    assert built.pipe.vae.decoder._compiled_call_impl is None
+    assert not any("compile" in a for a in built.applied)
+
+
+def test_compile_options_use_real_inductor_names():
+    from torch._inductor import config
+
+    known = config.get_config_copy()
+    tuned = builder._compile_options("reduce-overhead", tuning=True, cuda_graphs=True)
+    assert set(tuned) <= set(known)
+    assert tuned["triton.cudagraphs"] is True and tuned["conv_1x1_as_mm"] is True
+    assert "triton.cudagraphs" not in builder._compile_options("max-autotune", tuning=False, cuda_graphs=False)
+    assert builder._compile_options("default", tuning=False, cuda_graphs=True) == {}
+
+
+@pytest.fixture
+def restore_backend_switches():
+    import torch
+
+    cuda = torch.backends.cuda
+    saved = (cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled(), cuda.cudnn_sdp_enabled(),
+             cuda.math_sdp_enabled(), torch.backends.cudnn.benchmark)
+    yield
+    cuda.enable_flash_sdp(saved[0])
+    cuda.enable_mem_efficient_sdp(saved[1])
+    cuda.enable_cudnn_sdp(saved[2])
+    cuda.enable_math_sdp(saved[3])
+    torch.backends.cudnn.benchmark = saved[4]
+
+
+def _sdpa_switches():
+    import torch
+
+    cuda = torch.backends.cuda
+    return (cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled(), cuda.cudnn_sdp_enabled(), cuda.math_sdp_enabled())
+
+
+def test_sdpa_backend_on_a_gpu_leaves_one_kernel_and_auto_restores_all(restore_backend_switches):
+    gpu = BuiltPipeline(pipe=None, device="cuda", dtype="float16")
+    builder._apply_sdpa_backend(gpu, "flash", "sdpa")
+    assert _sdpa_switches() == (True, False, False, False)
+    assert "SDPA kernel: flash only" in gpu.applied
+    builder._apply_sdpa_backend(gpu, "auto", "sdpa")
+    assert _sdpa_switches() == (True, True, True, True)
+
+
+def test_sdpa_backend_is_skipped_on_cpu_and_with_other_attention(restore_backend_switches):
+    built = build_pipeline(load_preset("expert", ["sdpa_backend=math", "compile=none"]).settings,
+                           "random:tiny", "cpu", cpu_machine())
+    assert "sdpa_backend math" in skipped_names(built)
+    assert _sdpa_switches() == (True, True, True, True)
+    gpu = BuiltPipeline(pipe=None, device="cuda", dtype="float16")
+    builder._apply_sdpa_backend(gpu, "flash", "sliced")
+    assert gpu.skipped == [("sdpa_backend flash", "the UNet uses sliced attention, not SDPA")]
+
+
+def test_cudnn_benchmark_is_set_on_every_gpu_build_and_skipped_on_cpu(restore_backend_switches):
+    import torch
+
+    gpu = BuiltPipeline(pipe=None, device="cuda", dtype="float16")
+    builder._apply_cudnn_benchmark(gpu, True)
+    assert torch.backends.cudnn.benchmark is True and any("cuDNN benchmark" in a for a in gpu.applied)
+    builder._apply_cudnn_benchmark(gpu, False)
+    assert torch.backends.cudnn.benchmark is False
+    built = build_pipeline(load_preset("expert", ["compile=none"]).settings, "random:tiny", "cpu", cpu_machine())
+    assert "cudnn_benchmark" in skipped_names(built)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def _first_image(overrides: list[str], device: str) -> np.ndarray:
+    from nitro_cli.generation import PromptCache, run_batch
+
+    settings = load_preset("expert", ["width=64", "height=64", "steps=2", *overrides]).settings
+    built = build_pipeline(settings, "random:tiny", device)
+    cache = PromptCache(built.pipe, built.device, enabled=True)
+    result = run_batch(built.pipe, cache, ["arcane style warrior"], [""], [7], steps=2, guidance=7.5,
+                       width=64, height=64)
+    return np.asarray(result.images[0])
+
+
+@pytest.mark.slow
+def test_compiled_pipeline_on_cpu_matches_eager_and_fills_the_cache():
+    everything = ["compile_vae=true", "compile_text_encoder=true"]
+    compiled = _first_image(everything, "cpu")
+    eager = _first_image(["compile=none"], "cpu")
+    assert _psnr(compiled, eager) >= 35
+    assert any((paths.compile_cache_dir() / "fxgraph").rglob("*"))
+
+
+@pytest.mark.gpu
+def test_compiled_pipeline_with_cuda_graphs_matches_eager():
+    compiled = _first_image(["compile_vae=true", "cudnn_benchmark=true"], "cuda")
+    eager = _first_image(["compile=none", "cudnn_benchmark=false"], "cuda")
+    assert _psnr(compiled, eager) >= 35

@@ -1,0 +1,117 @@
+"""Prompts files, seeds plans and batch grouping: no model needed."""
+
+import pytest
+
+from nitro_cli.cli import app
+from nitro_cli.errors import UsageError
+from nitro_cli.generation import group_batches, plan_images
+from nitro_cli.prompts import PromptJob, read_prompts_file, truncation_warnings
+
+DEFAULTS = PromptJob(prompt="", negative="ugly", seed=None, steps=25, guidance=7.5, width=512, height=512)
+
+
+def write(tmp_path, text: str, encoding="utf-8"):
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(text.encode(encoding) if isinstance(text, str) else text)
+    return path
+
+
+def test_plain_lines_comments_blanks_and_unicode(tmp_path):
+    path = write(tmp_path, "\ufeff# my prompts\n\ncastle on a cliff\n   \n  # indented comment\n城堡, 夜晚 ✨\n")
+    jobs = read_prompts_file(path, DEFAULTS, ["arcane"])
+    assert [(j.line, j.prompt) for j in jobs] == [(3, "castle on a cliff, arcane style"),
+                                                   (6, "城堡, 夜晚 ✨, arcane style")]
+    assert all(j.negative == "ugly" and j.seed is None and j.steps == 25 for j in jobs)
+
+
+def test_a1111_overrides_on_a_line(tmp_path):
+    line = ('--prompt a castle --negative_prompt "blurry, dark" --seed 5 --steps 20 --cfg_scale 6.5 '
+            '--width 512 --height 768 --style arcane --style disney --style archer')
+    [job] = read_prompts_file(write(tmp_path, line + "\n"), DEFAULTS, ["archer"])
+    assert job == PromptJob(prompt="a castle, archer style, arcane style, modern disney style", negative="blurry, dark",
+                            seed=5, steps=20, guidance=6.5, width=512, height=768, line=1)
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("--prompt castle --sed 5", "unknown option --sed (did you mean --seed?)"),
+    ("--prompt castle --seed", "--seed needs a value"),
+    ("--prompt castle --seed five", "--seed must be a whole number, not 'five'"),
+    ("--prompt castle --seed -3", "--seed must be 0 or more, not -3"),
+    ("--prompt castle --seed 1 2", "--seed takes one value"),
+    ("--prompt castle --steps 0", "'--steps' must be at least 1"),
+    ("--prompt castle --cfg_scale high", "--cfg_scale must be a number"),
+    ("--prompt castle --width 500", "'--width' must be a multiple of 8"),
+    ('--prompt "castle', "cannot split into options"),
+    ("castle --seed 5", "'castle' is not an option"),
+    ("--prompt castle --style pixar", "unknown style 'pixar'"),
+    ("--seed 5 --steps 10", "no prompt"),
+])
+def test_each_kind_of_bad_line_names_its_number(tmp_path, line, problem):
+    path = write(tmp_path, f"# header\ngood prompt\n{line}\n")
+    with pytest.raises(UsageError) as caught:
+        read_prompts_file(path, DEFAULTS, [])
+    assert "line 3: " in caught.value.message
+    assert problem in caught.value.message
+
+
+def test_every_bad_line_is_reported_at_once(tmp_path):
+    path = write(tmp_path, "--steps x --prompt a\nfine\n--bogus 1\n")
+    with pytest.raises(UsageError) as caught:
+        read_prompts_file(path, DEFAULTS, [])
+    assert "line 1: --steps must be a whole number" in caught.value.message
+    assert "line 3: unknown option --bogus" in caught.value.message
+
+
+def test_not_utf8_and_empty_files(tmp_path):
+    with pytest.raises(UsageError, match="line 2: not UTF-8"):
+        read_prompts_file(write(tmp_path, "castle\ncaf\xe9\n".encode("latin-1")), DEFAULTS, [])
+    with pytest.raises(UsageError, match="no prompts"):
+        read_prompts_file(write(tmp_path, "# only a comment\n\n"), DEFAULTS, [])
+    with pytest.raises(UsageError, match="cannot read prompts file"):
+        read_prompts_file(tmp_path / "missing.txt", DEFAULTS, [])
+
+
+def test_bad_file_exits_2_before_any_model_loads(runner, tmp_path, monkeypatch):
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the prompts file was checked")
+
+    monkeypatch.setattr("nitro_cli.builder.build_pipeline", must_not_load)
+    path = write(tmp_path, "castle\n--prompt x --steps many\n")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["generate", "--prompts-file", str(path), "--out", str(out), "--model", "random:tiny"])
+    assert result.exit_code == 2
+    assert "line 2: --steps must be a whole number" in result.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_prompt_and_prompts_file_are_exclusive(runner, tmp_path):
+    path = write(tmp_path, "castle\n")
+    assert runner.invoke(app, ["generate", "x", "--prompts-file", str(path)]).exit_code == 2
+    assert runner.invoke(app, ["generate"]).exit_code == 2
+
+
+def test_truncation_warning_shows_the_dropped_end_once_per_prompt():
+    from nitro_cli.models import clip_tokenizer
+
+    long = " ".join(f"word{i}" for i in range(60)) + " lighthouse at the end"
+    jobs = [PromptJob(long, "", None, 2, 7.5, 64, 64)] * 3 + [PromptJob("short castle", "", None, 2, 7.5, 64, 64)]
+    warnings = truncation_warnings(clip_tokenizer(), jobs)
+    assert len(warnings) == 1
+    assert "lighthouse at the end" in warnings[0] and "77 tokens" in warnings[0]
+
+
+def test_plan_seeds_and_names_in_prompt_order():
+    a = PromptJob("a", "", None, 2, 7.5, 64, 64)
+    b = PromptJob("b", "", 100, 2, 7.5, 64, 64)  # a line with --seed 100
+    planned = plan_images([a, b, a], 2, first_index=7, first_seed=40)
+    assert [p.seed for p in planned] == [40, 41, 100, 101, 44, 45]
+    assert [p.name for p in planned] == ["00007-40-a.png", "00008-41-a.png", "00009-100-b.png", "00010-101-b.png",
+                                         "00011-44-a.png", "00012-45-a.png"]
+
+
+def test_batches_cross_prompts_but_never_mix_sizes_or_steps():
+    small, other, tall = (PromptJob("s", "", None, 2, 7.5, 64, 64), PromptJob("o", "", None, 2, 7.5, 64, 64),
+                          PromptJob("t", "", None, 2, 7.5, 64, 128))
+    planned = plan_images([small, tall, other], 2, 0, 0)
+    batches = group_batches(planned, 3)
+    assert [[p.job.prompt for p in batch] for batch in batches] == [["s", "s", "o"], ["o"], ["t", "t"]]

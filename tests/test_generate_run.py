@@ -1,0 +1,217 @@
+"""Full generate runs on `random:tiny`: seeds, batching, files, metadata, JSON, resume, interruption, guards."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from nitro_cli import generation
+from nitro_cli.cli import app
+from tests.conftest import FAST
+
+REPO = Path(__file__).resolve().parent.parent
+# AUTOMATIC1111's own infotext pattern (modules/infotext_utils.py): `Key: value` pairs, values maybe quoted.
+A1111_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def pngs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.png"))
+
+
+def parse_infotext(text: str) -> tuple[str, str, dict[str, str]]:
+    """Read `parameters` back the way A1111 does: prompt lines, `Negative prompt:` line, last line of params."""
+    *lines, last = text.strip().split("\n")
+    prompt = "\n".join(line for line in lines if not line.startswith("Negative prompt: "))
+    negative = "".join(line[len("Negative prompt: "):] for line in lines if line.startswith("Negative prompt: "))
+    params = {k: json.loads(v) if v.startswith('"') else v for k, v in A1111_PARAM.findall(last)}
+    return prompt, negative, params
+
+
+def write_prompts(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_same_seed_same_pixels_and_random_seeds_are_recorded(runner, tmp_path):
+    one, two, drawn = tmp_path / "one", tmp_path / "two", tmp_path / "drawn"
+    for folder in (one, two):
+        assert runner.invoke(app, ["generate", "castle", "--seed", "10", "--out", str(folder), *FAST]).exit_code == 0
+    assert pngs(one) == pngs(two) == ["00000-10-castle.png"]
+    assert np.array_equal(pixels(one / "00000-10-castle.png"), pixels(two / "00000-10-castle.png"))
+
+    result = runner.invoke(app, ["generate", "castle", "-n", "2", "--json", "--out", str(drawn), *FAST])
+    seeds = [json.loads(line)["seed"] for line in result.stdout.splitlines()]
+    assert seeds[1] == seeds[0] + 1
+    for seed, name in zip(seeds, pngs(drawn)):
+        assert name.split("-")[1] == str(seed)
+        assert parse_infotext(Image.open(drawn / name).text["parameters"])[2]["Seed"] == str(seed)
+    assert not np.array_equal(*(pixels(drawn / name) for name in pngs(drawn)))
+
+
+def test_cross_prompt_batches_give_one_by_one_pixels(runner, tmp_path):
+    prompts = write_prompts(tmp_path, "castle\n--prompt a dragon --negative_prompt blurry\n")
+    batched, single = tmp_path / "batched", tmp_path / "single"
+    for folder, batch in ((batched, "4"), (single, "1")):
+        result = runner.invoke(app, ["generate", "-f", str(prompts), "--seed", "3", "--batch-size", batch,
+                                     "--out", str(folder), *FAST])
+        assert result.exit_code == 0, result.output
+        assert ("batch of 2" in result.stderr) == (batch == "4")  # both prompts went through one call
+    names = pngs(batched)
+    assert names == pngs(single) == ["00000-3-castle.png", "00001-4-a-dragon.png"]
+    for name in names:
+        assert np.array_equal(pixels(batched / name), pixels(single / name))
+
+
+def test_a_second_run_never_overwrites(runner, tmp_path):
+    args = ["generate", "castle", "--seed", "1", "--out", str(tmp_path), *FAST]
+    runner.invoke(app, args)
+    first = (tmp_path / "00000-1-castle.png").read_bytes()
+    assert runner.invoke(app, args).exit_code == 0
+    assert pngs(tmp_path) == ["00000-1-castle.png", "00001-1-castle.png"]
+    assert (tmp_path / "00000-1-castle.png").read_bytes() == first
+
+
+def test_metadata_parses_back_like_a1111(runner, tmp_path):
+    prompts = write_prompts(tmp_path, '--prompt "princess, golden: hair" --negative_prompt "blurry, dark" '
+                                      "--seed 77 --steps 3 --cfg_scale 6.5 --width 72 --style arcane\n")
+    out = tmp_path / "out"
+    assert runner.invoke(app, ["generate", "-f", str(prompts), "--out", str(out), *FAST]).exit_code == 0
+    [name] = pngs(out)
+    prompt, negative, params = parse_infotext(Image.open(out / name).text["parameters"])
+    assert (prompt, negative) == ("princess, golden: hair, arcane style", "blurry, dark")
+    assert {k: params[k] for k in ("Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Preset")} == {
+        "Steps": "3", "Sampler": "Euler a", "CFG scale": "6.5", "Seed": "77", "Size": "72x64",
+        "Model": "random:tiny", "Preset": "beginner"}
+
+
+def test_json_lines_are_the_only_stdout(runner, tmp_path):
+    result = runner.invoke(app, ["generate", "castle", "-n", "2", "--batch-size", "2", "--json", "--out", str(tmp_path), *FAST])
+    assert result.exit_code == 0
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 2
+    for record in records:
+        assert Path(record["path"]).is_file() and record["prompt"] == "castle" and record["blocked"] is False
+        assert record["seconds"] > 0 and record["it_per_s"] > 0 and record["batch_size"] == 2
+        assert record["peak_rss_mib"] > 0 and record["peak_vram_mib"] is None
+    assert "Prompt encoding:" in result.stderr
+
+
+def test_resume_makes_exactly_the_missing_images(runner, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    args = ["generate", "castle", "-n", "3", "--batch-size", "1", "--out", str(out), *FAST]
+    real_run_batch = generation.run_batch
+    calls = []
+
+    def interrupted_on_second_batch(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run_batch(*a, **k)
+
+    monkeypatch.setattr(generation, "run_batch", interrupted_on_second_batch)
+    stopped = runner.invoke(app, args)
+    assert stopped.exit_code == 130
+    assert "1 image(s) of 3 saved" in stopped.stderr and "--resume" in stopped.stderr
+    [first] = pngs(out)
+    first_bytes = (out / first).read_bytes()
+    assert not list(out.glob(".*.part"))
+    monkeypatch.setattr(generation, "run_batch", real_run_batch)
+
+    result = runner.invoke(app, [*args, "--resume", "--batch-size", "2"])  # batch size may change on resume
+    assert result.exit_code == 0, result.output
+    seed = int(first.split("-")[1])  # drawn at random by the first run, recorded in its manifest
+    assert pngs(out) == [f"{i:05d}-{seed + i}-castle.png" for i in range(3)]
+    assert (out / first).read_bytes() == first_bytes
+    assert result.stdout.split() == [str(out / name) for name in pngs(out)[1:]]
+
+    again = runner.invoke(app, [*args, "--resume"])
+    assert again.exit_code == 0 and again.stdout == "" and "3 of 3" in again.stderr
+    changed = runner.invoke(app, ["generate", "a different castle", "--resume", "--out", str(out), *FAST])
+    assert changed.exit_code == 2 and "different request" in changed.stderr
+
+
+def test_sigint_leaves_no_partial_file_and_exits_130(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NITRO_CACHE_DIR": str(tmp_path / "cache")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nitro_cli", "generate", "castle", "-n", "200", "--json", "--out", str(out), *FAST],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first_line = process.stdout.readline()  # the first image is saved: generation is under way
+        assert first_line, process.stderr.read()
+        process.send_signal(signal.SIGINT)
+        rest, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert "Stopping after the current step" in stderr
+    reported = [json.loads(line)["path"] for line in [first_line, *rest.splitlines()]]
+    assert sorted(Path(p).name for p in reported) == pngs(out) and 1 <= len(reported) < 200
+    assert [p.name for p in out.iterdir() if not p.name.endswith(".png")] == [".nitro-run.json"]
+    for name in pngs(out):
+        Image.open(out / name).load()  # complete files only
+
+
+def test_nan_from_a_half_precision_vae_is_decoded_again_in_fp32(monkeypatch):
+    import torch
+
+    from nitro_cli.models import build_random_pipeline
+
+    pipe = build_random_pipeline("random:tiny")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.vae.to(torch.float16)
+    real_decode = pipe.vae.decode
+
+    def overflowing_decode(latents, **kwargs):
+        decoded = real_decode(latents, **kwargs)
+        if pipe.vae.dtype == torch.float16:  # what an fp16 overflow does: NaN in the first image
+            decoded[0][0] = float("nan")
+        return decoded
+
+    monkeypatch.setattr(pipe.vae, "decode", overflowing_decode)
+    cache = generation.PromptCache(pipe, "cpu", enabled=True)
+    result = generation.run_batch(pipe, cache, ["castle", "castle"], ["", ""], [1, 2], steps=2, guidance=7.5,
+                                  width=64, height=64)
+    assert result.redecoded == [True, False]
+    assert pipe.vae.dtype == torch.float32
+    image = np.asarray(result.images[0])
+    assert image.std() > 0  # a real picture, not the black of NaN
+
+
+def test_a_blocked_image_is_reported_not_saved(runner, tmp_path, monkeypatch):
+    from diffusers import StableDiffusionPipeline
+
+    def flag_everything(self, image, device, dtype):
+        return image * 0, [True] * len(image)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "run_safety_checker", flag_everything)
+    result = runner.invoke(app, ["generate", "castle", "--json", "--out", str(tmp_path), *FAST])
+    assert result.exit_code == 0
+    [record] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert record["blocked"] is True and record["path"] is None
+    assert pngs(tmp_path) == []
+    assert "blacked out by the safety checker" in result.stderr
+
+
+def test_cuda_out_of_memory_names_lighter_settings(runner, tmp_path, monkeypatch):
+    import torch
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(generation, "run_batch", out_of_memory)
+    result = runner.invoke(app, ["generate", "castle", "--out", str(tmp_path), *FAST])
+    assert result.exit_code == 1
+    assert "Error: CUDA out of memory" in result.stderr
+    assert all(word in result.stderr for word in ("offload", "--batch-size 1", "lowvram", "--resume"))

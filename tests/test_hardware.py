@@ -1,0 +1,63 @@
+"""The deep probe's pieces that run without a GPU, and the whole probe on a GPU where there is one."""
+
+import pytest
+
+from nitro_cli import hardware
+
+
+def fake_hub_cache(root, repo_id, payload: bytes):
+    """The layout huggingface_hub writes: blobs, a snapshot of symlinks to them, refs/main."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / "abc123").write_bytes(payload)
+    snapshot = repo / "snapshots" / "0123456789abcdef"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").symlink_to(repo / "blobs" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123456789abcdef")
+    return repo
+
+
+def test_cached_model_found_with_path_and_size(tmp_path):
+    repo = fake_hub_cache(tmp_path, "nitrosocke/Nitro-Diffusion", b"x" * (3 * 2**20))
+    fake_hub_cache(tmp_path, "someone/other-model", b"y")
+    cached = hardware._cached_model(hub_cache=tmp_path)
+    assert cached == hardware.CachedModel("nitrosocke/Nitro-Diffusion", str(repo), 3)
+
+
+def test_no_cache_folder_means_not_cached(tmp_path):
+    assert hardware._cached_model(hub_cache=tmp_path / "missing") is None
+    fake_hub_cache(tmp_path, "someone/other-model", b"y")
+    assert hardware._cached_model(hub_cache=tmp_path) is None
+
+
+def test_free_disk_is_measured_at_the_nearest_existing_folder(tmp_path):
+    free = hardware._free_disk_mib(tmp_path / "not" / "yet" / "outputs")
+    assert free is not None and free > 0
+
+
+@pytest.mark.parametrize("value, offline", [("1", True), ("true", True), ("ON", True), ("0", False), ("", False)])
+def test_offline_mode_is_read_now(monkeypatch, value, offline):
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    assert hardware._hf_offline() is offline
+
+
+def test_cpu_probe_has_no_gpu_facts():
+    machine = hardware.probe(deep=True)
+    if machine.has_gpu:
+        pytest.skip("this machine has a GPU")
+    assert machine.gpus == () and machine.bitsandbytes_test is None
+    assert machine.free_disk_mib and machine.compile_cache_dir.endswith("torch-compile")
+
+
+@pytest.mark.gpu
+def test_gpu_probe_tests_the_sdpa_kernels_and_optional_packages():
+    machine = hardware.probe(deep=True)
+    gpu = machine.gpus[0]
+    assert "math" in gpu.sdpa_kernels
+    assert 0 < gpu.free_vram_mib <= gpu.total_vram_mib
+    if machine.packages["xformers"]:
+        assert machine.xformers_test is not None
+    if machine.packages["bitsandbytes"]:
+        assert machine.bitsandbytes_test is not None

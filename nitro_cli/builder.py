@@ -13,9 +13,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from nitro_cli import hardware, models
+from nitro_cli import hardware, models, onnx_export
 from nitro_cli.errors import UsageError
-from nitro_cli.presets import Preset
+from nitro_cli.presets import Preset, flatten
 
 LICENSE_REMINDER = ("Safety checker off: Nitro-Diffusion's CreativeML OpenRAIL-M license still forbids "
                     "illegal or harmful output, and asks you to pass its terms on with the model.")
@@ -190,6 +190,11 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     machine = machine or hardware.probe()
     device = resolve_device(device, machine)
     source = models.resolve_model(model)
+    if preset.backend == "onnx":
+        return _build_onnx(preset, source, device)
+    if source.kind == "folder" and onnx_export.is_onnx_folder(source.spec):
+        raise UsageError(f"{source.spec} is an ONNX export: only the ONNX backend runs it",
+                         hint="add --set backend=onnx (or give the original diffusers model)")
     built = BuiltPipeline(pipe=None, device=device, dtype="float32")
     built.dtype = _pick_dtype(preset, device, machine, built.skip)
     quantization = _quantization_config(preset, device, built.dtype, machine, built.skip)
@@ -248,6 +253,45 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     if preset.prompt_cache:
         built.applied.append("prompt-embedding cache")
     pipe.set_progress_bar_config(disable=True)
+    return built
+
+
+# Preset fields that shape the PyTorch pipeline only: an ONNX export is a fixed fp32 graph.
+PYTORCH_ONLY_FIELDS = ("precision", "attention", "offload", "quantization", "compile", "compile_vae",
+                       "compile_text_encoder", "inductor_tuning", "channels_last", "fuse_qkv", "sdpa_backend",
+                       "cudnn_benchmark", "vae.slicing", "vae.tiling")
+
+
+def _build_onnx(preset: Preset, source: models.ModelSource, device: str) -> BuiltPipeline:
+    """The `backend: onnx` pipeline: an exported folder run by ONNX Runtime, behind run_batch's interface."""
+    onnx_export.require_onnx_packages()
+    import onnxruntime
+
+    built = BuiltPipeline(pipe=None, device="cpu", dtype="float32")
+    provider = "CPUExecutionProvider"
+    if device == "cuda":
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            provider, built.device = "CUDAExecutionProvider", "cuda"
+        else:
+            built.skip("CUDA", "this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu): CPU used")
+    settings, defaults = flatten(preset), flatten(Preset())
+    for key in PYTORCH_ONLY_FIELDS:
+        if settings[key] != defaults[key]:
+            built.skip(f"{key}={settings[key]}", "PyTorch backend only (the ONNX export is a fixed float32 graph)")
+
+    folder = onnx_export.exported_folder(source)
+    onnx_pipe = onnx_export.load_onnx_pipeline(folder, provider=provider, with_safety_checker=preset.safety_checker)
+    built.pipe = onnx_export.OnnxRuntimePipeline(onnx_pipe)
+    set_scheduler(built.pipe, preset.scheduler)
+    built.applied += [f"ONNX Runtime {onnxruntime.__version__} ({provider})", "precision float32",
+                      f"scheduler {preset.scheduler}"]
+    if not preset.safety_checker:
+        built.applied.append("no safety checker")
+        _remind_license()
+    elif onnx_pipe.safety_checker is None:
+        built.skip("safety checker", f"the export in {folder} has none")
+    if preset.prompt_cache:
+        built.applied.append("prompt-embedding cache")
     return built
 
 

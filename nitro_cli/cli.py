@@ -10,7 +10,7 @@ import traceback
 import typer
 
 from nitro_cli import __version__
-from nitro_cli.commands import bench, checklist, doctor, generate
+from nitro_cli.commands import bench, checklist, doctor, export, generate
 from nitro_cli.errors import EXIT_INTERRUPTED, NitroError
 
 app = typer.Typer(
@@ -64,6 +64,11 @@ app.command("generate")(guarded(generate.generate))
 app.command("bench")(guarded(bench.bench))
 app.command("checklist")(guarded(checklist.checklist))
 app.command("doctor")(guarded(doctor.doctor))
+
+export_app = typer.Typer(name="export", help="Convert a model for other runtimes (ONNX for CPU/edge).",
+                         no_args_is_help=True)
+export_app.command("onnx")(guarded(export.onnx))
+app.add_typer(export_app, name="export")
 
 
 def main() -> None:

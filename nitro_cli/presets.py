@@ -24,6 +24,7 @@ OFFLOADS = ("none", "model", "sequential")
 QUANTIZATIONS = ("none", "int8", "nf4", "fp8_storage")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
+BACKENDS = ("pytorch", "onnx")  # onnx: an exported fp32 graph run by ONNX Runtime (CPU/edge)
 
 # Scheduler key -> the sampler name AUTOMATIC1111 writes in its infotext (and users know).
 SAMPLER_NAMES = {
@@ -75,6 +76,7 @@ class Preset:
     fuse_qkv: bool = _setting(False)
     sdpa_backend: str = _setting("auto", choices=SDPA_BACKENDS)
     cudnn_benchmark: bool = _setting(False)
+    backend: str = _setting("pytorch", choices=BACKENDS)
     # What generate and bench apply per call.
     prompt_cache: bool = _setting(False)
     steps: int = _setting(50, minimum=1, maximum=1000)

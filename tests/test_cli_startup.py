@@ -18,7 +18,8 @@ print("HEAVY:", heavy)
 
 
 @pytest.mark.parametrize("args", [["--help"], ["generate", "--help"], ["bench", "--help"],
-                                  ["checklist", "--help"], ["doctor", "--help"]])
+                                  ["checklist", "--help"], ["doctor", "--help"],
+                                  ["export", "--help"], ["export", "onnx", "--help"]])
 def test_help_does_not_import_heavy_modules(args):
     done = subprocess.run([sys.executable, "-c", CHECK.format(args=args, heavy=HEAVY)],
                           capture_output=True, text=True, timeout=60)

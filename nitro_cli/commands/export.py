@@ -1,0 +1,41 @@
+"""`nitro export onnx`: a model as an ONNX pipeline folder, for ONNX Runtime on CPU/edge boxes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nitro_cli import options
+from nitro_cli.onnx_export import DEFAULT_OPSET
+
+
+def onnx(
+    model: options.ModelOption = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (new, empty, or an earlier export).")] = ...,
+    opset: Annotated[int, typer.Option("--opset", min=14, help="ONNX opset of the graphs.")] = DEFAULT_OPSET,
+) -> None:
+    """Export UNet, text encoder, VAE decoder/encoder (+ safety checker) as ONNX, with tokenizer and scheduler.
+
+    The folder loads with diffusers' OnnxStableDiffusionPipeline, and runs with
+    `nitro generate --model DIR --set backend=onnx`.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from nitro_cli.onnx_export import export_onnx
+
+    report = export_onnx(model, out, opset=opset)
+    table = Table(title=f"ONNX export of {model or 'nitrosocke/Nitro-Diffusion'}")
+    table.add_column("component")
+    table.add_column("size", justify="right")
+    for name, size in report.components.items():
+        table.add_row(name, f"{size / 2**20:.1f} MiB")
+    for name, why in report.skipped:
+        table.add_row(name, f"not exported: {why}")
+    console = Console(stderr=True)
+    console.print(table)
+    console.print(f"Run it: nitro generate \"PROMPT\" --model {report.out} --set backend=onnx")
+    print(report.out, file=sys.stdout)

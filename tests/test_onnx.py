@@ -1,0 +1,180 @@
+"""ONNX for CPU/edge: `nitro export onnx` writes a folder diffusers' ONNX pipeline loads, whose images
+match PyTorch's, and `backend: onnx` runs it through `nitro generate`."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nitro_cli.builder import SCHEDULERS
+from nitro_cli.cli import app
+from tests.conftest import FAST
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+COMPONENTS = ["text_encoder", "unet", "vae_decoder", "vae_encoder", "safety_checker"]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from typer.testing import CliRunner
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny"
+    result = CliRunner().invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out)
+    return out
+
+
+def test_export_writes_the_layout_diffusers_loads(exported):
+    index = json.loads((exported / "model_index.json").read_text())
+    assert index["_class_name"] == "OnnxStableDiffusionPipeline"
+    for name in COMPONENTS:
+        assert (exported / name / "model.onnx").stat().st_size > 0
+        assert index[name] == ["diffusers", "OnnxRuntimeModel"]
+    assert (exported / "tokenizer" / "tokenizer_config.json").is_file()
+    assert (exported / "scheduler" / "scheduler_config.json").is_file()
+    assert (exported / "feature_extractor" / "preprocessor_config.json").is_file()
+
+
+def test_graphs_have_the_names_and_dynamic_axes_the_pipeline_feeds(exported):
+    import onnxruntime as ort
+
+    def inputs(name):
+        session = ort.InferenceSession(str(exported / name / "model.onnx"), providers=["CPUExecutionProvider"])
+        return {i.name: i.shape for i in session.get_inputs()}
+
+    assert list(inputs("unet")) == ["sample", "timestep", "encoder_hidden_states"]
+    assert inputs("unet")["sample"][0] == "batch" and inputs("unet")["sample"][2:] == ["height", "width"]
+    assert list(inputs("text_encoder")) == ["input_ids"]
+    assert list(inputs("vae_decoder")) == ["latent_sample"]
+    assert list(inputs("vae_encoder")) == ["sample"]
+    assert list(inputs("safety_checker")) == ["clip_input", "images"]
+
+
+def test_diffusers_onnx_pipeline_loads_and_generates(exported):
+    from diffusers import OnnxStableDiffusionPipeline
+
+    pipe = OnnxStableDiffusionPipeline.from_pretrained(str(exported), provider="CPUExecutionProvider")
+    # 72x56: latents 9x7, not a multiple of the UNet's down-sampling factor, so the graph must resize.
+    images = pipe("a castle", num_inference_steps=2, width=72, height=56,
+                  generator=np.random.RandomState(0)).images
+    assert images[0].size == (72, 56)
+    assert np.asarray(images[0]).std() > 0
+
+
+@pytest.fixture(scope="module")
+def pipelines(exported):
+    """The PyTorch random:tiny pipeline and the adapter over its export, both without a safety checker."""
+    from nitro_cli.models import build_random_pipeline
+    from nitro_cli.onnx_export import OnnxRuntimePipeline, load_onnx_pipeline
+
+    torch_pipe = build_random_pipeline("random:tiny")
+    torch_pipe.safety_checker = None
+    torch_pipe.set_progress_bar_config(disable=True)
+    onnx_pipe = load_onnx_pipeline(exported, provider="CPUExecutionProvider", with_safety_checker=False)
+    return torch_pipe, OnnxRuntimePipeline(onnx_pipe)
+
+
+def two_images(pipe, steps=2, on_step_end=None):
+    from nitro_cli.generation import PromptCache, run_batch
+
+    return run_batch(pipe, PromptCache(pipe, "cpu", enabled=False), ["castle", "dog"], ["", "blurry"], [5, 6],
+                     steps=steps, guidance=7.5, width=64, height=64, on_step_end=on_step_end)
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
+def test_onnx_images_match_pytorch_for_the_same_seed(pipelines, scheduler):
+    from nitro_cli.builder import set_scheduler
+
+    images = []
+    for pipe in pipelines:
+        set_scheduler(pipe, scheduler)
+        images.append([np.asarray(image) for image in two_images(pipe).images])
+    for torch_image, onnx_image in zip(*images):
+        assert psnr(torch_image, onnx_image) >= 30
+    assert psnr(images[1][0], images[1][1]) < 30  # the two seeds give different images: the check can fail
+
+
+def test_onnx_step_callback_sees_and_replaces_the_latents(pipelines):
+    import torch
+
+    onnx = pipelines[1]
+    seen = []
+
+    def on_step_end(pipe, step, timestep, tensors):
+        seen.append((step, pipe.num_timesteps, tuple(tensors["latents"].shape)))
+        if step == pipe.num_timesteps - 1:  # the same final latents for both seeds: the same two images
+            return {"latents": torch.zeros_like(tensors["latents"])}
+        return tensors
+
+    images = two_images(onnx, on_step_end=on_step_end).images
+    assert seen == [(step, 2, (2, 4, 8, 8)) for step in range(2)]
+    assert np.array_equal(np.asarray(images[0]), np.asarray(images[1]))
+
+
+def test_onnx_safety_checker_blacks_out_what_it_flags(pipelines):
+    """The exported checker takes NHWC images; the adapter hands run_batch NCHW pixels and per-image flags."""
+    import torch
+
+    onnx = pipelines[1]
+
+    calls = []
+
+    def flag_first(clip_input, images):  # stands in for the ONNX session: flags its first call, zeroing the image
+        assert images.shape == (1, 64, 64, 3) and clip_input.shape[0] == 1
+        calls.append(images)
+        flagged = len(calls) == 1
+        return (np.zeros_like(images) if flagged else images), np.array([flagged])
+
+    pixels = torch.rand(2, 3, 64, 64) * 2 - 1
+    onnx.onnx_pipe.safety_checker = flag_first
+    try:
+        checked, flags = onnx.run_safety_checker(pixels, "cpu", torch.float32)
+    finally:
+        onnx.onnx_pipe.safety_checker = None
+    assert flags == [True, False]
+    assert not checked[0].any() and torch.equal(checked[1], pixels[1])
+
+
+def test_backend_onnx_generates_end_to_end(runner, tmp_path, exported):
+    import shutil
+
+    from nitro_cli.paths import cache_dir
+
+    # random: models are exported once into the cache; seeding it with the fixture's export saves seconds.
+    shutil.copytree(exported, cache_dir() / "onnx" / "random-tiny")
+    torch_dir, onnx_dir = tmp_path / "torch", tmp_path / "onnx"
+    # The default preset's Euler a: diffusers' own ONNX loop fails on it, the adapter's torch loop runs it.
+    common = ["generate", "castle", "--seed", "4", "-n", "2", "--batch-size", "2", *FAST]
+    result = runner.invoke(app, [*common, "--out", str(onnx_dir), "--set", "backend=onnx", "--json"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [r["seed"] for r in records] == [4, 5]
+    assert runner.invoke(app, [*common, "--out", str(torch_dir)]).exit_code == 0
+    for record in records:
+        name = record["path"].rsplit("/", 1)[-1]
+        assert psnr(np.asarray(Image.open(torch_dir / name)), np.asarray(Image.open(record["path"]))) >= 30
+
+
+def test_backend_onnx_rejects_what_it_cannot_run(runner, tmp_path, tiny_model_dir, exported):
+    not_exported = runner.invoke(app, ["generate", "castle", "--set", "backend=onnx",
+                                       "--out", str(tmp_path), *FAST, "--model", str(tiny_model_dir)])
+    assert not_exported.exit_code == 2 and "nitro export onnx --model" in not_exported.output
+    on_pytorch = runner.invoke(app, ["generate", "castle", "--out", str(tmp_path), *FAST, "--model", str(exported)])
+    assert on_pytorch.exit_code == 2 and "backend=onnx" in on_pytorch.output
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_export_refuses_a_folder_with_other_files(runner, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "not empty" in result.output
+    assert (tmp_path / "notes.txt").read_text() == "mine"

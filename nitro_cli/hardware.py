@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 import platform
 import shutil
 from dataclasses import dataclass, field
@@ -60,6 +61,17 @@ def package_version(name: str) -> str | None:
 
 def is_importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
+
+
+def cpu_name() -> str:
+    """The CPU's marketing name (Linux /proc/cpuinfo), else what `platform` knows, with the core count."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name} ({os.cpu_count()} logical CPUs)"
 
 
 def _compiler_available(cuda: bool) -> bool:

@@ -111,7 +111,7 @@ def psnr_db(image, reference) -> float:
 
 
 def preset_label(entry: str) -> str:
-    """A row's name: the shipped name, or a YAML file's stem (`variants/fp16-compile.yaml` -> fp16-compile)."""
+    """A row's name: a shipped name, or a YAML file's stem (`variants/fp16-compile.yaml` -> fp16-compile)."""
     return Path(entry).stem
 
 
@@ -145,8 +145,8 @@ def _measure_preset(entry: str, result: PresetResult, options: BenchOptions, dev
     loaded = load_preset(entry, [f"{key}={value}" for key, value in overrides.items() if value is not None])
     settings = loaded.settings
     result.source = loaded.source
-    result.steps, result.scheduler, result.batch_size = settings.steps, settings.scheduler, settings.batch_size
-    result.width, result.height = settings.width, settings.height
+    result.steps, result.scheduler = settings.steps, settings.scheduler
+    result.batch_size, result.width, result.height = settings.batch_size, settings.width, settings.height
 
     with measure(device) as loading:
         built = build_pipeline(settings, options.model, device, machine)
@@ -195,7 +195,8 @@ def _compare_with_baseline(results: list[PresetResult], images: dict[int, Any]) 
             result.psnr_vs_baseline_db = psnr_db(images[index], reference)
 
 
-def _environment(options: BenchOptions, device: str, machine: hardware.Machine, is_random: bool) -> dict[str, Any]:
+def _environment(options: BenchOptions, device: str, machine: hardware.Machine,
+                 is_random: bool) -> dict[str, Any]:
     import torch
 
     from nitro_cli.models import DEFAULT_MODEL
@@ -218,7 +219,7 @@ def _environment(options: BenchOptions, device: str, machine: hardware.Machine, 
         "steps_override": options.steps,
         "batch_size_override": options.batch_size,
         "size_override": [options.width, options.height],
-        "it_per_s_definition": "denoising steps per second of a whole pipeline call (one step covers the batch)",
+        "it_per_s_definition": "denoising steps per second of a whole pipeline call (a step covers the batch)",
     }
 
 
@@ -275,5 +276,5 @@ def save_csv(report: BenchReport, path: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=[f.name for f in dataclasses.fields(PresetResult)])
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: "; ".join(value) if isinstance(value, list) else ("" if value is None else value)
+            writer.writerow({key: "; ".join(value) if isinstance(value, list) else "" if value is None else value
                              for key, value in row.items()})

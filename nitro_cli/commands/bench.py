@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from nitro_cli import options
+from nitro_cli import benchmark, options
 from nitro_cli.errors import RuntimeFailure, UsageError
 
-DEFAULT_PRESETS = "baseline,beginner,advanced,expert"  # benchmark.DEFAULT_PRESETS, without importing it for --help
+DEFAULT_PRESETS = ",".join(benchmark.DEFAULT_PRESETS)
 
 
 def _number(value: float | str | None, digits: int = 2) -> str:
@@ -25,14 +25,13 @@ def _print_report(console, report) -> None:
     from rich import box
     from rich.table import Table
 
-    from nitro_cli.benchmark import BASELINE
-
     env = report.environment
     table = Table(title=f"nitro bench: {env['model']} on {env['device']}", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)
     for header in ("preset", "steps", "s/image", "min-max", "it/s", "vs base", "VRAM MiB",
                    "RSS MiB", "load s", "1st call s", "PSNR dB"):
-        table.add_column(header, justify="left" if header == "preset" else "right", no_wrap=header == "preset")
+        is_name = header == "preset"
+        table.add_column(header, justify="left" if is_name else "right", no_wrap=is_name)
     for r in report.results:
         if r.error:
             table.add_row(r.preset, _number(r.steps, 0), "[red]failed[/red]", *[""] * 8)
@@ -52,7 +51,7 @@ def _print_report(console, report) -> None:
     if env["steps_override"] is None and len(steps) > 1:
         notes.append("each preset kept its own steps (no --steps): 'vs base' compares whole images, "
                      "it/s compares per-step speed")
-    if not any(r.preset == BASELINE and not r.error for r in report.results):
+    if not any(r.preset == benchmark.BASELINE and not r.error for r in report.results):
         notes.append("baseline not run (or failed): no speed-up or PSNR")
     if env["note"]:
         notes.append(f"{env['model']}: {env['note']}")
@@ -76,19 +75,20 @@ def bench(
     model: options.ModelOption = None,
     runs: Annotated[int, typer.Option("--runs", min=1, help="Timed calls per preset (median, min, max).")] = 3,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Calls before timing, not counted.")] = 1,
-    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Denoising steps for every preset "
-                                                 "(fair per-step comparison). Default: each preset's own.")] = None,
+    steps: Annotated[Optional[int], typer.Option(
+        "--steps", min=1, help="Denoising steps for every preset (fair per-step comparison). "
+                               "Default: each preset's own.")] = None,
     batch_size: options.BatchSizeOption = None,
     width: options.WidthOption = None,
     height: options.HeightOption = None,
     device: options.DeviceOption = options.Device.auto,
-    json_file: Annotated[Optional[Path], typer.Option("--json", metavar="FILE", help="Write the report as JSON.")] = None,
-    csv_file: Annotated[Optional[Path], typer.Option("--csv", metavar="FILE", help="Write one CSV row per preset.")] = None,
+    json_file: Annotated[Optional[Path], typer.Option("--json", metavar="FILE",
+                                                      help="Write the report as JSON.")] = None,
+    csv_file: Annotated[Optional[Path], typer.Option("--csv", metavar="FILE",
+                                                     help="Write one CSV row per preset.")] = None,
 ) -> None:
     """Measure presets side by side on one model, prompt, seed and size: speed, memory and fidelity."""
     from rich.console import Console
-
-    from nitro_cli.benchmark import BenchOptions, run_bench, save_csv, save_json, save_to_history
 
     entries = tuple(entry.strip() for entry in presets.split(",") if entry.strip())
     if not entries:
@@ -96,17 +96,17 @@ def bench(
     console = Console(stderr=True)
     if not console.is_terminal:
         console.width = max(console.width, 120)  # logs and pipes: a full table beats ellipses
-    report = run_bench(
-        BenchOptions(presets=entries, model=model, runs=runs, warmup=warmup, steps=steps, batch_size=batch_size,
-                     width=width, height=height, device=device.value),
+    report = benchmark.run_bench(
+        benchmark.BenchOptions(presets=entries, model=model, runs=runs, warmup=warmup, steps=steps,
+                               batch_size=batch_size, width=width, height=height, device=device.value),
         progress=lambda message: console.print(message, markup=False),
     )
     _print_report(console, report)
     if json_file:
-        save_json(report, json_file)
+        benchmark.save_json(report, json_file)
     if csv_file:
-        save_csv(report, csv_file)
-    console.print(f"Report saved: {save_to_history(report)}", markup=False)
+        benchmark.save_csv(report, csv_file)
+    console.print(f"Report saved: {benchmark.save_to_history(report)}", markup=False)
     if report.failed:
         names = ", ".join(r.preset for r in report.failed)
         raise RuntimeFailure(f"{len(report.failed)} of {len(report.results)} presets failed: {names}",

@@ -130,3 +130,19 @@ def test_psnr_db():
     assert math.isinf(benchmark.psnr_db(black, black.copy()))
     off_by_one = Image.new("RGB", (8, 8), (1, 1, 1))
     assert benchmark.psnr_db(off_by_one, black) == pytest.approx(20 * math.log10(255))
+
+
+@pytest.mark.gpu
+def test_gpu_rows_report_allocator_peaks_and_half_precision(runner, tmp_path):
+    report_file = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", "--presets", "baseline,beginner", "--model", "random:tiny", "--steps", "2",
+                                 "--width", "64", "--height", "64", "--device", "cuda", "--runs", "2",
+                                 "--json", str(report_file)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_file.read_text())
+    assert report["environment"]["device_type"] == "cuda"
+    baseline, beginner = report["results"]
+    assert baseline["peak_vram_mib"] > 0 and beginner["peak_vram_mib"] > 0
+    assert baseline["precision"] == "float32" and beginner["precision"] in ("float16", "bfloat16")
+    if hardware.is_importable("pynvml"):  # the device-level figure includes the allocator's
+        assert beginner["peak_device_vram_mib"] >= beginner["peak_vram_mib"]

@@ -41,12 +41,14 @@ def _print_report(console, report) -> None:
             vram += f" ({r.peak_device_vram_mib:.0f})"
         psnr = "inf" if r.psnr_vs_baseline_db == float("inf") else _number(r.psnr_vs_baseline_db, 1)
         table.add_row(
-            r.preset, str(r.steps), f"{r.median_s:.3f}", f"{r.min_s:.3f}-{r.max_s:.3f}", _number(r.it_per_s),
+            r.preset, str(r.steps), f"{r.median_s:.3f}", f"{r.min_s:.3f}-{r.max_s:.3f}", f"{r.it_per_s:.3g}",
             "-" if r.speedup_vs_baseline is None else f"{r.speedup_vs_baseline:.2f}x", vram,
             _number(r.peak_rss_mib, 0), _number(r.load_s), _number(r.first_call_s), psnr,
         )
     notes = [f"{env['runs']} timed call(s) after {env['warmup']} warm-up call(s); "
-             f"prompt \"{env['prompt']}\", seed {env['seed']}; VRAM: torch allocator peak (NVML device peak)"]
+             f"prompt \"{env['prompt']}\", seed {env['seed']}"]
+    if env["device_type"] == "cuda":
+        notes.append("VRAM: torch allocator peak (in brackets: device peak from NVML, with nvidia-ml-py)")
     steps = {r.steps for r in report.results if not r.error}
     if env["steps_override"] is None and len(steps) > 1:
         notes.append("each preset kept its own steps (no --steps): 'vs base' compares whole images, "

@@ -14,6 +14,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from nitro_cli.hardware import is_importable
+
 
 @dataclass
 class Measurement:
@@ -32,8 +34,6 @@ def synchronize(device: str) -> None:
 
 def nvml_available() -> bool:
     """torch reads device-level memory through pynvml, the module nvidia-ml-py installs."""
-    from nitro_cli.hardware import is_importable
-
     return is_importable("pynvml")
 
 
@@ -57,7 +57,12 @@ class _MemorySampler(threading.Thread):
         if self._device_level:
             import torch
 
-            self.peak_device_bytes = max(self.peak_device_bytes, torch.cuda.device_memory_used())
+            try:
+                used = torch.cuda.device_memory_used()
+            except Exception:  # pynvml present but NVML unusable (driver, container): the figure is optional
+                self._device_level = False
+                return
+            self.peak_device_bytes = max(self.peak_device_bytes, used)
 
     def run(self) -> None:
         while not self._stop_event.wait(self._interval):

@@ -14,10 +14,11 @@ from nitro_cli.errors import RuntimeFailure, UsageError
 DEFAULT_PRESETS = ",".join(benchmark.DEFAULT_PRESETS)
 
 
-def _number(value: float | str | None, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    return value if isinstance(value, str) else f"{value:.{digits}f}"
+NOISY_SPREAD = 1.5  # slowest over fastest timed call above which the machine, not the preset, is in the numbers
+
+
+def _number(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _print_report(console, report) -> None:
@@ -53,6 +54,10 @@ def _print_report(console, report) -> None:
     if env["steps_override"] is None and len(steps) > 1:
         notes.append("each preset kept its own steps (no --steps): 'vs base' compares whole images, "
                      "it/s compares per-step speed")
+    noisy = [r.preset for r in report.results if not r.error and r.max_s > NOISY_SPREAD * r.min_s]
+    if noisy:
+        notes.append(f"timed calls of {', '.join(noisy)} differ by over {NOISY_SPREAD}x (a busy machine?): "
+                     "compare the fastest calls, add --runs, or bench on an idle machine")
     if not any(r.preset == benchmark.BASELINE and not r.error for r in report.results):
         notes.append("baseline not run (or failed): no speed-up or PSNR")
     if env["note"]:

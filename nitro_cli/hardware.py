@@ -98,6 +98,18 @@ def is_importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def cpu_name() -> str:
+    """The CPU's marketing name (Linux /proc/cpuinfo), else what `platform` knows, with the core count."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+        name = names[0] if names else name
+    except OSError:
+        pass
+    return f"{name} ({os.cpu_count()} logical CPUs)"
+
+
 def _compiler_available(cuda: bool) -> bool:
     """torch.compile's inductor needs Triton for CUDA and a C++ compiler for the CPU."""
     if cuda:

@@ -1,8 +1,120 @@
-"""`nitro bench` (not implemented yet: its own issue)."""
+"""`nitro bench`: presets measured side by side in one run; a table on stderr, JSON and CSV files."""
 
-from nitro_cli.errors import RuntimeFailure
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from nitro_cli import benchmark, options
+from nitro_cli.errors import RuntimeFailure, UsageError
+
+DEFAULT_PRESETS = ",".join(benchmark.DEFAULT_PRESETS)
 
 
-def bench() -> None:
-    """Not implemented yet."""
-    raise RuntimeFailure("`nitro bench` is not implemented yet")
+NOISY_SPREAD = 1.5  # slowest over fastest timed call above which the machine, not the preset, is in the numbers
+
+
+def _number(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _print_report(console, report) -> None:
+    """The numbers as one table, then what each preset applied and skipped (too long for a column)."""
+    from rich import box
+    from rich.table import Table
+
+    env = report.environment
+    table = Table(title=f"nitro bench: {env['model']} on {env['device']}", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for header in ("preset", "steps", "s/image", "min-max", "it/s", "vs base", "VRAM MiB",
+                   "RSS MiB", "load s", "1st call s", "PSNR dB"):
+        is_name = header == "preset"
+        table.add_column(header, justify="left" if is_name else "right", no_wrap=is_name)
+    for r in report.results:
+        if r.error:
+            table.add_row(r.preset, _number(r.steps, 0), "[red]failed[/red]", *[""] * 8)
+            continue
+        vram = _number(r.peak_vram_mib, 0)
+        if r.peak_device_vram_mib is not None:
+            vram += f" ({r.peak_device_vram_mib:.0f})"
+        psnr = "inf" if r.psnr_vs_baseline_db == float("inf") else _number(r.psnr_vs_baseline_db, 1)
+        table.add_row(
+            r.preset, str(r.steps), f"{r.median_s:.3f}", f"{r.min_s:.3f}-{r.max_s:.3f}", f"{r.it_per_s:.3g}",
+            "-" if r.speedup_vs_baseline is None else f"{r.speedup_vs_baseline:.2f}x", vram,
+            _number(r.peak_rss_mib, 0), _number(r.load_s), _number(r.first_call_s), psnr,
+        )
+    notes = [f"{env['runs']} timed call(s) after {env['warmup']} warm-up call(s); "
+             f"prompt \"{env['prompt']}\", seed {env['seed']}"]
+    if env["device_type"] == "cuda":
+        notes.append("VRAM: torch allocator peak (in brackets: device peak from NVML, with nvidia-ml-py)")
+    steps = {r.steps for r in report.results if not r.error}
+    if env["steps_override"] is None and len(steps) > 1:
+        notes.append("each preset kept its own steps (no --steps): 'vs base' compares whole images, "
+                     "it/s compares per-step speed")
+    noisy = [r.preset for r in report.results if not r.error and r.max_s > NOISY_SPREAD * r.min_s]
+    if noisy:
+        notes.append(f"timed calls of {', '.join(noisy)} differ by over {NOISY_SPREAD}x (a busy machine?): "
+                     "compare the fastest calls, add --runs, or bench on an idle machine")
+    if not any(r.preset == benchmark.BASELINE and not r.error for r in report.results):
+        notes.append("baseline not run (or failed): no speed-up or PSNR")
+    if env["note"]:
+        notes.append(f"{env['model']}: {env['note']}")
+    table.caption = "\n".join(notes)
+    table.caption_justify = "left"
+    console.print(table)
+    for r in report.results:
+        if r.error:
+            console.print(f"[bold]{r.preset}[/bold] [red]failed:[/red] {escape(r.error)}")
+            continue
+        console.print(f"[bold]{r.preset}[/bold] (batch {r.batch_size}, {r.width}x{r.height}): "
+                      f"{escape('; '.join(r.applied))}")
+        for skipped in r.skipped:
+            console.print(f"  [yellow]skipped[/yellow] {escape(skipped)}")
+
+
+def bench(
+    presets: Annotated[str, typer.Option("--presets", metavar="P1,P2,...",
+                                         help="Comma-separated shipped preset names or paths to YAML files "
+                                              "(a file's row is named after its stem).")] = DEFAULT_PRESETS,
+    model: options.ModelOption = None,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Timed calls per preset (median, min, max).")] = 3,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Calls before timing, not counted.")] = 1,
+    steps: Annotated[Optional[int], typer.Option(
+        "--steps", min=1, help="Denoising steps for every preset (fair per-step comparison). "
+                               "Default: each preset's own.")] = None,
+    batch_size: options.BatchSizeOption = None,
+    width: options.WidthOption = None,
+    height: options.HeightOption = None,
+    device: options.DeviceOption = options.Device.auto,
+    json_file: Annotated[Optional[Path], typer.Option("--json", metavar="FILE",
+                                                      help="Write the report as JSON.")] = None,
+    csv_file: Annotated[Optional[Path], typer.Option("--csv", metavar="FILE",
+                                                     help="Write one CSV row per preset.")] = None,
+) -> None:
+    """Measure presets side by side on one model, prompt, seed and size: speed, memory and fidelity."""
+    from rich.console import Console
+
+    entries = tuple(entry.strip() for entry in presets.split(",") if entry.strip())
+    if not entries:
+        raise UsageError("--presets is empty", hint=f"e.g. --presets {DEFAULT_PRESETS}")
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        console.width = max(console.width, 120)  # logs and pipes: a full table beats ellipses
+    report = benchmark.run_bench(
+        benchmark.BenchOptions(presets=entries, model=model, runs=runs, warmup=warmup, steps=steps,
+                               batch_size=batch_size, width=width, height=height, device=device.value),
+        progress=lambda message: console.print(message, markup=False),
+    )
+    _print_report(console, report)
+    if json_file:
+        benchmark.save_json(report, json_file)
+    if csv_file:
+        benchmark.save_csv(report, csv_file)
+    console.print(f"Report saved: {benchmark.save_to_history(report)}", markup=False)
+    if report.failed:
+        names = ", ".join(r.preset for r in report.failed)
+        raise RuntimeFailure(f"{len(report.failed)} of {len(report.results)} presets failed: {names}",
+                             hint="each failed row in the table says why")

@@ -1,0 +1,280 @@
+"""Presets measured side by side: one process, one model, one prompt, seed and size for every preset.
+
+Each preset is built with the pipeline builder and called through the same batch runner that
+`generate` uses (its prompt cache included, so the cache's effect shows). Per preset: a load, then
+`warmup` calls not counted (the first of them is reported apart: torch.compile pays there), then
+`runs` timed calls. Every number comes from `measure`, which synchronizes the device around each
+call. Each pipeline is freed before the next preset loads, so one preset's memory can't raise the
+next one's peak. A preset that fails becomes a result with its error; the others still run.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import gc
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from nitro_cli import __version__, hardware, paths
+from nitro_cli.errors import NitroError
+
+DEFAULT_PRESETS = ("baseline", "beginner", "advanced", "expert")
+BASELINE = "baseline"
+BENCH_PROMPT = "arcane style warrior, detailed"
+BENCH_SEED = 42
+RANDOM_MODEL_NOTE = ("random weights: speed and memory only; the images are noise, so PSNR shows numerical "
+                     "drift between presets, not picture quality")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    presets: tuple[str, ...] = DEFAULT_PRESETS
+    model: str | None = None
+    runs: int = 3
+    warmup: int = 1
+    # None keeps each preset's own value; a value overrides every preset.
+    steps: int | None = None
+    batch_size: int | None = None
+    width: int | None = None
+    height: int | None = None
+    device: str = "auto"
+
+
+@dataclass
+class PresetResult:
+    """One row. Times are seconds; `median_s`, `min_s`, `max_s` are per image over the timed calls."""
+
+    preset: str
+    source: str | None = None
+    steps: int | None = None
+    scheduler: str | None = None
+    precision: str | None = None
+    batch_size: int | None = None
+    width: int | None = None
+    height: int | None = None
+    runs: int = 0
+    median_s: float | None = None
+    min_s: float | None = None
+    max_s: float | None = None
+    it_per_s: float | None = None
+    load_s: float | None = None
+    first_call_s: float | None = None
+    peak_vram_mib: float | None = None
+    peak_device_vram_mib: float | None = None
+    peak_rss_mib: float | None = None
+    images_per_min: float | None = None
+    speedup_vs_baseline: float | None = None
+    psnr_vs_baseline_db: float | None = None
+    applied: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class BenchReport:
+    environment: dict[str, Any]
+    results: list[PresetResult]
+
+    @property
+    def failed(self) -> list[PresetResult]:
+        return [r for r in self.results if r.error]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"environment": self.environment,
+                "results": [{key: _json_value(key, value) for key, value in dataclasses.asdict(r).items()}
+                            for r in self.results]}
+
+
+def _json_value(key: str, value: Any) -> Any:
+    """Identical images have infinite PSNR, which JSON can't hold: it is written as the string "inf"."""
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf"
+        return round(value, 4 if key.endswith("_s") else 2)
+    return value
+
+
+def psnr_db(image, reference) -> float:
+    """Peak signal-to-noise ratio of two 8-bit RGB images in dB; inf when every pixel is equal."""
+    import numpy as np
+
+    a = np.asarray(image.convert("RGB"), dtype=np.float64)
+    b = np.asarray(reference.convert("RGB"), dtype=np.float64)
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def preset_label(entry: str) -> str:
+    """A row's name: a shipped name, or a YAML file's stem (`variants/fp16-compile.yaml` -> fp16-compile)."""
+    return Path(entry).stem
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, NitroError):
+        return f"{exc.message} (hint: {exc.hint})" if exc.hint else exc.message
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _release(device: str) -> None:
+    """Free what the last preset left: its pipeline, compiled graphs and the allocator's cached blocks."""
+    import torch
+
+    torch.compiler.reset()
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def _measure_preset(entry: str, result: PresetResult, options: BenchOptions, device: str,
+                    machine: hardware.Machine):
+    """Fill `result` step by step (so a failure keeps what was measured) and return the first image."""
+    from nitro_cli.builder import build_pipeline
+    from nitro_cli.generation import PromptCache, run_batch
+    from nitro_cli.measure import measure
+    from nitro_cli.presets import load_preset
+
+    overrides = {"steps": options.steps, "batch_size": options.batch_size,
+                 "width": options.width, "height": options.height}
+    loaded = load_preset(entry, [f"{key}={value}" for key, value in overrides.items() if value is not None])
+    settings = loaded.settings
+    result.source = loaded.source
+    result.steps, result.scheduler = settings.steps, settings.scheduler
+    result.batch_size, result.width, result.height = settings.batch_size, settings.width, settings.height
+
+    with measure(device) as loading:
+        built = build_pipeline(settings, options.model, device, machine)
+    result.load_s = loading.seconds
+    result.precision = built.dtype
+    result.applied = list(built.applied)
+    result.skipped = [f"{what}: {why}" for what, why in built.skipped]
+
+    cache = PromptCache(built.pipe, built.device, enabled=settings.prompt_cache)
+    seeds = [BENCH_SEED + i for i in range(settings.batch_size)]
+    calls, timed = [], []
+    for index in range(options.warmup + options.runs):
+        with measure(device) as call:
+            batch = run_batch(built.pipe, cache, [BENCH_PROMPT] * len(seeds), [""] * len(seeds), seeds,
+                              steps=settings.steps, guidance=settings.guidance,
+                              width=settings.width, height=settings.height)
+        calls.append(call)
+        if index >= options.warmup:
+            timed.append(call.seconds)
+
+    per_image = [seconds / settings.batch_size for seconds in timed]
+    result.runs = len(timed)
+    result.first_call_s = calls[0].seconds
+    result.median_s, result.min_s, result.max_s = statistics.median(per_image), min(per_image), max(per_image)
+    # One iteration = one denoising step for the whole batch (as A1111 counts it), over the whole call.
+    result.it_per_s = settings.steps / statistics.median(timed)
+    result.images_per_min = 60.0 / result.median_s
+    result.peak_rss_mib = max(c.peak_rss_mib for c in calls)
+    if device.startswith("cuda"):
+        result.peak_vram_mib = max(c.peak_vram_mib for c in calls)
+        device_peaks = [c.peak_device_vram_mib for c in calls if c.peak_device_vram_mib is not None]
+        result.peak_device_vram_mib = max(device_peaks) if device_peaks else None
+    return batch.images[0]
+
+
+def _compare_with_baseline(results: list[PresetResult], images: dict[int, Any]) -> None:
+    baseline = next((i for i, r in enumerate(results) if r.preset == BASELINE and not r.error), None)
+    if baseline is None:
+        return
+    reference = images[baseline]
+    for index, result in enumerate(results):
+        if result.error:
+            continue
+        result.speedup_vs_baseline = results[baseline].median_s / result.median_s
+        if images[index].size == reference.size:  # a preset with its own size has no pixel-wise match
+            result.psnr_vs_baseline_db = psnr_db(images[index], reference)
+
+
+def _environment(options: BenchOptions, device: str, machine: hardware.Machine,
+                 is_random: bool) -> dict[str, Any]:
+    import torch
+
+    from nitro_cli.models import DEFAULT_MODEL
+
+    return {
+        "device": machine.gpus[0].name if device == "cuda" else hardware.cpu_name(),
+        "device_type": device,
+        "torch": torch.__version__,
+        "diffusers": machine.packages.get("diffusers"),
+        "transformers": machine.packages.get("transformers"),
+        "python": machine.python,
+        "nitro": __version__,
+        "model": options.model or DEFAULT_MODEL,
+        "note": RANDOM_MODEL_NOTE if is_random else None,
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "prompt": BENCH_PROMPT,
+        "seed": BENCH_SEED,
+        "runs": options.runs,
+        "warmup": options.warmup,
+        "steps_override": options.steps,
+        "batch_size_override": options.batch_size,
+        "size_override": [options.width, options.height],
+        "it_per_s_definition": "denoising steps per second of a whole pipeline call (a step covers the batch)",
+    }
+
+
+def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda message: None) -> BenchReport:
+    """Run every preset in turn. A bad model or device is a usage error before any preset runs."""
+    from nitro_cli.builder import resolve_device
+    from nitro_cli.models import resolve_model
+
+    source = resolve_model(options.model)
+    machine = hardware.probe()
+    device = resolve_device(options.device, machine)
+    environment = _environment(options, device, machine, source.is_random)
+
+    results: list[PresetResult] = []
+    images: dict[int, Any] = {}
+    for number, entry in enumerate(options.presets, start=1):
+        result = PresetResult(preset=preset_label(entry))
+        progress(f"[{number}/{len(options.presets)}] {result.preset}")
+        try:
+            images[len(results)] = _measure_preset(entry, result, options, device, machine)
+        except Exception as exc:  # out of memory, missing package, bad preset: this row fails, the rest run
+            result.error = _describe(exc)
+            progress(f"{result.preset} failed: {result.error}")
+        results.append(result)
+        _release(device)  # after the except block, so no traceback still holds the pipeline
+    _compare_with_baseline(results, images)
+    return BenchReport(environment=environment, results=results)
+
+
+def save_json(report: BenchReport, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def save_to_history(report: BenchReport) -> Path:
+    """Keep a copy as `bench_dir()/bench-YYYYmmdd-HHMMSS.json`, where `nitro checklist` finds the newest."""
+    folder = paths.bench_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.fromisoformat(report.environment["date"]).strftime("%Y%m%d-%H%M%S")
+    path = folder / f"bench-{stamp}.json"
+    suffix = 1
+    while path.exists():  # two runs in the same second
+        suffix += 1
+        path = folder / f"bench-{stamp}-{suffix}.json"
+    save_json(report, path)
+    return path
+
+
+def save_csv(report: BenchReport, path: Path) -> None:
+    """One row per preset, the JSON's result fields as columns; lists joined with '; ', null as empty."""
+    rows = report.to_dict()["results"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[f.name for f in dataclasses.fields(PresetResult)])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: "; ".join(value) if isinstance(value, list) else "" if value is None else value
+                             for key, value in row.items()})

@@ -1,0 +1,157 @@
+"""`nitro bench` on random:tiny: contract fields, failing presets, CSV, the history copy, freeing."""
+
+import csv
+import json
+import math
+import weakref
+
+import pytest
+from PIL import Image
+
+from nitro_cli import benchmark, hardware, paths
+from nitro_cli.cli import app
+from tests.conftest import FAST
+
+CONTRACT_RESULT_FIELDS = ("preset", "runs", "median_s", "min_s", "max_s", "it_per_s", "load_s",
+                          "first_call_s", "peak_vram_mib", "peak_rss_mib", "images_per_min",
+                          "speedup_vs_baseline", "psnr_vs_baseline_db")
+
+
+def write_preset(folder, name, **fields):
+    path = folder / f"{name}.yaml"
+    path.write_text("".join(f"{key}: {value}\n" for key, value in fields.items()), encoding="utf-8")
+    return path
+
+
+def test_json_csv_and_history_copy(runner, tmp_path):
+    report_file, csv_file = tmp_path / "bench.json", tmp_path / "bench.csv"
+    result = runner.invoke(app, ["bench", "--presets", "baseline,beginner", "--runs", "2", *FAST,
+                                 "--json", str(report_file), "--csv", str(csv_file)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_file.read_text())
+
+    env = report["environment"]
+    for key in ("device", "torch", "diffusers", "model", "date", "nitro"):
+        assert env[key], key
+    assert env["model"] == "random:tiny" and "speed and memory only" in env["note"]
+
+    rows = {row["preset"]: row for row in report["results"]}
+    assert list(rows) == ["baseline", "beginner"]
+    for row in rows.values():
+        assert all(field in row for field in CONTRACT_RESULT_FIELDS)
+        assert row["error"] is None and row["runs"] == 2 and row["steps"] == 2
+        assert 0 < row["min_s"] <= row["median_s"] <= row["max_s"]
+        assert row["load_s"] > 0 and row["first_call_s"] > 0 and row["it_per_s"] > 0
+        assert row["images_per_min"] == pytest.approx(60 / row["median_s"], rel=1e-2)
+        assert row["peak_vram_mib"] is None and row["peak_rss_mib"] > 0  # CPU: no allocator peak
+        assert any(a.startswith("scheduler ") for a in row["applied"])
+    assert rows["baseline"]["speedup_vs_baseline"] == 1.0
+    assert rows["baseline"]["psnr_vs_baseline_db"] == "inf"  # documented: identical pixels
+    # Another scheduler moves the picture: a finite PSNR, and a real ratio of medians.
+    assert 0 < rows["beginner"]["psnr_vs_baseline_db"] < 100
+    assert rows["beginner"]["speedup_vs_baseline"] == pytest.approx(
+        rows["baseline"]["median_s"] / rows["beginner"]["median_s"], rel=1e-2)
+    assert any("float16" in s for s in rows["beginner"]["skipped"])  # fp16 degrades on a CPU, and says so
+
+    with csv_file.open(newline="") as handle:
+        csv_rows = list(csv.DictReader(handle))
+    assert [r["preset"] for r in csv_rows] == ["baseline", "beginner"]
+    assert float(csv_rows[1]["median_s"]) == rows["beginner"]["median_s"]
+    assert csv_rows[0]["peak_vram_mib"] == "" and csv_rows[0]["psnr_vs_baseline_db"] == "inf"
+
+    copies = list(paths.bench_dir().glob("bench-*.json"))
+    assert len(copies) == 1 and json.loads(copies[0].read_text()) == report
+
+
+def test_failing_presets_become_error_rows_and_exit_1(runner, tmp_path, monkeypatch):
+    import torch
+
+    import nitro_cli.builder
+
+    real_build = nitro_cli.builder.build_pipeline
+
+    def out_of_memory_for_int8(settings, *args, **kwargs):  # what a too-small GPU does to one preset
+        if settings.quantization == "int8":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_build(settings, *args, **kwargs)
+
+    monkeypatch.setattr(nitro_cli.builder, "build_pipeline", out_of_memory_for_int8)
+    quantized = write_preset(tmp_path, "int8-variant", quantization="int8", steps=2)
+    report_file = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", "--presets", f"baseline,{quantized},{tmp_path / 'missing.yaml'}",
+                                 "--runs", "1", *FAST, "--json", str(report_file)])
+    assert result.exit_code == 1
+    assert "Error: 2 of 3 presets failed: int8-variant, missing" in result.output
+    rows = json.loads(report_file.read_text())["results"]
+    assert [r["preset"] for r in rows] == ["baseline", "int8-variant", "missing"]
+    assert rows[0]["error"] is None and rows[0]["median_s"] > 0
+    assert "out of memory" in rows[1]["error"] and rows[1]["median_s"] is None
+    assert "preset file not found" in rows[2]["error"]
+    assert list(paths.bench_dir().glob("bench-*.json"))  # a failed run is still saved for checklist
+
+
+def test_presets_keep_their_own_steps_without_baseline(runner, tmp_path):
+    two = write_preset(tmp_path, "two-steps", steps=2, scheduler="euler")
+    three = write_preset(tmp_path, "three-steps", steps=3, scheduler="euler")
+    report_file = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", "--presets", f"{two},{three}", "--model", "random:tiny",
+                                 "--width", "64", "--height", "64", "--device", "cpu", "--runs", "1",
+                                 "--warmup", "0", "--json", str(report_file)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(report_file.read_text())["results"]
+    assert [(r["preset"], r["steps"]) for r in rows] == [("two-steps", 2), ("three-steps", 3)]
+    assert all(r["speedup_vs_baseline"] is None and r["psnr_vs_baseline_db"] is None for r in rows)
+    # Without warm-up the first call is the timed one.
+    assert all(r["first_call_s"] == r["median_s"] for r in rows)
+    assert "each preset kept its own steps" in result.output
+
+
+def test_bad_model_is_a_usage_error_before_any_preset(runner):
+    result = runner.invoke(app, ["bench", "--model", "/nowhere/model.safetensors", "--device", "cpu"])
+    assert result.exit_code == 2
+    assert "model file not found" in result.output
+    assert not paths.bench_dir().exists()
+
+
+def test_each_pipeline_is_freed_before_the_next_preset_loads(monkeypatch):
+    import nitro_cli.builder
+
+    real_build = nitro_cli.builder.build_pipeline
+    previous: list[weakref.ref] = []
+    alive_at_next_load: list[bool] = []
+
+    def tracking_build(*args, **kwargs):
+        alive_at_next_load.extend(ref() is not None for ref in previous)
+        built = real_build(*args, **kwargs)
+        previous[:] = [weakref.ref(built.pipe.unet)]
+        return built
+
+    monkeypatch.setattr(nitro_cli.builder, "build_pipeline", tracking_build)
+    options = benchmark.BenchOptions(presets=("beginner", "beginner"), model="random:tiny", runs=1, warmup=0,
+                                     steps=1, width=64, height=64, device="cpu")
+    report = benchmark.run_bench(options)
+    assert not report.failed
+    assert alive_at_next_load == [False]
+
+
+def test_psnr_db():
+    black = Image.new("RGB", (8, 8), (0, 0, 0))
+    assert math.isinf(benchmark.psnr_db(black, black.copy()))
+    off_by_one = Image.new("RGB", (8, 8), (1, 1, 1))
+    assert benchmark.psnr_db(off_by_one, black) == pytest.approx(20 * math.log10(255))
+
+
+@pytest.mark.gpu
+def test_gpu_rows_report_allocator_peaks_and_half_precision(runner, tmp_path):
+    report_file = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", "--presets", "baseline,beginner", "--model", "random:tiny", "--steps", "2",
+                                 "--width", "64", "--height", "64", "--device", "cuda", "--runs", "2",
+                                 "--json", str(report_file)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_file.read_text())
+    assert report["environment"]["device_type"] == "cuda"
+    baseline, beginner = report["results"]
+    assert baseline["peak_vram_mib"] > 0 and beginner["peak_vram_mib"] > 0
+    assert baseline["precision"] == "float32" and beginner["precision"] in ("float16", "bfloat16")
+    if hardware.is_importable("pynvml"):  # the device-level figure includes the allocator's
+        assert beginner["peak_device_vram_mib"] >= beginner["peak_vram_mib"]

@@ -10,18 +10,18 @@ if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 fi
-nitro() { python3 -m nitro_cli "$@"; }
+nitro="python3 -m nitro_cli"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
   date -u; } 2>&1 | tee "$OUT/machine.txt"
 
 # All tiers in one bench run: each preset keeps its own steps (baseline 50 PNDM, the others 25).
-timeout 330 nitro bench --model random:sd15 --presets baseline,beginner,advanced,expert,lowvram \
+timeout 330 $nitro bench --model random:sd15 --presets baseline,beginner,advanced,expert,lowvram \
   --width 512 --height 512 --batch-size 1 --json "$OUT/tiers.json" --csv "$OUT/tiers.csv" 2>&1 | tee "$OUT/tiers.log"
 
 # A second process, same model/preset/shape: how long its first image takes with warm compile caches.
-start=$(date +%s.%N)
-timeout 150 nitro generate "arcane style warrior" --model random:sd15 --preset expert --seed 1 -n 2 \
+start=$(date +%s%N)
+timeout 150 $nitro generate "arcane style warrior" --model random:sd15 --preset expert --seed 1 -n 2 \
   --out /tmp/second-process --json > "$OUT/second-process.jsonl" 2> "$OUT/second-process.log"
-echo "second process exit $?, wall $(echo "$(date +%s.%N) - $start" | bc) s" | tee -a "$OUT/second-process.log"
+echo "second process exit $?, wall $(( ($(date +%s%N) - start) / 1000000 )) ms" | tee -a "$OUT/second-process.log"
 cat "$OUT/second-process.jsonl"

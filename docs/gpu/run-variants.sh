@@ -9,13 +9,13 @@ if [ -d .whl ] && [ ! -d /tmp/site/diffusers ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 fi
 [ -d .whl ] && export PYTHONPATH=/tmp/site:$PWD
-nitro() { python3 -m nitro_cli "$@"; }
+nitro="python3 -m nitro_cli"
 V=docs/gpu-variants
 
-timeout 150 nitro bench --model random:sd15 --presets expert,$V/expert-measured-h200.yaml,$V/expert-sdpa-cudnn.yaml \
+timeout 150 $nitro bench --model random:sd15 --presets expert,$V/expert-measured-h200.yaml,$V/expert-sdpa-cudnn.yaml \
   --json "$OUT/variants.json" 2>&1 | tee "$OUT/variants.log"
-timeout 60 nitro bench --model random:sd15 --presets expert --steps 50 --json "$OUT/expert-50-steps.json" 2>&1 | tee "$OUT/expert-50-steps.log"
-timeout 120 nitro bench --model random:sd15 --presets expert,deploy --json "$OUT/deploy.json" 2>&1 | tee "$OUT/deploy.log"
-timeout 60 nitro bench --model random:sd15 --presets lowvram --width 1024 --height 1024 --runs 1 \
+timeout 60 $nitro bench --model random:sd15 --presets expert --steps 50 --json "$OUT/expert-50-steps.json" 2>&1 | tee "$OUT/expert-50-steps.log"
+timeout 120 $nitro bench --model random:sd15 --presets expert,deploy --json "$OUT/deploy.json" 2>&1 | tee "$OUT/deploy.log"
+timeout 60 $nitro bench --model random:sd15 --presets lowvram --width 1024 --height 1024 --runs 1 \
   --json "$OUT/lowvram-1024.json" 2>&1 | tee "$OUT/lowvram-1024.log"
-timeout 150 nitro bench --model random:sd15 --presets beginner,minvram --runs 1 --json "$OUT/minvram.json" 2>&1 | tee "$OUT/minvram.log"
+timeout 150 $nitro bench --model random:sd15 --presets beginner,minvram --runs 1 --json "$OUT/minvram.json" 2>&1 | tee "$OUT/minvram.log"

@@ -91,8 +91,11 @@ def decode_latents(pipe, latents) -> tuple[Any, list[bool]]:
 def run_batch(pipe, cache: PromptCache, prompts: list[str], negatives: list[str], seeds: list[int], *,
               steps: int, guidance: float, width: int, height: int,
               on_step_end: Callable | None = None) -> BatchResult:
-    """Denoise and decode one batch. Each image gets its own CPU generator, so image i depends only on
-    its own seed: batched and one-by-one runs give the same pixels, on any device. `on_step_end` is
+    """Denoise and decode one batch. Each image gets its own generator, so image i depends only on its
+    own seed: batched and one-by-one runs give the same pixels. The generators live on the execution
+    device: ancestral samplers (Euler a) draw noise at every step, and noise drawn on the CPU is a
+    blocking copy, a host-device sync per step in a launch-bound loop. So a seed's image is the same
+    on every run of one machine, not across CPU and GPU. `on_step_end` is
     diffusers' `callback_on_step_end(pipe, step, timestep, tensors) -> tensors`.
 
     The pipeline stops at latents so that decoding can be checked (`decode_latents`); the safety
@@ -109,7 +112,8 @@ def run_batch(pipe, cache: PromptCache, prompts: list[str], negatives: list[str]
         latents = pipe(
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
             num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
-            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds], output_type="latent", **kwargs,
+            generator=[torch.Generator(pipe._execution_device).manual_seed(seed) for seed in seeds],
+            output_type="latent", **kwargs,
         ).images
         pixels, redecoded = decode_latents(pipe, latents)
         pixels, nsfw = pipe.run_safety_checker(pixels, pipe._execution_device, prompt_embeds.dtype)

@@ -1,20 +1,26 @@
 """Timing and memory measurement: the one place generate and bench take their numbers from.
 
 Device work is asynchronous, so every timing synchronizes the device before reading the clock.
-Peak VRAM is the torch allocator's peak since the region began; peak RSS is sampled by a thread,
-since the process-lifetime maximum (getrusage) can't be reset between presets. Where nvidia-ml-py is
-installed, the same thread samples the device-level figure nvidia-smi shows (allocator cache, CUDA
-context and other processes included), which is what decides whether a card runs out of memory.
+Peak VRAM is the torch allocator's peak since the region began. Nothing runs beside the measured
+work: a sampling thread competes for the GIL with the launch-bound denoising loop (measured on an
+H200, 2026-11-26: a 20 ms RSS/NVML sampler made an eager fp16 image 1.5x slower). So peak RSS is the
+kernel's own high-water mark (VmHWM), reset at the start of the region through /proc/self/clear_refs
+on Linux (elsewhere the process-lifetime peak), and the device-level figure nvidia-smi shows is read
+from NVML once at the end, when nvidia-ml-py is installed: the caching allocator keeps what it
+reserved, so that reading holds the region's reserve plus the CUDA context (and other processes).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from nitro_cli.hardware import is_importable
+
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATUS = Path("/proc/self/status")
 
 
 @dataclass
@@ -37,41 +43,34 @@ def nvml_available() -> bool:
     return is_importable("pynvml")
 
 
-class _MemorySampler(threading.Thread):
-    """Samples RSS, and the device's used memory when `device_level` is on, until stopped."""
+def _reset_peak_rss() -> None:
+    try:
+        _CLEAR_REFS.write_text("5")  # Linux: "5" resets the peak resident set size (VmHWM) to the current one
+    except OSError:
+        pass  # not Linux, or not allowed: the lifetime peak is reported instead
 
-    def __init__(self, device_level: bool, interval_s: float = 0.02):
-        super().__init__(daemon=True)
-        import psutil
 
-        self._process = psutil.Process()
-        self._device_level = device_level
-        self._interval = interval_s
-        self._stop_event = threading.Event()
-        self.peak_rss_bytes = 0
-        self.peak_device_bytes = 0
-        self._sample()
+def _peak_rss_mib() -> float:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource
+    import sys
 
-    def _sample(self) -> None:
-        self.peak_rss_bytes = max(self.peak_rss_bytes, self._process.memory_info().rss)
-        if self._device_level:
-            import torch
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
-            try:
-                used = torch.cuda.device_memory_used()
-            except Exception:  # pynvml present but NVML unusable (driver, container): the figure is optional
-                self._device_level = False
-                return
-            self.peak_device_bytes = max(self.peak_device_bytes, used)
 
-    def run(self) -> None:
-        while not self._stop_event.wait(self._interval):
-            self._sample()
+def _device_used_mib() -> float | None:
+    import torch
 
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
-        self._sample()
+    try:
+        return torch.cuda.device_memory_used() / 2**20
+    except Exception:  # pynvml present but NVML unusable (driver, container): the figure is optional
+        return None
 
 
 @contextmanager
@@ -84,17 +83,15 @@ def measure(device: str):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     result = Measurement()
-    sampler = _MemorySampler(device_level=cuda and nvml_available())
-    sampler.start()
+    _reset_peak_rss()
     start = time.perf_counter()
     try:
         yield result
     finally:
         synchronize(device)
         result.seconds = time.perf_counter() - start
-        sampler.stop()
-        result.peak_rss_mib = sampler.peak_rss_bytes / 2**20
+        result.peak_rss_mib = _peak_rss_mib()
         if cuda:
             result.peak_vram_mib = torch.cuda.max_memory_allocated() / 2**20
-            if sampler.peak_device_bytes:
-                result.peak_device_vram_mib = sampler.peak_device_bytes / 2**20
+            if nvml_available():
+                result.peak_device_vram_mib = _device_used_mib()

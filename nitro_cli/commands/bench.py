@@ -49,7 +49,8 @@ def _print_report(console, report) -> None:
     notes = [f"{env['runs']} timed call(s) after {env['warmup']} warm-up call(s); "
              f"prompt \"{env['prompt']}\", seed {env['seed']}"]
     if env["device_type"] == "cuda":
-        notes.append("VRAM: torch allocator peak (in brackets: device peak from NVML, with nvidia-ml-py)")
+        notes.append("VRAM: torch allocator peak (in brackets: device memory in use after the calls, from NVML: "
+                     "allocator reserve + CUDA context)")
     steps = {r.steps for r in report.results if not r.error}
     if env["steps_override"] is None and len(steps) > 1:
         notes.append("each preset kept its own steps (no --steps): 'vs base' compares whole images, "

@@ -7,10 +7,15 @@ call encodes again. Either way the encoding time is measured apart from denoisin
 A run is planned image by image in prompt order (`plan_images`), then images that share size, steps
 and CFG scale are grouped into pipeline calls of up to `batch_size` (`group_batches`), across prompts.
 Each image has its own generator, so grouping never changes its pixels.
+
+For throughput (the deploy tier), finished images are encoded and written by `ImageWriter`, a thread
+of its own, while the next batch denoises; and with a compiled pipeline a smaller last batch is filled
+up to the batch size, since compiled graphs (CUDA graphs above all) are specialised to one batch shape.
 """
 
 from __future__ import annotations
 
+import queue
 import signal
 import sys
 import threading
@@ -54,6 +59,24 @@ class PromptCache:
         if self.enabled:
             self._store[key] = encoded
         return encoded
+
+    def stats(self) -> "CacheStats":
+        return CacheStats(self.enabled, self.encodes, self.hits, self.encode_seconds)
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """What a run's prompt cache did; `total` adds up those of several processes."""
+
+    enabled: bool
+    encodes: int = 0
+    hits: int = 0
+    encode_seconds: float = 0.0
+
+    @staticmethod
+    def total(parts: list["CacheStats"]) -> "CacheStats":
+        return CacheStats(any(p.enabled for p in parts), sum(p.encodes for p in parts), sum(p.hits for p in parts),
+                          sum(p.encode_seconds for p in parts))
 
 
 @dataclass
@@ -211,14 +234,84 @@ class RunObserver:
     def image_done(self, result: ImageResult) -> None: ...
 
 
+class ImageWriter:
+    """Saves finished images on a thread of its own, so PNG encoding and disk writes overlap the next
+    batch's denoising. The queue holds at most `capacity` images, so a disk slower than the GPU holds
+    the run back instead of filling memory. Images are saved and reported (`observer.image_done`) in the
+    order they were handed over.
+
+    A failure on the thread is raised in the calling thread at the next `put` or on leaving the `with`
+    block; meanwhile the thread keeps draining the queue, so `put` never waits on a dead writer. Leaving
+    the block, even by Ctrl-C, waits for every image handed over; the thread is not a daemon, so even a
+    second Ctrl-C during that wait lets it finish them before the process exits."""
+
+    def __init__(self, save: Callable[[PlannedImage, Any], Path], observer: RunObserver, capacity: int):
+        self._save, self._observer = save, observer
+        self._queue: queue.Queue = queue.Queue(maxsize=capacity)
+        self._closing = threading.Event()
+        self._error: BaseException | None = None
+        self.results: list[ImageResult] = []
+        self._thread = threading.Thread(target=self._run, name="nitro-image-writer")
+
+    def __enter__(self) -> "ImageWriter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        # An event, not a sentinel in the queue: setting it never waits, so an interrupt can't lose it.
+        self._closing.set()
+        self._thread.join()
+        if exc_type is None:
+            self._raise_if_failed()
+
+    def put(self, result: ImageResult, image) -> None:
+        self._raise_if_failed()
+        self._queue.put((result, image))
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            try:
+                result, image = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                if self._closing.is_set():
+                    return
+                continue
+            if self._error is None:
+                try:
+                    self._write(result, image)
+                except BaseException as exc:  # raised again in the calling thread
+                    self._error = exc
+
+    def _write(self, result: ImageResult, image) -> None:
+        if not result.blocked:
+            try:
+                result.path = self._save(result.planned, image)
+            except OSError as exc:
+                raise RuntimeFailure(f"could not write {result.planned.name}: {exc.strerror or exc}",
+                                     hint="check free disk space and write permission of the --out folder; "
+                                          "finished images are kept: repeat the command with --resume") from exc
+        self.results.append(result)
+        self._observer.image_done(result)
+
+
 def generate_images(pipe, cache: PromptCache, device: str, images: list[PlannedImage], *, batch_size: int,
-                    save: Callable[[PlannedImage, Any], Path], observer: RunObserver) -> list[ImageResult]:
-    """Generate and save `images` batch by batch. Ctrl-C stops after the current step (KeyboardInterrupt,
-    finished images kept); CUDA out of memory is a RuntimeFailure naming lighter settings."""
+                    save: Callable[[PlannedImage, Any], Path], observer: RunObserver,
+                    fixed_batch_shape: bool = False) -> list[ImageResult]:
+    """Generate and save `images` batch by batch; saving runs on an `ImageWriter` thread. Ctrl-C stops
+    after the current step (KeyboardInterrupt, every image already denoised saved); CUDA out of memory
+    is a RuntimeFailure naming lighter settings.
+
+    `fixed_batch_shape`: every pipeline call gets `batch_size` images. A smaller batch is filled with
+    copies of its last image (same prompt, same seed), whose outputs are dropped: for a compiled
+    pipeline one more batch of work is cheaper than compiling for a new shape. Each image has its own
+    generator, so the filling changes no real image's pixels."""
     import torch
 
-    results = []
-    with StopAfterStep() as stop:
+    with StopAfterStep() as stop, ImageWriter(save, observer, capacity=2 * batch_size) as writer:
         def on_step_end(pipe, step, timestep, tensors):
             observer.step_done(step + 1, pipe.num_timesteps)
             stop.check()
@@ -228,18 +321,17 @@ def generate_images(pipe, cache: PromptCache, device: str, images: list[PlannedI
             stop.check()
             observer.batch_started(batch)
             job = batch[0].job
+            called = batch + [batch[-1]] * (batch_size - len(batch)) if fixed_batch_shape else batch
             try:
                 with measure(device) as taken:
-                    result = run_batch(pipe, cache, [i.job.prompt for i in batch], [i.job.negative for i in batch],
-                                       [i.seed for i in batch], steps=job.steps, guidance=job.guidance,
+                    result = run_batch(pipe, cache, [i.job.prompt for i in called], [i.job.negative for i in called],
+                                       [i.seed for i in called], steps=job.steps, guidance=job.guidance,
                                        width=job.width, height=job.height, on_step_end=on_step_end)
             except torch.OutOfMemoryError:
-                raise RuntimeFailure(f"CUDA out of memory generating {len(batch)} image(s) of "
+                raise RuntimeFailure(f"CUDA out of memory generating {len(called)} image(s) of "
                                      f"{job.width}x{job.height}", hint=OOM_HINT) from None
+            # zip stops at the real images: the filling's outputs are dropped here.
             for planned, image, blocked, redecoded in zip(batch, result.images, result.nsfw, result.redecoded):
-                path = None if blocked else save(planned, image)
-                done = ImageResult(planned, path, taken.seconds / len(batch), job.steps / taken.seconds,
-                                   len(batch), taken, blocked=blocked, redecoded=redecoded)
-                results.append(done)
-                observer.image_done(done)
-    return results
+                writer.put(ImageResult(planned, None, taken.seconds / len(batch), job.steps / taken.seconds,
+                                       len(batch), taken, blocked=blocked, redecoded=redecoded), image)
+    return writer.results

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from nitro_cli.generation import ImageResult, PlannedImage, PromptCache, RunObserver
+from nitro_cli.generation import CacheStats, ImageResult, PlannedImage, RunObserver
 
 
 def image_record(result: ImageResult, *, model: str, preset: str) -> dict:
@@ -25,14 +25,15 @@ def image_record(result: ImageResult, *, model: str, preset: str) -> dict:
 
 
 class RunDisplay(RunObserver):
-    """Rich progress bars for images and denoising steps (only on a terminal), one stdout line per image."""
+    """Rich progress bars for images and denoising steps (only on a terminal), one stdout line per image.
+    `bars=False` leaves the bars out: of several processes sharing a terminal, only the main one draws them."""
 
-    def __init__(self, total_images: int, *, json_output: bool, model: str, preset: str):
+    def __init__(self, total_images: int, *, json_output: bool, model: str, preset: str, bars: bool = True):
         self.console = Console(stderr=True, soft_wrap=True)
         self._json = json_output
         self._model, self._preset = model, preset
         self._progress = Progress(TextColumn("{task.description:<7}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), console=self.console, disable=not self.console.is_terminal)
+                                  TimeElapsedColumn(), console=self.console, disable=not (bars and self.console.is_terminal))
         self._images = self._progress.add_task("images", total=total_images)
         self._steps = self._progress.add_task("steps", total=None)
         self._vae_fp32_said = False
@@ -71,7 +72,9 @@ class RunDisplay(RunObserver):
         elif result.path is not None:
             print(result.path, flush=True)
 
-    def summary(self, results: list[ImageResult], cache: PromptCache, total_seconds: float, device: str) -> None:
+    def summary(self, results: list[ImageResult], cache: CacheStats, total_seconds: float, device: str,
+                processes: list[int] | None = None) -> None:
+        """The run's table and totals; `processes`: images made by each process of a multi-process run."""
         on_gpu = device.startswith("cuda")
         table = Table(title="nitro generate", title_justify="left")
         for column in ("image", "seed", "s/image", "it/s", "peak VRAM MiB" if on_gpu else "peak RSS MiB", "note"):
@@ -91,3 +94,6 @@ class RunDisplay(RunObserver):
         self.console.print(f"Prompt encoding: {cache.encode_seconds:.2f} s for {cache.encodes} encode(s){reuse}. "
                            f"Total: {total_seconds:.2f} s for {len(results) - blocked} saved image(s)"
                            + (f", {blocked} blocked" if blocked else "") + ".")
+        if processes:
+            self.console.print(f"Processes: {len(processes)}, images made by each: "
+                               f"{', '.join(map(str, processes))}.")

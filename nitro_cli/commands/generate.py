@@ -44,10 +44,13 @@ def generate(
     device: options.DeviceOption = options.Device.auto,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout, nothing else there.")] = False,
 ) -> None:
-    """Generate images from a prompt or a prompts file; save them as PNG files with their generation parameters."""
-    from nitro_cli import output
-    from nitro_cli.builder import build_pipeline
-    from nitro_cli.generation import PromptCache, generate_images, plan_images, request_fingerprint
+    """Generate images from a prompt or a prompts file; save them as PNG files with their generation parameters.
+
+    Under `accelerate launch` or `torchrun` each process makes its share of the images (see docs/deploy.md)."""
+    from nitro_cli import distributed, hardware, output
+    from nitro_cli.builder import build_pipeline, resolve_device
+    from nitro_cli.generation import (CacheStats, PromptCache, generate_images, group_batches, plan_images,
+                                      request_fingerprint)
     from nitro_cli.models import DEFAULT_MODEL
     from nitro_cli.presets import SAMPLER_NAMES, load_preset
     from nitro_cli.progress import RunDisplay
@@ -70,27 +73,48 @@ def generate(
         jobs = [replace(defaults, prompt=apply_styles(prompt, styles))]
     model_name = model or DEFAULT_MODEL
 
-    # Names and seeds are fixed before the model loads, so a bad --resume costs nothing.
-    total = len(jobs) * num_images
-    run = output.start_run(out, request_fingerprint(model_name, settings, jobs, num_images, seed), total, seed, resume)
-    planned = plan_images(jobs, num_images, run.first_index, run.first_seed)
-    pending = [image for image in planned if not (out / image.name).exists()]
-    if resume:
-        print(f"Resuming: {total - len(pending)} of {total} images already in {out}; making {len(pending)}.",
-              file=sys.stderr)
-    if not pending:
-        return
+    def images_to_make():
+        """Names and seeds, fixed before the model loads (a bad --resume costs nothing), and what is missing."""
+        total = len(jobs) * num_images
+        run = output.start_run(out, request_fingerprint(model_name, settings, jobs, num_images, seed), total, seed, resume)
+        planned = plan_images(jobs, num_images, run.first_index, run.first_seed)
+        pending = [image for image in planned if not (out / image.name).exists()]
+        if resume:
+            print(f"Resuming: {total - len(pending)} of {total} images already in {out}; making {len(pending)}.",
+                  file=sys.stderr)
+        return pending
 
-    built = build_pipeline(settings, model, device.value)
-    if model_name.startswith("random:"):
-        print(f"Note: {model_name} has random weights: its images are noise (for speed, memory and dry runs).",
-              file=sys.stderr)
-    for warning in truncation_warnings(built.pipe.tokenizer, jobs):
-        print(f"Warning: {warning}", file=sys.stderr)
-    cache = PromptCache(built.pipe, built.device, enabled=settings.prompt_cache)
-    save = partial(output.save_image, folder=out, sampler=SAMPLER_NAMES[settings.scheduler], model=model_name, preset=loaded.name)
-    start = time.perf_counter()
-    with RunDisplay(len(pending), json_output=json_output, model=model_name, preset=loaded.name) as display:
-        results = generate_images(built.pipe, cache, built.device, pending, batch_size=settings.batch_size,
-                                  save=save, observer=display)
-    display.summary(results, cache, time.perf_counter() - start, built.device)
+    machine = hardware.probe()
+    run_device = resolve_device(device.value, machine)
+    with distributed.processes(cpu=run_device == "cpu") as processes:
+        pending = processes.from_main(images_to_make)
+        if not pending:
+            return
+        # Shares are contiguous and the main process's comes first, so it always has images (and a display).
+        mine = [image for batch in processes.share(group_batches(pending, settings.batch_size)) for image in batch]
+        results, cache_stats = [], CacheStats(settings.prompt_cache)
+        if mine:
+            built = build_pipeline(settings, model, run_device, machine=machine)
+            if processes.is_main:
+                if model_name.startswith("random:"):
+                    print(f"Note: {model_name} has random weights: its images are noise (for speed, memory and "
+                          "dry runs).", file=sys.stderr)
+                for warning in truncation_warnings(built.pipe.tokenizer, jobs):
+                    print(f"Warning: {warning}", file=sys.stderr)
+            cache = PromptCache(built.pipe, built.device, enabled=settings.prompt_cache)
+            save = partial(output.save_image, folder=out, sampler=SAMPLER_NAMES[settings.scheduler],
+                           model=model_name, preset=loaded.name)
+            start = time.perf_counter()
+            display = RunDisplay(len(mine), json_output=json_output, model=model_name, preset=loaded.name,
+                                 bars=processes.is_main)
+            with display:
+                # A compiled pipeline is specialised to its batch shape: keep every call at batch_size.
+                results = generate_images(built.pipe, cache, built.device, mine, batch_size=settings.batch_size,
+                                          save=save, observer=display,
+                                          fixed_batch_shape=settings.compile != "none" and settings.backend == "pytorch")
+            cache_stats = cache.stats()
+        everyone = processes.gather((results, cache_stats))
+        if processes.is_main:
+            display.summary([r for part, _ in everyone for r in part], CacheStats.total([c for _, c in everyone]),
+                            time.perf_counter() - start, run_device,
+                            processes=[len(part) for part, _ in everyone] if processes.count > 1 else None)

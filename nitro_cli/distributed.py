@@ -1,0 +1,101 @@
+"""One run over several processes: `accelerate launch` or `torchrun` start N copies of `nitro generate`.
+
+accelerate's `PartialState` joins them (NCCL between GPUs, gloo between CPUs; each process on its own
+local GPU). The main process alone decides the run: the manifest, the first file number and seed, what
+is left to make under `--resume`; the others receive that decision, so every image keeps the name and
+seed a single process would give it. The batches (as `group_batches` forms them) are split into
+contiguous shares, one per process; each process writes its own images; the main process gathers
+every process's results and prints the one summary.
+
+Launch is detected by `WORLD_SIZE` > 1, which torchrun and accelerate's launchers set. Without it
+nothing here imports torch or accelerate, and `Processes` is a single process.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+
+def launched() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+class Processes:
+    """The processes of this run; this base class is the single-process case."""
+
+    index = 0
+    count = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+    def from_main(self, decide: Callable[[], T]) -> T:
+        """`decide()` run on the main process only; its value reaches every process."""
+        return decide()
+
+    def share(self, batches: list[list[T]]) -> list[list[T]]:
+        """This process's contiguous share of `batches`."""
+        return batches
+
+    def gather(self, value: Any) -> list:
+        """Every process's `value`, in process order."""
+        return [value]
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "Processes":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class _PartialStateProcesses(Processes):
+    def __init__(self, cpu: bool):
+        from accelerate import PartialState
+
+        # cpu=True makes it join CPU processes with gloo; without it, on a machine without GPUs, it
+        # would ignore the launch. On GPUs it sets this process's CUDA device to its local GPU, which
+        # the builder's "cuda" then means.
+        self._state = PartialState(cpu=cpu)
+        self.index, self.count = self._state.process_index, self._state.num_processes
+
+    def from_main(self, decide: Callable[[], T]) -> T:
+        from accelerate.utils import broadcast_object_list
+
+        value, error = None, None
+        if self.is_main:
+            try:
+                value = decide()
+            except BaseException as exc:  # the others must still hear of it, or they would wait forever
+                error = exc
+        box = [(value, getattr(error, "exit_code", 1) if error is not None else 0)]
+        broadcast_object_list(box)
+        if error is not None:
+            raise error
+        value, exit_code = box[0]
+        if exit_code:
+            raise SystemExit(exit_code)  # the main process reports the error; once is enough
+        return value
+
+    def share(self, batches: list[list[T]]) -> list[list[T]]:
+        with self._state.split_between_processes(batches) as mine:
+            return list(mine)
+
+    def gather(self, value: Any) -> list:
+        from accelerate.utils import gather_object
+
+        return gather_object([value])
+
+    def close(self) -> None:
+        self._state.destroy_process_group()
+
+
+def processes(cpu: bool) -> Processes:
+    """The processes of this run: joined through accelerate when launched as several, else just this one.
+    `cpu`: the run's device is the CPU."""
+    return _PartialStateProcesses(cpu) if launched() else Processes()

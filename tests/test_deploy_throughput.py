@@ -1,0 +1,182 @@
+"""Deploy throughput: the writer thread, fixed batch shape for compiled pipelines, several processes."""
+
+import errno
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nitro_cli import generation, output
+from nitro_cli.cli import app
+from nitro_cli.generation import PlannedImage, RunObserver, generate_images, plan_images
+from nitro_cli.prompts import PromptJob
+from tests.conftest import FAST
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pngs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.png"))
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    from nitro_cli.models import build_random_pipeline
+
+    pipe = build_random_pipeline("random:tiny")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_plan(prompts: list[str]) -> list[PlannedImage]:
+    jobs = [PromptJob(prompt=p, negative="", seed=None, steps=2, guidance=7.5, width=64, height=64) for p in prompts]
+    return plan_images(jobs, 1, first_index=0, first_seed=10)
+
+
+def test_a_filled_last_batch_keeps_every_call_at_batch_size_and_changes_no_pixels(tiny_pipe, monkeypatch):
+    calls: list[list[int]] = []
+    real_run_batch = generation.run_batch
+
+    def recording_run_batch(pipe, cache, prompts, negatives, seeds, **kwargs):
+        calls.append(list(seeds))
+        return real_run_batch(pipe, cache, prompts, negatives, seeds, **kwargs)
+
+    monkeypatch.setattr(generation, "run_batch", recording_run_batch)
+    cache = generation.PromptCache(tiny_pipe, "cpu", enabled=True)
+    images = tiny_plan(["castle", "dragon", "cat"])
+    made = {}
+    for fixed in (True, False):
+        calls.clear()
+        saved = {}
+        results = generate_images(tiny_pipe, cache, "cpu", images, batch_size=2,
+                                  save=lambda planned, image: saved.setdefault(planned.name, np.asarray(image)),
+                                  observer=RunObserver(), fixed_batch_shape=fixed)
+        # The last batch (cat alone) is filled with a copy of cat (seed 12) only when the shape is fixed.
+        assert calls == ([[10, 11], [12, 12]] if fixed else [[10, 11], [12]])
+        assert [r.planned.name for r in results] == [i.name for i in images]
+        assert [r.batch_size for r in results] == [2, 2, 1]
+        made[fixed] = saved
+    assert list(made[True]) == list(made[False]) == [i.name for i in images]
+    # The filling is invisible: cat made beside its copy is bit for bit cat made beside another image.
+    beside_another = real_run_batch(tiny_pipe, cache, ["castle", "cat"], ["", ""], [10, 12], steps=2, guidance=7.5,
+                                    width=64, height=64).images[1]
+    assert np.array_equal(made[True][images[2].name], np.asarray(beside_another))
+    # Against cat alone (unfilled) only the CPU kernels' batch-size rounding remains: a level on a few of
+    # its 12288 values (a wrong seed or prompt would change nearly all of them).
+    for name in made[True]:
+        difference = np.abs(made[True][name].astype(int) - made[False][name].astype(int))
+        assert difference.max() <= 1 and np.count_nonzero(difference) <= 12, name
+
+
+def test_every_image_handed_to_the_writer_is_saved_before_an_interrupt_ends_the_run(tiny_pipe):
+    saved, batches_started = [], []
+    writer_threads = set()
+
+    def slow_save(planned, image):
+        writer_threads.add(threading.current_thread().name)
+        time.sleep(0.2)  # a slow disk: the first batch is still being written when Ctrl-C comes
+        saved.append(planned.name)
+        return Path(planned.name)
+
+    class InterruptSecondBatch(RunObserver):
+        def batch_started(self, batch):
+            batches_started.append(batch)
+            if len(batches_started) == 2:
+                raise KeyboardInterrupt
+
+    images = tiny_plan(["castle", "dragon", "cat"])
+    with pytest.raises(KeyboardInterrupt):
+        generate_images(tiny_pipe, generation.PromptCache(tiny_pipe, "cpu", enabled=True), "cpu", images,
+                        batch_size=2, save=slow_save, observer=InterruptSecondBatch())
+    assert saved == [images[0].name, images[1].name]
+    assert writer_threads == {"nitro-image-writer"}  # saving ran off the denoising thread
+
+
+def test_a_failure_in_the_writer_is_raised_in_the_calling_thread(tiny_pipe):
+    def broken_save(planned, image):
+        raise ValueError("encoder exploded")
+
+    with pytest.raises(ValueError, match="encoder exploded"):
+        generate_images(tiny_pipe, generation.PromptCache(tiny_pipe, "cpu", enabled=True), "cpu",
+                        tiny_plan(["castle", "dragon", "cat"]), batch_size=1, save=broken_save, observer=RunObserver())
+
+
+def test_a_full_disk_is_an_error_with_a_hint_not_a_traceback(runner, tmp_path, monkeypatch):
+    def disk_full(image, path, parameters):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(output, "save_png", disk_full)
+    result = runner.invoke(app, ["generate", "castle", "-n", "3", "--out", str(tmp_path), *FAST])
+    assert result.exit_code == 1
+    assert "Error: could not write 00000-" in result.stderr and "No space left on device" in result.stderr
+    assert "Hint: check free disk space" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_json_lines_follow_prompt_order_with_the_writer(runner, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("castle\n--prompt dragon --steps 3\ncat\n", encoding="utf-8")
+    result = runner.invoke(app, ["generate", "-f", str(prompts), "-n", "2", "--batch-size", "3", "--json",
+                                 "--seed", "0", "--out", str(tmp_path / "out"), *FAST])
+    assert result.exit_code == 0, result.output
+    names = [Path(json.loads(line)["path"]).name for line in result.stdout.splitlines()]
+    # Batches go castle+cat (2 steps) first, then dragon (3 steps); lines come in batch order, as saved.
+    assert names == ["00000-0-castle.png", "00001-1-castle.png", "00004-4-cat.png", "00005-5-cat.png",
+                     "00002-2-dragon.png", "00003-3-dragon.png"]
+    assert sorted(names) == pngs(tmp_path / "out")
+
+
+@pytest.mark.parametrize(("preset", "fixed"), [("deploy", True), ("beginner", False)])
+def test_a_compiling_preset_asks_for_a_fixed_batch_shape(runner, tmp_path, monkeypatch, preset, fixed):
+    asked = {}
+
+    def record(*args, **kwargs):
+        asked.update(kwargs)
+        return []
+
+    monkeypatch.setattr(generation, "generate_images", record)
+    result = runner.invoke(app, ["generate", "castle", "--preset", preset, "--out", str(tmp_path), *FAST])
+    assert result.exit_code == 0, result.output
+    assert asked["fixed_batch_shape"] is fixed
+
+
+def test_two_processes_make_the_files_and_pixels_of_one(tmp_path):
+    """torchrun, two CPU processes joined by accelerate over gloo, against one in-process run. No --seed:
+    the main process draws it and the other must receive it. About 20 s here (three interpreters importing torch)."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("castle\n--prompt dog --seed 40\ncat\n", encoding="utf-8")
+    common = ["generate", "-f", str(prompts), "-n", "2", "--batch-size", "2", "--json", *FAST]
+    two, one = tmp_path / "two", tmp_path / "one"
+    # The same thread count for both runs (torchrun's default): CPU kernels round by thread count.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NITRO_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "nitro_cli", *common, "--out", str(two)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert launched.returncode == 0, launched.stderr
+    manifest = json.loads((two / output.MANIFEST_NAME).read_text(encoding="utf-8"))
+
+    single = subprocess.run([sys.executable, "-m", "nitro_cli", *common, "--seed", str(manifest["first_seed"]),
+                             "--out", str(one)], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert single.returncode == 0, single.stderr
+    assert pngs(two) == pngs(one) and len(pngs(one)) == 6
+    for name in pngs(one):
+        assert np.array_equal(pixels(two / name), pixels(one / name)), name
+        assert Image.open(two / name).text["parameters"] == Image.open(one / name).text["parameters"]
+    # Every image reported once on stdout, whichever process made it; one summary, from the main process.
+    reported = sorted(Path(json.loads(line)["path"]).name for line in launched.stdout.splitlines())
+    assert reported == pngs(two)
+    assert len(re.findall(r"Prompt encoding:", launched.stderr)) == 1
+    assert "Processes: 2, images made by each: 4, 2." in launched.stderr
+    assert "Processes:" not in single.stderr

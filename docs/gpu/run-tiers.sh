@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
-# GPU measurement, part 1 (one device call, about 5 minutes on an H100/H200): every tier side by side
-# on random:sd15 at 512x512, then the second-process first image of the expert tier (its compile
-# caches were filled by the bench run). Results and logs go to $OUT (or ./gpu-out).
+# GPU measurement in one device call (about 7.5 minutes on an H200): every tier side by side on
+# random:sd15 at 512x512; the second-process first image of expert (its compile caches were filled by
+# the bench run); expert at 50 steps (UNet time per step = the 50-minus-25 difference over 25 steps);
+# deploy's throughput at batch 8; lowvram at 1024x1024. Results and logs go to $OUT (or ./gpu-out).
 # Needs the wheels the GPU machine lacks in .whl/ (../shared/tools/device-wheels.sh bitsandbytes==0.50.2).
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 NITRO_CACHE_DIR=${NITRO_CACHE_DIR:-/tmp/nitro-cache}
 if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+  [ -d /tmp/site/diffusers ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 fi
 nitro="python3 -m nitro_cli"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
   date -u; } 2>&1 | tee "$OUT/machine.txt"
+row() { grep -E "^ (preset|baseline|beginner|advanced|expert|deploy|lowvram|minvram) " "$1"; }
 
 # All tiers in one bench run: each preset keeps its own steps (baseline 50 PNDM, the others 25).
-timeout 330 $nitro bench --model random:sd15 --presets baseline,beginner,advanced,expert,lowvram \
-  --width 512 --height 512 --batch-size 1 --json "$OUT/tiers.json" --csv "$OUT/tiers.csv" 2>&1 | tee "$OUT/tiers.log"
+timeout 190 $nitro bench --model random:sd15 --presets baseline,beginner,advanced,expert,lowvram \
+  --json "$OUT/tiers.json" --csv "$OUT/tiers.csv" > "$OUT/tiers.log" 2>&1; row "$OUT/tiers.log"
 
-# A second process, same model/preset/shape: how long its first image takes with warm compile caches.
+# A second process, same model/preset/shape: its first image with warm compile caches.
 start=$(date +%s%N)
-timeout 150 $nitro generate "arcane style warrior" --model random:sd15 --preset expert --seed 1 -n 2 \
+timeout 50 $nitro generate "arcane style warrior" --model random:sd15 --preset expert --seed 1 -n 2 \
   --out /tmp/second-process --json > "$OUT/second-process.jsonl" 2> "$OUT/second-process.log"
 echo "second process exit $?, wall $(( ($(date +%s%N) - start) / 1000000 )) ms" | tee -a "$OUT/second-process.log"
-cat "$OUT/second-process.jsonl"
+cut -c1-200 "$OUT/second-process.jsonl"
+
+timeout 45 $nitro bench --model random:sd15 --presets expert --steps 50 --json "$OUT/expert-50-steps.json" \
+  > "$OUT/expert-50-steps.log" 2>&1; row "$OUT/expert-50-steps.log"
+timeout 120 $nitro bench --model random:sd15 --presets deploy --json "$OUT/deploy.json" \
+  > "$OUT/deploy.log" 2>&1; row "$OUT/deploy.log"
+timeout 35 $nitro bench --model random:sd15 --presets lowvram --width 1024 --height 1024 --runs 1 \
+  --json "$OUT/lowvram-1024.json" > "$OUT/lowvram-1024.log" 2>&1; row "$OUT/lowvram-1024.log"

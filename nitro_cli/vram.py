@@ -230,3 +230,41 @@ def plan_for_preset(preset: str, settings: Any, max_vram_gib: float, *, bitsandb
         saved = SAFETY_CHECKER_MIB * (FP32_FACTOR if layout.fp32 else 1) / 1024
         explanation += f"; the safety checker stays on the GPU: --set safety_checker=false saves {saved:.2f} GiB"
     return VramPlan(preset, tuple(step_overrides), round(peak, 2), False, explanation)
+
+
+def runs_fp16_as_fp32(machine: Any, device: str) -> bool:
+    """Whether nitro will run half-precision presets in fp32 on this machine's GPU (no fast fp16 there)."""
+    return device == "cuda" and machine.has_gpu and not machine.gpus[0].fast_fp16
+
+
+def fit_request(max_vram_gib: float, preset: str | None, overrides: list[str], *, default_preset: str,
+                machine: Any, device: str) -> tuple[str, list[str], VramPlan]:
+    """`--max-vram`: the preset and overrides to run with, and the plan that chose them.
+
+    No preset given: the fastest preset expected to fit (`plan_for_vram`) at the size and batch the
+    request asks for, with the user's overrides after the plan's. A preset given: that preset plus
+    what it needs to fit (`plan_for_preset`), added after the user's overrides. Nothing fits: a usage
+    error saying why, before anything loads.
+    """
+    from nitro_cli.errors import UsageError
+    from nitro_cli.presets import load_preset
+
+    facts = dict(fp16_runs_as_fp32=runs_fp16_as_fp32(machine, device),
+                 bitsandbytes_installed=bool(machine.packages.get("bitsandbytes")))
+    if preset is None:
+        job = load_preset(default_preset, overrides).settings
+        plan = plan_for_vram(max_vram_gib, width=job.width, height=job.height, batch_size=job.batch_size, **facts)
+        chosen, final = plan.preset, list(plan.overrides) + list(overrides)
+    else:
+        plan = plan_for_preset(preset, load_preset(preset, overrides).settings, max_vram_gib, **facts)
+        chosen, final = preset, list(overrides) + list(plan.overrides)
+    if not plan.fits:
+        raise UsageError(f"--max-vram {max_vram_gib:g}: {plan.explanation}",
+                         hint="use smaller --width/--height or --batch-size, or a larger --max-vram")
+    return chosen, final, plan
+
+
+def describe_choice(max_vram_gib: float, preset: str, plan: VramPlan) -> str:
+    """One stderr line: what --max-vram chose and why."""
+    added = "".join(f" --set {o}" for o in plan.overrides)
+    return f"--max-vram {max_vram_gib:g} GiB: --preset {preset}{added}. {plan.explanation}."

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from nitro_cli import __version__, hardware, paths
+from nitro_cli import __version__, hardware, paths, vram
 from nitro_cli.errors import NitroError
 
 DEFAULT_PRESETS = ("baseline", "beginner", "advanced", "expert")
@@ -44,6 +44,8 @@ class BenchOptions:
     width: int | None = None
     height: int | None = None
     device: str = "auto"
+    # A GPU memory budget (GiB): each preset runs with what vram.py says it needs to fit, or fails its row.
+    max_vram_gib: float | None = None
 
 
 @dataclass
@@ -73,6 +75,8 @@ class PresetResult:
     psnr_vs_baseline_db: float | None = None
     applied: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    # With --max-vram: the overrides added to fit the budget, and why (None without a budget).
+    vram_plan: str | None = None
     error: str | None = None
 
 
@@ -140,9 +144,13 @@ def _measure_preset(entry: str, result: PresetResult, options: BenchOptions, dev
     from nitro_cli.measure import measure
     from nitro_cli.presets import load_preset
 
-    overrides = {"steps": options.steps, "batch_size": options.batch_size,
-                 "width": options.width, "height": options.height}
-    loaded = load_preset(entry, [f"{key}={value}" for key, value in overrides.items() if value is not None])
+    flags = {"steps": options.steps, "batch_size": options.batch_size, "width": options.width, "height": options.height}
+    overrides = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    if options.max_vram_gib is not None:
+        _, overrides, plan = vram.fit_request(options.max_vram_gib, entry, overrides, default_preset=entry,
+                                              machine=machine, device=device)
+        result.vram_plan = vram.describe_choice(options.max_vram_gib, result.preset, plan)
+    loaded = load_preset(entry, overrides)
     settings = loaded.settings
     result.source = loaded.source
     result.steps, result.scheduler = settings.steps, settings.scheduler
@@ -219,6 +227,7 @@ def _environment(options: BenchOptions, device: str, machine: hardware.Machine,
         "steps_override": options.steps,
         "batch_size_override": options.batch_size,
         "size_override": [options.width, options.height],
+        "max_vram_gib": options.max_vram_gib,
         "it_per_s_definition": "denoising steps per second of a whole pipeline call (a step covers the batch)",
     }
 

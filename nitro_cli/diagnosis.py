@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from nitro_cli import vram
 from nitro_cli.hardware import GpuInfo, Machine
 from nitro_cli.models import DEFAULT_MODEL
 
@@ -16,10 +17,8 @@ OK, WARN, FAIL = "ok", "warn", "fail"
 # nitro's own hard dependencies: without any of them no command can generate.
 REQUIRED = ("torch", "diffusers", "transformers", "accelerate", "safetensors")
 
-# Total VRAM as cards report it: a nominal 4 GB card shows about 3.8 to 4.0 GiB, an 8 GB one about
-# 7.8 to 8.0 GiB, so the cut-offs sit between nominal sizes.
-SMALL_VRAM_MIB = 4608   # nominal 4 GB cards and below
-MEDIUM_VRAM_MIB = 7680  # nominal 6 GB cards
+# A card class, not a memory limit (vram.py decides what fits): 16 GB and up marks the fast cards where
+# torch.compile's one-off cost pays back.
 LARGE_VRAM_MIB = 16384
 LOW_DISK_MIB = 1024
 
@@ -42,8 +41,20 @@ class Rule:
     reason: str
 
 
-def _first_gpu_vram(machine: Machine) -> int:
-    return machine.gpus[0].total_vram_mib
+def vram_plan(machine: Machine, gpu: GpuInfo | None = None) -> vram.VramPlan:
+    """vram.py's rule for one GPU (the first by default), at 512x512, batch 1, as nitro would run there."""
+    gpu = gpu or machine.gpus[0]
+    return vram.plan_for_vram(gpu.total_vram_mib / 1024, fp16_runs_as_fp32=not gpu.fast_fp16,
+                              bitsandbytes_installed=bool(machine.packages.get("bitsandbytes")))
+
+
+def _deploy_fits_every_gpu(machine: Machine) -> bool:
+    from nitro_cli.presets import load_preset
+
+    settings = load_preset("deploy").settings
+    return all(vram.fits(vram.estimate_peak_gib(vram.MemoryLayout.of(settings, not g.fast_fp16), settings.width,
+                                                settings.height, settings.batch_size), g.total_vram_mib / 1024)
+               for g in machine.gpus)
 
 
 def _large_modern_gpu(machine: Machine) -> bool:
@@ -51,17 +62,18 @@ def _large_modern_gpu(machine: Machine) -> bool:
     return gpu.total_vram_mib >= LARGE_VRAM_MIB and gpu.compute_capability >= (8, 0) and machine.compiler_available
 
 
-# The recommendation rule, top to bottom (docs/doctor.md shows the same table).
+# The recommendation rule, top to bottom (docs/doctor.md shows the same table). What fits in VRAM is
+# vram.py's rule alone (its measured FOOTPRINTS); the other rows are about the machine, not its memory.
 RECOMMENDATION_RULES = (
     Rule("no CUDA GPU", lambda m: not m.has_gpu, "beginner",
          "no CUDA GPU: runs on the CPU in float32, minutes per image (`--model random:tiny` for a dry run)"),
-    Rule("several GPUs, each 8 GB or more", lambda m: len(m.gpus) > 1 and min(g.total_vram_mib for g in m.gpus)
-         >= MEDIUM_VRAM_MIB, "deploy",
+    Rule("several GPUs, each expected to fit deploy's batch of 8 (vram.py)",
+         lambda m: len(m.gpus) > 1 and _deploy_fits_every_gpu(m), "deploy",
          "several GPUs: the throughput tier; run one nitro process per GPU (CUDA_VISIBLE_DEVICES=i) to use them all"),
-    Rule("under 4.5 GiB VRAM (4 GB cards)", lambda m: _first_gpu_vram(m) < SMALL_VRAM_MIB, "minvram",
-         "under 4.5 GiB of VRAM: the smallest-memory settings"),
-    Rule("under 7.5 GiB VRAM (6 GB cards)", lambda m: _first_gpu_vram(m) < MEDIUM_VRAM_MIB, "lowvram",
-         "under 7.5 GiB of VRAM: the memory-saving settings"),
+    Rule("vram.py's rule picks minvram for the first GPU", lambda m: vram_plan(m).preset == "minvram", "minvram",
+         "only the smallest-memory settings are expected to fit this GPU"),
+    Rule("vram.py's rule picks lowvram for the first GPU", lambda m: vram_plan(m).preset == "lowvram", "lowvram",
+         "the faster presets are not expected to fit this GPU: the memory-saving settings"),
     Rule("16 GB or more, compute capability 8.0+, torch.compile available", _large_modern_gpu, "expert",
          "large modern GPU: fp16 with torch.compile and CUDA graphs is the fastest single image"),
     Rule("any other GPU", lambda m: True, "advanced",
@@ -79,10 +91,13 @@ class Recommendation:
 def recommend(machine: Machine) -> Recommendation:
     rule = next(r for r in RECOMMENDATION_RULES if r.applies(machine))
     notes = []
+    if machine.has_gpu and rule.preset in vram.MEMORY_SAVING:
+        notes.append(f"VRAM: {vram_plan(machine).explanation}")
     if machine.has_gpu and not machine.gpus[0].fast_fp16:
         gpu = machine.gpus[0]
         notes.append(f"{gpu.name} (compute capability {gpu.capability}) has no fast fp16: fp32 needed. nitro runs "
-                     "half-precision presets in float32 here, which takes about twice the memory")
+                     f"half-precision presets in float32 here, which takes about {vram.FP32_FACTOR:.1f}x the memory "
+                     "(the VRAM rule counts it)")
     if rule.preset == "advanced" and machine.has_gpu and not machine.compiler_available:
         notes.append("torch.compile needs Triton (pip install triton): without it expert and deploy run eager")
     return Recommendation(rule.preset, rule.reason, tuple(notes))
@@ -122,8 +137,10 @@ def _check_each_gpu(machine: Machine) -> list[Check]:
                                 f"compute capability {gpu.capability}: no fast fp16 (black images, slow): fp32 needed",
                                 "nothing to do: nitro runs it in float32; mind the doubled memory"))
         used = gpu.total_vram_mib - gpu.free_vram_mib
-        if gpu.total_vram_mib < SMALL_VRAM_MIB:
-            checks.append(Check(f"vram ({label})", WARN, f"{gpu.total_vram_mib} MiB in all", "--preset minvram"))
+        plan = vram_plan(machine, gpu)
+        if plan.preset in vram.MEMORY_SAVING:
+            checks.append(Check(f"vram ({label})", WARN, f"{gpu.total_vram_mib} MiB in all: {plan.explanation}",
+                                f"--preset {plan.preset}" + "".join(f" --set {o}" for o in plan.overrides)))
         elif used > gpu.total_vram_mib // 2:
             checks.append(Check(f"vram ({label})", WARN, f"{used} of {gpu.total_vram_mib} MiB already in use",
                                 "close other programs using the GPU (see nvidia-smi)"))

@@ -19,8 +19,8 @@ from typing import Any, Callable, TypeVar
 T = TypeVar("T")
 
 
-def launched() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+def launched(environ=os.environ) -> bool:
+    return int(environ.get("WORLD_SIZE", "1")) > 1
 
 
 class Processes:

@@ -216,6 +216,22 @@ def _free_disk_mib(folder: Path) -> int | None:
         return None
 
 
+def probed_gpu_indices(device_count: int, environ=os.environ) -> range | list[int]:
+    """The GPUs this process looks at: all of them, or under a distributed launch only its own.
+
+    `torch.cuda.mem_get_info(i)` opens a CUDA context on device i (a few hundred MiB there), so N
+    processes probing N GPUs would each leave a context on every GPU. torchrun and accelerate set
+    LOCAL_RANK to the process's GPU; a launcher that shows each process one GPU makes that GPU 0.
+    """
+    from nitro_cli import distributed
+
+    local_rank = environ.get("LOCAL_RANK")
+    if not distributed.launched(environ) or local_rank is None or device_count == 0:
+        return range(device_count)
+    rank = int(local_rank)
+    return [rank if rank < device_count else 0]
+
+
 def probe(deep: bool = False, outputs: Path = Path("outputs")) -> Machine:
     """Look at this machine. Imports torch: call it from commands, never at import time.
 
@@ -227,7 +243,7 @@ def probe(deep: bool = False, outputs: Path = Path("outputs")) -> Machine:
     gpus = []
     cuda = torch.cuda.is_available()
     if cuda:
-        for index in range(torch.cuda.device_count()):
+        for index in probed_gpu_indices(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
             free, total = torch.cuda.mem_get_info(index)
             gpus.append(GpuInfo(

@@ -25,3 +25,16 @@ StepsOption = Annotated[Optional[int], typer.Option("--steps", help="Denoising s
 WidthOption = Annotated[Optional[int], typer.Option("--width", help="Image width, a multiple of 8 (overrides the preset).")]
 HeightOption = Annotated[Optional[int], typer.Option("--height", help="Image height, a multiple of 8 (overrides the preset).")]
 BatchSizeOption = Annotated[Optional[int], typer.Option("--batch-size", help="Images per pipeline call (overrides the preset).")]
+MaxVramOption = Annotated[Optional[float], typer.Option(
+    "--max-vram", metavar="GIB",
+    help="GPU memory budget in GiB: without --preset, the fastest preset expected to fit; with one, the "
+         "settings it needs to fit (CPU offload, VAE tiling, smaller weights). Estimated from measured peaks "
+         "(nitro_cli/vram.py); says on stderr what it chose.")]
+
+
+def check_max_vram(value: float | None) -> None:
+    """A budget must be a positive number of GiB (click's FloatRange has no open lower bound in typer)."""
+    from nitro_cli.errors import UsageError
+
+    if value is not None and value <= 0:
+        raise UsageError(f"--max-vram must be a positive number of GiB, not {value:g}", hint="e.g. --max-vram 6")

@@ -30,9 +30,17 @@ ARTICLE_CLAIMS = {
     "scheduler": "Euler a 20 steps, DPM++ 2M Karras 30, LMS 25 (§3.1)",
     "steps": "20-25 steps (§3.1, §5.1)",
     "prompt_cache": "-30% time for 5+ images of one prompt (§3.3)",
-    "offload": "a 6 GB RTX 2060 runs 512² at 5.8 GB (§2.2)",
-    "quantization": "8-bit loading: a 6 GB card fits (§2.2); part of expert's 3x (§5.1)",
+    "offload": "model sharding: a 6 GB RTX 2060 runs 512² at 5.8 GB (§2.2); part of expert's 3x (§5.1). "
+               "Measured: memory down, time up: model offload 1.77 GiB peak at 1.9x the fp16 time (H200 reference); "
+               "lowvram 2039 MiB at 1.87x beginner's time (nitro bench, H200)",
+    "quantization": "8-bit loading: a 6 GB card fits (§2.2); part of expert's 3x (§5.1). Measured: memory down, "
+                    "time up: bitsandbytes 8-bit UNet step 74.3 vs 27.6 ms fp16 eager (2.7x slower), "
+                    "1.86 GiB resident (H200 reference)",
 }
+
+# Items the article puts into a tier that nitro keeps out of it because they save memory and cost time
+# (article §5.1's expert tier: 8-bit loading and model sharding). Keyed by the preset setting.
+ARTICLE_ITEMS_MOVED = {"expert": ("quantization", "offload")}
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class Tier:
     claimed: str
     items: tuple[Item, ...]
     measured: dict[str, Any] | None
+    notes: tuple[str, ...] = ()
 
 
 def _availability(key: str, value: Any, preset: Preset, device: str, machine: Machine) -> tuple[bool, str]:
@@ -90,6 +99,21 @@ def tier_items(preset: Preset, reference: Preset, device: str, machine: Machine)
         items.append(Item(name=key.replace("_", " ").replace(".", " "), setting=f"{key}: {shown}",
                           available=available, reason=reason, claimed=_claim(key, value)))
     return tuple(items)
+
+
+def moved_item_notes(tier: str, items: tuple[Item, ...]) -> tuple[str, ...]:
+    """The article's items for `tier` that its preset leaves out, with their real effect and the presets that
+    set them (read from the preset files)."""
+    reference = flatten(load_preset("baseline").settings)
+    present = {item.setting.split(":")[0] for item in items}
+    notes = []
+    for key in ARTICLE_ITEMS_MOVED.get(tier, ()):
+        if key in present:
+            continue
+        where = [name for name in shipped_names() if flatten(load_preset(name).settings)[key] != reference[key]]
+        notes.append(f"not in {tier}: `{key}` ({ARTICLE_CLAIMS[key]}); it saves memory and costs time, so it "
+                     f"is in {', '.join(where) or 'no shipped preset'} (or --set {key}=...)")
+    return tuple(notes)
 
 
 def tier_names() -> list[str]:
@@ -140,9 +164,10 @@ def build_checklist(machine: Machine, tiers: list[str], report: dict[str, Any] |
     for name in tiers:
         loaded = load_preset(name)
         preset = loaded.settings
-        result.append(Tier(tier=loaded.name, scenario=preset.scenario, claimed=preset.claimed,
-                           items=tier_items(preset, reference, device, machine),
-                           measured=measured_for(report, report_path, loaded.name)))
+        items = tier_items(preset, reference, device, machine)
+        result.append(Tier(tier=loaded.name, scenario=preset.scenario, claimed=preset.claimed, items=items,
+                           measured=measured_for(report, report_path, loaded.name),
+                           notes=moved_item_notes(loaded.name, items)))
     return result
 
 

@@ -137,3 +137,24 @@ def test_unknown_tier_is_a_usage_error(runner, fake_probe):
 def test_build_checklist_marks_every_item_available_on_a_capable_gpu():
     tiers = build_checklist(MACHINES["A100 80 GB"], ["advanced", "expert", "deploy"])
     assert all(item.available for tier in tiers for item in tier.items)
+
+
+def test_article_8bit_and_sharding_show_their_real_effect_and_where_they_are():
+    (expert,) = build_checklist(MACHINES["A100 80 GB"], ["expert"])
+    settings = {item.setting.split(":")[0] for item in expert.items}
+    assert not settings & {"quantization", "offload"}  # items stay derived from the preset file
+    assert len(expert.notes) == 2
+    quantization, offload = expert.notes
+    assert "74.3 vs 27.6 ms" in quantization and "memory down, time up" in quantization
+    assert "1.9x" in offload and "2039 MiB at 1.87x" in offload
+    setting_offload = [n for n in shipped_names() if load_preset(n).settings.offload != "none"]
+    assert setting_offload and f"is in {', '.join(setting_offload)}" in offload
+    (lowvram,) = build_checklist(MACHINES["A100 80 GB"], ["lowvram"])
+    assert "memory down, time up" in {i.setting: i for i in lowvram.items}["offload: model"].claimed
+    assert lowvram.notes == ()
+
+
+def test_markdown_lists_the_moved_items_under_expert(runner, fake_probe):
+    fake_probe(MACHINES["no GPU"])
+    out = runner.invoke(app, ["checklist", "--markdown", "--tier", "expert"]).stdout
+    assert "- not in expert: `quantization`" in out and "- not in expert: `offload`" in out

@@ -1,18 +1,20 @@
 """`nitro doctor` on fake machines: checks, exit code and recommended preset for each."""
 
 import json
+import math
 
 import pytest
 
 from fake_machines import A100, MACHINES, RTX_3060, gpu, machine
 
-from nitro_cli import diagnosis, hardware
+from nitro_cli import diagnosis, hardware, vram
 from nitro_cli.cli import app
 
 # (machine, recommended preset, exit code, {check name: status} that must hold)
 EXPECTED = [
     ("no GPU", "beginner", 0, {"cuda": "warn", "sdpa": "ok", "xformers": "ok"}),
-    ("GTX 1060 6 GB", "lowvram", 0, {"cuda": "ok", "fp16 (GPU 0 NVIDIA GeForce GTX 1060 6GB)": "warn"}),
+    # fp32 there (no fast fp16): advanced is expected at 5.24 GiB + 0.5 GiB headroom, inside its 5.93 GiB.
+    ("GTX 1060 6 GB", "advanced", 0, {"cuda": "ok", "fp16 (GPU 0 NVIDIA GeForce GTX 1060 6GB)": "warn"}),
     ("RTX 3060 12 GB", "advanced", 0, {"cuda": "ok", "fp16 (GPU 0 NVIDIA GeForce RTX 3060)": "ok"}),
     ("A100 80 GB", "expert", 0, {"vram (GPU 0 NVIDIA A100-SXM4-80GB)": "ok", "sdpa (GPU 0 NVIDIA A100-SXM4-80GB)": "ok"}),
     ("two GPUs", "deploy", 0, {"fp16 (GPU 1 NVIDIA A100-SXM4-80GB)": "ok"}),
@@ -51,10 +53,58 @@ def test_card_without_fast_fp16_is_told_fp32_is_needed():
     assert not diagnosis.recommend(MACHINES["RTX 3060 12 GB"]).notes
 
 
-@pytest.mark.parametrize("total_mib, preset", [(3900, "minvram"), (4095, "minvram"), (6144, "lowvram"),
+def _card(total_mib, name="NVIDIA GeForce RTX 3090", capability=(8, 6)):
+    return machine(gpu(name, capability, total_mib))
+
+
+def _edge_mib(preset, fp32=False):
+    """The smallest card (MiB) vram.py expects `preset` to fit, at its own size and batch."""
+    from nitro_cli.presets import load_preset
+
+    settings = load_preset(preset).settings
+    peak = vram.estimate_peak_gib(vram.MemoryLayout.of(settings, fp32), settings.width, settings.height,
+                                  settings.batch_size)
+    return math.ceil((peak + vram.HEADROOM_GIB) * 1024)
+
+
+@pytest.mark.parametrize("preset, below", [("advanced", "lowvram"), ("lowvram", "minvram")])
+def test_doctor_steps_down_exactly_where_vram_rule_does(preset, below):
+    edge = _edge_mib(preset)
+    assert diagnosis.recommend(_card(edge)).preset == preset
+    assert diagnosis.recommend(_card(edge - 1)).preset == below
+    assert diagnosis.vram_plan(_card(edge - 1)).preset == below
+
+
+@pytest.mark.parametrize("total_mib, preset", [(2048, "minvram"), (3072, "lowvram"), (3900, "advanced"),
                                                (7980, "advanced"), (24576, "expert")])
-def test_vram_thresholds(total_mib, preset):
-    assert diagnosis.recommend(machine(gpu("NVIDIA GeForce RTX 3090", (8, 6), total_mib))).preset == preset
+def test_vram_on_named_card_sizes(total_mib, preset):
+    recommendation = diagnosis.recommend(_card(total_mib))
+    assert recommendation.preset == preset
+    if preset in vram.MEMORY_SAVING:
+        assert any(note.startswith(f"VRAM: {preset} for 512x512") for note in recommendation.notes)
+
+
+def test_cards_without_fast_fp16_are_planned_in_fp32():
+    """A GTX 1650 4 GB runs fp32: lowvram's 1.99 GiB becomes about 3.9 GiB, too much; an RTX card of the same
+    size fits advanced in fp16."""
+    assert _edge_mib("lowvram", fp32=True) > 4096 > _edge_mib("advanced")
+    assert diagnosis.recommend(_card(4096, "NVIDIA GeForce GTX 1650", (7, 5))).preset == "minvram"
+    assert diagnosis.recommend(_card(4096)).preset == "advanced"
+
+
+def test_small_card_vram_check_names_the_plan():
+    checks = {c.name: c for c in diagnosis.run_checks(_card(3072))}
+    check = checks["vram (GPU 0 NVIDIA GeForce RTX 3090)"]
+    assert check.status == "warn" and check.fix == "--preset lowvram" and "expected peak" in check.detail
+    roomy = {c.name: c for c in diagnosis.run_checks(_card(7980))}
+    assert roomy["vram (GPU 0 NVIDIA GeForce RTX 3090)"].status == "ok"
+
+
+def test_deploy_needs_every_gpu_to_fit_its_batch():
+    edge = _edge_mib("deploy")
+    two = lambda mib: machine(gpu("NVIDIA A10", (8, 6), 24000), gpu("NVIDIA A10", (8, 6), mib, index=1))
+    assert diagnosis.recommend(two(edge)).preset == "deploy"
+    assert diagnosis.recommend(two(edge - 1)).preset != "deploy"
 
 
 def test_large_card_without_triton_gets_advanced_with_a_note():

@@ -61,3 +61,37 @@ def test_gpu_probe_tests_the_sdpa_kernels_and_optional_packages():
         assert machine.xformers_test is not None
     if machine.packages["bitsandbytes"]:
         assert machine.bitsandbytes_test is not None
+
+
+@pytest.mark.parametrize("environ, count, expected", [
+    ({}, 4, [0, 1, 2, 3]),
+    ({"WORLD_SIZE": "1", "LOCAL_RANK": "0"}, 4, [0, 1, 2, 3]),
+    ({"WORLD_SIZE": "4", "LOCAL_RANK": "2"}, 4, [2]),
+    ({"WORLD_SIZE": "4", "LOCAL_RANK": "3"}, 1, [0]),  # one visible GPU per process
+    ({"WORLD_SIZE": "4"}, 4, [0, 1, 2, 3]),
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, 0, []),
+])
+def test_probed_gpu_indices(environ, count, expected):
+    assert list(hardware.probed_gpu_indices(count, environ)) == expected
+
+
+def test_distributed_probe_opens_only_its_own_gpu(monkeypatch):
+    """probe() asks torch.cuda about the process's own GPU only (mem_get_info opens a context there)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: asked.append(("props", i)) or SimpleNamespace(name=f"GPU{i}", major=9, minor=0))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: asked.append(("mem", i)) or (2**30, 2**31))
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    machine = hardware.probe()
+    assert [(g.index, g.name) for g in machine.gpus] == [(2, "GPU2")]
+    assert asked == [("props", 2), ("mem", 2)]
+    monkeypatch.delenv("WORLD_SIZE")
+    asked.clear()
+    assert len(hardware.probe().gpus) == 4 and {i for _, i in asked} == {0, 1, 2, 3}

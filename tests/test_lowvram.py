@@ -7,7 +7,8 @@ from nitro_cli import hardware, models
 from nitro_cli.builder import _quantization_config, build_pipeline
 from nitro_cli.errors import UsageError
 from nitro_cli.presets import all_keys, load_preset, shipped_dir, shipped_names
-from nitro_cli.vram import FOOTPRINTS, HEADROOM_GIB, expected_peak_gib, plan_for_vram
+from nitro_cli.vram import (FASTEST_FIRST, FOOTPRINTS, HEADROOM_GIB, MemoryLayout, estimate_peak_gib, plan_for_preset,
+                            plan_for_vram)
 
 
 def cpu_machine() -> hardware.Machine:
@@ -198,14 +199,67 @@ def test_vram_plan_on_fake_cards(card_mib, expected):
 def test_vram_plan_picks_the_fastest_that_fits():
     budget = 3.0
     plan = plan_for_vram(budget)
-    faster = [f for f in FOOTPRINTS if f.seconds_per_image is not None
-              and f.seconds_per_image < dict((g.preset, g.seconds_per_image) for g in FOOTPRINTS)[plan.preset]]
-    assert all(expected_peak_gib(f) + HEADROOM_GIB > budget for f in faster)
+    faster = FASTEST_FIRST[:FASTEST_FIRST.index(plan.preset)]
+    assert faster and all(estimate_peak_gib(MemoryLayout.of(load_preset(f).settings)) + HEADROOM_GIB > budget
+                          for f in faster)
+
+
+@pytest.mark.parametrize("row", FOOTPRINTS, ids=lambda f: f"{f.preset}-{f.width}-b{f.batch_size}")
+def test_the_estimate_gives_back_every_measured_row(row):
+    """The rule is built from differences between rows; it must reproduce each row it was built from."""
+    settings = load_preset(row.preset).settings
+    estimate = estimate_peak_gib(MemoryLayout.of(settings), row.width, row.height, row.batch_size)
+    assert estimate == pytest.approx(row.peak_gib, rel=0.06)
+
+
+def test_measured_rows_match_the_presets_own_size_and_batch():
+    for row in FOOTPRINTS:
+        settings = load_preset(row.preset).settings
+        if (row.width, row.height) == (512, 512):
+            assert row.batch_size == settings.batch_size, row
+
+
+def test_fp32_doubles_the_estimate_as_baseline_against_beginner():
+    beginner = load_preset("beginner").settings
+    fp32 = estimate_peak_gib(MemoryLayout.of(beginner, fp16_runs_as_fp32=True))
+    baseline = next(f for f in FOOTPRINTS if f.preset == "baseline")
+    assert fp32 == pytest.approx(baseline.peak_gib)
+    assert plan_for_vram(4.0).preset == "advanced"
+    assert plan_for_vram(4.0, fp16_runs_as_fp32=True).preset == "minvram"
+
+
+# --- --max-vram with a preset given by name ------------------------------------------------------------
+
+def test_preset_that_fits_gets_no_overrides():
+    plan = plan_for_preset("beginner", load_preset("beginner").settings, 8)
+    assert plan.fits and plan.overrides == () and "as it is" in plan.explanation
+
+
+def test_preset_too_big_gets_model_offload_first():
+    plan = plan_for_preset("advanced", load_preset("advanced").settings, 2.6)
+    assert plan.fits and plan.overrides == ("offload=model", "vae.slicing=true", "vae.tiling=true")
+    settings = load_preset("advanced", list(plan.overrides)).settings
+    assert estimate_peak_gib(MemoryLayout.of(settings)) + HEADROOM_GIB <= 2.6
+
+
+@pytest.mark.parametrize("bnb, quantization", [(True, "nf4"), (False, "fp8_storage")])
+def test_preset_needing_sequential_offload_gets_smaller_weights(bnb, quantization):
+    plan = plan_for_preset("advanced", load_preset("advanced").settings, 2.0, bitsandbytes_installed=bnb)
+    assert plan.fits and "offload=sequential" in plan.overrides
+    assert load_preset("advanced", list(plan.overrides)).settings.quantization == quantization
+
+
+def test_preset_that_cannot_fit_says_what_would_help():
+    plan = plan_for_preset("baseline", load_preset("baseline").settings, 2.0)
+    assert not plan.fits and "offload=sequential" in plan.overrides
+    assert "safety_checker=false" in plan.explanation and "fp32" in plan.explanation
+    lean = plan_for_preset("minvram", load_preset("minvram").settings, 2.0)
+    assert lean.fits and lean.overrides == ()  # never steps a leaner preset back up to model offload
 
 
 def test_vram_plan_for_a_large_image_steps_down_and_tiles():
     plan = plan_for_vram(4.5, width=1024, height=1024)
-    assert plan.preset == "lowvram" and plan.fits  # advanced would need 2.66 + 3 x 0.59 GiB
+    assert plan.preset == "lowvram" and plan.fits  # advanced would need 2.65 + 3 x 0.53 GiB
     roomy = plan_for_vram(24, width=1024, height=1024)
     assert roomy.preset == "advanced" and "vae.tiling=true" in roomy.overrides
 

@@ -61,6 +61,9 @@ def _print_report(console, report) -> None:
                      "compare the fastest calls, add --runs, or bench on an idle machine")
     if not any(r.preset == benchmark.BASELINE and not r.error for r in report.results):
         notes.append("baseline not run (or failed): no speed-up or PSNR")
+    if env.get("max_vram_gib"):
+        notes.append(f"--max-vram {env['max_vram_gib']:g}: each preset ran with what it needs to fit (said under "
+                     "its row); a preset that cannot fit failed its row")
     if env["note"]:
         notes.append(f"{env['model']}: {env['note']}")
     table.caption = "\n".join(notes)
@@ -72,6 +75,8 @@ def _print_report(console, report) -> None:
             continue
         console.print(f"[bold]{r.preset}[/bold] (batch {r.batch_size}, {r.width}x{r.height}): "
                       f"{escape('; '.join(r.applied))}")
+        if r.vram_plan:
+            console.print(f"  {escape(r.vram_plan)}")
         for skipped in r.skipped:
             console.print(f"  [yellow]skipped[/yellow] {escape(skipped)}")
 
@@ -90,6 +95,7 @@ def bench(
     width: options.WidthOption = None,
     height: options.HeightOption = None,
     device: options.DeviceOption = options.Device.auto,
+    max_vram: options.MaxVramOption = None,
     json_file: Annotated[Optional[Path], typer.Option("--json", metavar="FILE",
                                                       help="Write the report as JSON.")] = None,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", metavar="FILE",
@@ -98,6 +104,7 @@ def bench(
     """Measure presets side by side on one model, prompt, seed and size: speed, memory and fidelity."""
     from rich.console import Console
 
+    options.check_max_vram(max_vram)
     entries = tuple(entry.strip() for entry in presets.split(",") if entry.strip())
     if not entries:
         raise UsageError("--presets is empty", hint=f"e.g. --presets {DEFAULT_PRESETS}")
@@ -106,7 +113,8 @@ def bench(
         console.width = max(console.width, 120)  # logs and pipes: a full table beats ellipses
     report = benchmark.run_bench(
         benchmark.BenchOptions(presets=entries, model=model, runs=runs, warmup=warmup, steps=steps,
-                               batch_size=batch_size, width=width, height=height, device=device.value),
+                               batch_size=batch_size, width=width, height=height, device=device.value,
+                               max_vram_gib=max_vram),
         progress=lambda message: console.print(message, markup=False),
     )
     _print_report(console, report)

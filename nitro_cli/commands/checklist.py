@@ -32,6 +32,7 @@ def _markdown(tiers, source_line: str, machine_line: str) -> str:
             verdict = f"{can}: {item.reason}" if item.reason else can
             lines.append(f"| {item.name} | `{item.setting}` | {verdict} | {item.claimed or '-'} |")
         lines.append("")
+        lines += [f"- {note}" for note in tier.notes] + ([""] if tier.notes else [])
     return "\n".join(lines)
 
 
@@ -54,6 +55,8 @@ def _show(tiers, source_line: str, machine_line: str) -> None:
         if not tier.items:
             table.add_row("(none)", "the reference", "", "every tier is measured against it", "")
         console.print(table)
+        for note in tier.notes:
+            console.print(f"Note: {note}", markup=False, highlight=False)
     console.print(source_line, markup=False, highlight=False)
 
 

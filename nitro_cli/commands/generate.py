@@ -16,6 +16,9 @@ from nitro_cli import options
 from nitro_cli.errors import UsageError
 
 
+DEFAULT_PRESET = "beginner"
+
+
 class Style(str, Enum):
     archer = "archer"
     arcane = "arcane"
@@ -28,7 +31,8 @@ def generate(
         "--prompts-file", "-f", help="UTF-8 file, one prompt per line (# comments); lines may carry A1111-style "
                                      "overrides: --prompt --negative_prompt --seed --steps --cfg_scale --width --height --style.")] = None,
     style: Annotated[Optional[list[Style]], typer.Option("--style", help="Add a Nitro-Diffusion style token (repeatable: mixed styles).")] = None,
-    preset: Annotated[str, typer.Option("--preset", "-p", help="Shipped preset name or path to a YAML file.")] = "beginner",
+    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Shipped preset name or path to a YAML file. "
+                                                                        "[default: beginner]")] = None,
     set_: options.SetOption = None,
     model: options.ModelOption = None,
     negative: Annotated[str, typer.Option("--negative", help="Negative prompt.")] = "",
@@ -42,12 +46,13 @@ def generate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("outputs"),
     resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted run: same command plus --resume makes only the missing images.")] = False,
     device: options.DeviceOption = options.Device.auto,
+    max_vram: options.MaxVramOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout, nothing else there.")] = False,
 ) -> None:
     """Generate images from a prompt or a prompts file; save them as PNG files with their generation parameters.
 
     Under `accelerate launch` or `torchrun` each process makes its share of the images (see docs/deploy.md)."""
-    from nitro_cli import distributed, hardware, output
+    from nitro_cli import distributed, hardware, output, vram
     from nitro_cli.builder import build_pipeline, resolve_device
     from nitro_cli.generation import (CacheStats, PromptCache, generate_images, group_batches, plan_images,
                                       request_fingerprint)
@@ -62,7 +67,16 @@ def generate(
                          hint='nitro generate "arcane style castle" --model random:tiny')
     flag_overrides = {"steps": steps, "guidance": guidance, "width": width, "height": height, "batch_size": batch_size}
     overrides = list(set_ or []) + [f"{key}={value}" for key, value in flag_overrides.items() if value is not None]
-    loaded = load_preset(preset, overrides)
+    options.check_max_vram(max_vram)
+    machine = run_device = None
+    if max_vram is not None:
+        # The budget's estimate depends on the GPU (fp32 where fp16 is slow), so probe before choosing.
+        machine = hardware.probe()
+        run_device = resolve_device(device.value, machine)
+        preset, overrides, plan = vram.fit_request(max_vram, preset, overrides, default_preset=DEFAULT_PRESET,
+                                                   machine=machine, device=run_device)
+        print(vram.describe_choice(max_vram, preset, plan), file=sys.stderr)
+    loaded = load_preset(preset or DEFAULT_PRESET, overrides)
     settings = loaded.settings
     styles = [s.value for s in style or []]
     defaults = PromptJob(prompt="", negative=negative, seed=None, steps=settings.steps, guidance=settings.guidance,
@@ -84,8 +98,9 @@ def generate(
                   file=sys.stderr)
         return pending
 
-    machine = hardware.probe()
-    run_device = resolve_device(device.value, machine)
+    if machine is None:
+        machine = hardware.probe()
+        run_device = resolve_device(device.value, machine)
     with distributed.processes(cpu=run_device == "cpu") as processes:
         pending = processes.from_main(images_to_make)
         if not pending:

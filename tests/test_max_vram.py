@@ -1,0 +1,71 @@
+"""`--max-vram` on generate and bench: the choice vram.py makes, said on stderr, applied to the run."""
+
+import json
+
+from nitro_cli import vram
+from nitro_cli.cli import app
+from nitro_cli.presets import load_preset
+from tests.conftest import FAST
+
+from fake_machines import GTX_1060, machine
+
+
+
+def test_generate_without_preset_picks_the_fastest_that_fits(runner, tmp_path):
+    result = runner.invoke(app, ["generate", "castle", *FAST, "--max-vram", "2.4", "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    # The plan is made for the requested size (64x64 here), so compare with the same request.
+    small = vram.plan_for_vram(2.4, width=64, height=64, bitsandbytes_installed=False)
+    assert small.preset == "lowvram" and small.fits  # advanced needs 2.65 GiB before headroom
+    assert f"--max-vram 2.4 GiB: --preset lowvram. lowvram for 64x64, batch 1" in result.stderr
+    assert json.loads(result.stdout.splitlines()[0])["preset"] == "lowvram"
+
+
+def test_generate_with_a_preset_adds_what_it_needs(runner, tmp_path):
+    needed = vram.plan_for_preset("advanced", load_preset("advanced", ["width=64", "height=64"]).settings, 2.6,
+                                  bitsandbytes_installed=False)
+    assert needed.fits and "offload=model" in needed.overrides
+    result = runner.invoke(app, ["generate", "castle", *FAST, "--preset", "advanced", "--max-vram", "2.6",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "--preset advanced --set offload=model --set vae.slicing=true --set vae.tiling=true" in result.stderr
+    assert "with model CPU offload" in result.stderr
+
+
+def test_generate_that_cannot_fit_is_a_usage_error_before_loading(runner, tmp_path):
+    result = runner.invoke(app, ["generate", "castle", *FAST, "--preset", "baseline", "--max-vram", "1.5",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "Error: --max-vram 1.5: baseline with sequential CPU offload" in result.stderr
+    assert "safety_checker=false" in result.stderr and not list(tmp_path.glob("*.png"))
+    zero = runner.invoke(app, ["generate", "castle", *FAST, "--max-vram", "0"])
+    assert zero.exit_code == 2 and "positive number of GiB" in zero.stderr
+
+
+def test_fit_request_counts_fp32_on_cards_without_fast_fp16():
+    gtx = machine(GTX_1060)
+    preset, overrides, plan = vram.fit_request(4.0, None, [], default_preset="beginner", machine=gtx, device="cuda")
+    assert preset == "minvram" and "fp32" in plan.explanation
+    preset, _, _ = vram.fit_request(4.0, None, [], default_preset="beginner", machine=gtx, device="cpu")
+    assert preset == "advanced"  # on the CPU nothing runs on that GPU
+    # The user's own --set comes after the plan's, so it wins.
+    _, overrides, _ = vram.fit_request(2.0, None, ["quantization=none"], default_preset="beginner", machine=gtx,
+                                       device="cpu")
+    assert overrides[-1] == "quantization=none"
+
+
+def test_bench_fits_each_preset_and_fails_the_one_that_cannot(runner, tmp_path):
+    report_file = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", "--presets", "baseline,beginner", "--runs", "1", "--warmup", "0",
+                                 *FAST, "--max-vram", "3", "--json", str(report_file)])
+    assert result.exit_code == 1, result.output  # baseline (fp32) cannot fit 3 GiB
+    report = json.loads(report_file.read_text(encoding="utf-8"))
+    assert report["environment"]["max_vram_gib"] == 3
+    baseline, beginner = report["results"]
+    assert baseline["error"].startswith("--max-vram 3: baseline") and baseline["vram_plan"] is None
+    job = ["steps=2", "width=64", "height=64"]
+    assert not vram.plan_for_preset("baseline", load_preset("baseline", job).settings, 3.0).fits
+    plan = vram.plan_for_preset("beginner", load_preset("beginner", job).settings, 3.0, bitsandbytes_installed=False)
+    assert plan.fits and plan.overrides
+    assert beginner["error"] is None and beginner["vram_plan"] == vram.describe_choice(3.0, "beginner", plan)
+    assert "each preset ran with what it needs to fit" in result.stderr.replace("\n", " ")

@@ -12,20 +12,20 @@ from fake_machines import GTX_1060, machine
 
 
 def test_generate_without_preset_picks_the_fastest_that_fits(runner, tmp_path):
-    result = runner.invoke(app, ["generate", "castle", *FAST, "--max-vram", "2.4", "--out", str(tmp_path), "--json"])
+    result = runner.invoke(app, ["generate", "castle", *FAST, "--max-vram", "2.8", "--out", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     # The plan is made for the requested size (64x64 here), so compare with the same request.
-    small = vram.plan_for_vram(2.4, width=64, height=64, bitsandbytes_installed=False)
+    small = vram.plan_for_vram(2.8, width=64, height=64, bitsandbytes_installed=False)
     assert small.preset == "lowvram" and small.fits  # advanced needs 2.65 GiB before headroom
-    assert f"--max-vram 2.4 GiB: --preset lowvram. lowvram for 64x64, batch 1" in result.stderr
+    assert f"--max-vram 2.8 GiB: --preset lowvram. lowvram for 64x64, batch 1" in result.stderr
     assert json.loads(result.stdout.splitlines()[0])["preset"] == "lowvram"
 
 
 def test_generate_with_a_preset_adds_what_it_needs(runner, tmp_path):
-    needed = vram.plan_for_preset("advanced", load_preset("advanced", ["width=64", "height=64"]).settings, 2.6,
+    needed = vram.plan_for_preset("advanced", load_preset("advanced", ["width=64", "height=64"]).settings, 2.8,
                                   bitsandbytes_installed=False)
     assert needed.fits and "offload=model" in needed.overrides
-    result = runner.invoke(app, ["generate", "castle", *FAST, "--preset", "advanced", "--max-vram", "2.6",
+    result = runner.invoke(app, ["generate", "castle", *FAST, "--preset", "advanced", "--max-vram", "2.8",
                                  "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "--preset advanced --set offload=model --set vae.slicing=true --set vae.tiling=true" in result.stderr

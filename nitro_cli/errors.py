@@ -1,6 +1,5 @@
 """Expected failures: each carries what to tell the user and the contract's exit code."""
 
-EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130

@@ -13,7 +13,7 @@ and fails on its dynamic spatial shapes (torch 2.13).
 `OnnxRuntimePipeline` puts the ONNX pipeline behind the interface `generation.run_batch` uses, so
 that generate and bench run both backends through one call path: it runs the PyTorch pipeline's
 denoising loop around the exported UNet, so every scheduler works and the same seed gives the same
-starting noise (and so nearly the same pixels).
+starting noise as the PyTorch pipeline on a CPU (and so nearly the same pixels).
 """
 
 from __future__ import annotations
@@ -310,8 +310,9 @@ class OnnxRuntimePipeline:
     The denoising loop is StableDiffusionPipeline's, in torch, with the exported UNet as the noise
     predictor: the scheduler steps on torch tensors, so every scheduler runs (diffusers' numpy ONNX
     loop fails on Euler, Euler a and LMS), the starting noise is drawn from the torch CPU generators
-    exactly as the PyTorch pipeline draws it (a seed gives the same image on both backends, within
-    float error), and Euler a takes its per-step noise from the same generators. The call stops at
+    exactly as the PyTorch pipeline draws it on a CPU (a seed gives the same image on both backends
+    there, within float error; on a GPU the PyTorch pipeline's generators live on the GPU, so its noise
+    differs), and Euler a takes its per-step noise from the same generators. The call stops at
     latents; `vae`, `run_safety_checker` and `image_processor` then decode, check and convert as
     run_batch does for the PyTorch pipeline.
     """

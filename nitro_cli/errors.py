@@ -5,6 +5,12 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none): for one-line errors."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 class NitroError(Exception):
     """A failure the user can act on. Printed as `Error:`/`Hint:` lines, never as a traceback."""
 

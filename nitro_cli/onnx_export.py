@@ -29,7 +29,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from nitro_cli import hardware, models
-from nitro_cli.errors import RuntimeFailure, UsageError
+from nitro_cli.errors import RuntimeFailure, UsageError, first_line
 
 ONNX_PIPELINE_CLASS = "OnnxStableDiffusionPipeline"
 DEFAULT_OPSET = 17  # LayerNormalization as one op; every onnxruntime since 1.14 runs it
@@ -274,8 +274,7 @@ def load_onnx_pipeline(folder: Path, *, provider: str, with_safety_checker: bool
             warnings.simplefilter("ignore", FutureWarning)
             return OnnxStableDiffusionPipeline.from_pretrained(str(folder), **kwargs)
     except Exception as exc:  # onnxruntime raises its own exception types for broken or foreign graphs
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RuntimeFailure(f"ONNX Runtime could not load {folder}: {first_line}",
+        raise RuntimeFailure(f"ONNX Runtime could not load {folder}: {first_line(exc)}",
                              hint=f"export it again: {EXPORT_HINT}") from exc
 
 

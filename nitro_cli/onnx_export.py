@@ -175,6 +175,8 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
     """Load `model` in fp32 on the CPU and write it to `out` as an ONNX pipeline folder."""
     require_onnx_packages()
     out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder", hint="give a new or empty folder")
     if out.exists() and any(out.iterdir()) and not is_onnx_folder(out):
         raise UsageError(f"--out {out} is not empty and is not an ONNX export",
                          hint="give a new or empty folder (an earlier export there is replaced)")

@@ -11,7 +11,7 @@ import importlib.util
 import os
 import platform
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nitro_cli import paths
@@ -65,7 +65,6 @@ class Machine:
     torch_cuda: str | None = None
     gpus: tuple[GpuInfo, ...] = ()
     compiler_available: bool = False
-    notes: tuple[str, ...] = field(default=())
     # Filled by `probe(deep=True)` (doctor, checklist); None means "not looked at" or "not there".
     torch_cudnn: int | None = None
     driver_version: str | None = None

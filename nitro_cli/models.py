@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nitro_cli import paths
-from nitro_cli.errors import UsageError
+from nitro_cli.errors import UsageError, first_line
 
 DEFAULT_MODEL = "nitrosocke/Nitro-Diffusion"
 RANDOM_MODELS = ("random:tiny", "random:sd15")
@@ -214,6 +214,5 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
         return StableDiffusionPipeline.from_pretrained(source.spec, **kwargs)
     except (OSError, ValueError) as exc:
         # huggingface_hub's not-found and offline errors are OSError subclasses; bad repos raise ValueError.
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"model '{source.spec}' could not be loaded: {first_line}",
+        raise UsageError(f"model '{source.spec}' could not be loaded: {first_line(exc)}",
                          hint=_missing_model_hint(source)) from exc

@@ -13,7 +13,7 @@ and fails on its dynamic spatial shapes (torch 2.13).
 `OnnxRuntimePipeline` puts the ONNX pipeline behind the interface `generation.run_batch` uses, so
 that generate and bench run both backends through one call path: it runs the PyTorch pipeline's
 denoising loop around the exported UNet, so every scheduler works and the same seed gives the same
-starting noise (and so nearly the same pixels).
+starting noise as the PyTorch pipeline on a CPU (and so nearly the same pixels).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from nitro_cli import hardware, models
-from nitro_cli.errors import RuntimeFailure, UsageError
+from nitro_cli.errors import RuntimeFailure, UsageError, first_line
 
 ONNX_PIPELINE_CLASS = "OnnxStableDiffusionPipeline"
 DEFAULT_OPSET = 17  # LayerNormalization as one op; every onnxruntime since 1.14 runs it
@@ -175,6 +175,8 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
     """Load `model` in fp32 on the CPU and write it to `out` as an ONNX pipeline folder."""
     require_onnx_packages()
     out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder", hint="give a new or empty folder")
     if out.exists() and any(out.iterdir()) and not is_onnx_folder(out):
         raise UsageError(f"--out {out} is not empty and is not an ONNX export",
                          hint="give a new or empty folder (an earlier export there is replaced)")
@@ -274,8 +276,7 @@ def load_onnx_pipeline(folder: Path, *, provider: str, with_safety_checker: bool
             warnings.simplefilter("ignore", FutureWarning)
             return OnnxStableDiffusionPipeline.from_pretrained(str(folder), **kwargs)
     except Exception as exc:  # onnxruntime raises its own exception types for broken or foreign graphs
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RuntimeFailure(f"ONNX Runtime could not load {folder}: {first_line}",
+        raise RuntimeFailure(f"ONNX Runtime could not load {folder}: {first_line(exc)}",
                              hint=f"export it again: {EXPORT_HINT}") from exc
 
 
@@ -310,8 +311,9 @@ class OnnxRuntimePipeline:
     The denoising loop is StableDiffusionPipeline's, in torch, with the exported UNet as the noise
     predictor: the scheduler steps on torch tensors, so every scheduler runs (diffusers' numpy ONNX
     loop fails on Euler, Euler a and LMS), the starting noise is drawn from the torch CPU generators
-    exactly as the PyTorch pipeline draws it (a seed gives the same image on both backends, within
-    float error), and Euler a takes its per-step noise from the same generators. The call stops at
+    exactly as the PyTorch pipeline draws it on a CPU (a seed gives the same image on both backends
+    there, within float error; on a GPU the PyTorch pipeline's generators live on the GPU, so its noise
+    differs), and Euler a takes its per-step noise from the same generators. The call stops at
     latents; `vae`, `run_safety_checker` and `image_processor` then decode, check and convert as
     run_batch does for the PyTorch pipeline.
     """

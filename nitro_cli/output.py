@@ -128,6 +128,11 @@ def start_run(folder: Path, request_fingerprint: str, images: int, seed: int | N
         return record
     first_seed = seed if seed is not None else random.randrange(SEED_LIMIT - images)
     record = RunRecord(request_fingerprint, next_index(folder), first_seed, images)
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_atomically(manifest, lambda temporary: temporary.write_text(json.dumps(dataclasses.asdict(record)), encoding="utf-8"))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_atomically(manifest, lambda temporary: temporary.write_text(json.dumps(dataclasses.asdict(record)),
+                                                                           encoding="utf-8"))
+    except OSError as exc:  # --out is a file, or a folder this user can't write to
+        raise UsageError(f"cannot write to --out {folder}: {exc.strerror or exc}",
+                         hint="give a folder you can write to with --out DIR") from None
     return record

@@ -1,9 +1,9 @@
 """Which settings fit a VRAM budget: the measured figures in one table, and a pure rule over them.
 
-No torch here. `doctor`, `--max-vram` and the checklist pass a number of GiB (and the size of the job)
-and get back a preset name, `--set` overrides and a sentence saying why. The figures are peak
-*allocated* memory (`torch.cuda.max_memory_allocated`, what `nitro bench` reports); the CUDA context and
-the caching allocator's slack come on top, hence `HEADROOM_GIB`.
+No torch here. `doctor` (whose recommendation the checklist shows too) and `--max-vram` pass a number
+of GiB (and the size of the job) and get back a preset name, `--set` overrides and a sentence saying
+why. The figures are peak *allocated* memory (`torch.cuda.max_memory_allocated`, what `nitro bench`
+reports); the CUDA context and the caching allocator's slack come on top, hence `HEADROOM_GIB`.
 
 The estimate for any settings is built from the table alone: what decides memory is where the weights
 live (`offload`), whether the safety checker is loaded, whether the VAE decodes in tiles, fp32 or half

@@ -155,3 +155,12 @@ def test_gpu_rows_report_allocator_peaks_and_half_precision(runner, tmp_path):
     assert baseline["precision"] == "float32" and beginner["precision"] in ("float16", "bfloat16")
     if hardware.is_importable("pynvml"):  # the device-level figure includes the allocator's
         assert beginner["peak_device_vram_mib"] >= beginner["peak_vram_mib"]
+
+
+def test_unwritable_json_path_fails_after_keeping_the_history_copy(runner, tmp_path):
+    result = runner.invoke(app, ["bench", "--presets", "beginner", *FAST, "--runs", "1", "--warmup", "0",
+                                 "--json", str(tmp_path)])  # a folder: the file can't be written
+    assert result.exit_code == 1, result.output
+    assert f"Error: could not write {tmp_path}" in result.stderr
+    saved = list(paths.bench_dir().glob("bench-*.json"))
+    assert len(saved) == 1 and f"Hint: the report is saved in {saved[0]}" in result.stderr

@@ -160,3 +160,11 @@ def test_docs_show_the_same_recommendation_table():
     doc = (Path(__file__).resolve().parent.parent / "docs" / "doctor.md").read_text(encoding="utf-8")
     for number, rule in enumerate(diagnosis.RECOMMENDATION_RULES, start=1):
         assert f"| {number} | {rule.when} | `{rule.preset}` | {rule.reason} |" in doc
+
+
+def test_a_failed_check_is_an_error_line_naming_it(runner, fake_probe):
+    fake_probe(MACHINES["broken xformers"])
+    result = runner.invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 1
+    assert "Error: 1 check(s) failed: xformers" in result.stderr
+    json.loads(result.stdout)  # stdout still holds only the report

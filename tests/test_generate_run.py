@@ -215,3 +215,11 @@ def test_cuda_out_of_memory_names_lighter_settings(runner, tmp_path, monkeypatch
     assert result.exit_code == 1
     assert "Error: CUDA out of memory" in result.stderr
     assert all(word in result.stderr for word in ("offload", "--batch-size 1", "lowvram", "--resume"))
+
+
+def test_out_that_is_a_file_is_a_usage_error(runner, tmp_path):
+    not_a_folder = tmp_path / "taken"
+    not_a_folder.write_text("x", encoding="utf-8")
+    result = runner.invoke(app, ["generate", "a cat", *FAST, "--out", str(not_a_folder)])
+    assert result.exit_code == 2, result.output
+    assert "Error: cannot write to --out" in result.stderr and "Traceback" not in result.output

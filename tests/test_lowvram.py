@@ -7,7 +7,7 @@ from nitro_cli import hardware, models
 from nitro_cli.builder import _quantization_config, build_pipeline
 from nitro_cli.errors import UsageError
 from nitro_cli.presets import all_keys, load_preset, shipped_dir, shipped_names
-from nitro_cli.vram import (FASTEST_FIRST, FOOTPRINTS, HEADROOM_GIB, MemoryLayout, fits, estimate_peak_gib, plan_for_preset,
+from nitro_cli.vram import (FASTEST_FIRST, FOOTPRINTS, MemoryLayout, fits, estimate_peak_gib, plan_for_preset,
                             plan_for_vram)
 
 

@@ -178,3 +178,11 @@ def test_export_refuses_a_folder_with_other_files(runner, tmp_path):
     result = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "not empty" in result.output
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_export_out_that_is_a_file_is_a_usage_error(runner, tmp_path):
+    not_a_folder = tmp_path / "taken"
+    not_a_folder.write_text("x", encoding="utf-8")
+    result = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(not_a_folder)])
+    assert result.exit_code == 2, result.output
+    assert "is a file, not a folder" in result.stderr

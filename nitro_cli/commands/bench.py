@@ -118,11 +118,15 @@ def bench(
         progress=lambda message: console.print(message, markup=False),
     )
     _print_report(console, report)
-    if json_file:
-        benchmark.save_json(report, json_file)
-    if csv_file:
-        benchmark.save_csv(report, csv_file)
-    console.print(f"Report saved: {benchmark.save_to_history(report)}", markup=False)
+    history = benchmark.save_to_history(report)  # first: a bad --json/--csv path loses no measurement
+    console.print(f"Report saved: {history}", markup=False)
+    for path, save in ((json_file, benchmark.save_json), (csv_file, benchmark.save_csv)):
+        if path:
+            try:
+                save(report, path)
+            except OSError as exc:
+                raise RuntimeFailure(f"could not write {path}: {exc.strerror or exc}",
+                                     hint=f"the report is saved in {history}; copy it from there") from None
     if report.failed:
         names = ", ".join(r.preset for r in report.failed)
         raise RuntimeFailure(f"{len(report.failed)} of {len(report.results)} presets failed: {names}",

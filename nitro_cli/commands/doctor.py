@@ -114,4 +114,8 @@ def doctor(
     else:
         _show(machine, checks, recommendation)
     if diagnosis.failed(checks):
-        raise typer.Exit(1)
+        from nitro_cli.errors import RuntimeFailure
+
+        names = [check.name for check in checks if check.status == diagnosis.FAIL]
+        raise RuntimeFailure(f"{len(names)} check(s) failed: {', '.join(names)}",
+                             hint="the checks table (or the JSON's `checks`) says how to fix each")

@@ -25,10 +25,11 @@ def onnx(
     from rich.console import Console
     from rich.table import Table
 
+    from nitro_cli.models import DEFAULT_MODEL
     from nitro_cli.onnx_export import export_onnx
 
     report = export_onnx(model, out, opset=opset)
-    table = Table(title=f"ONNX export of {model or 'nitrosocke/Nitro-Diffusion'}")
+    table = Table(title=f"ONNX export of {model or DEFAULT_MODEL}")
     table.add_column("component")
     table.add_column("size", justify="right")
     for name, size in report.components.items():

@@ -11,7 +11,7 @@ import typer
 
 from nitro_cli import __version__
 from nitro_cli.commands import bench, checklist, doctor, export, generate
-from nitro_cli.errors import EXIT_INTERRUPTED, NitroError
+from nitro_cli.errors import EXIT_INTERRUPTED, OUT_OF_MEMORY_HINT, NitroError, RuntimeFailure, first_line
 
 app = typer.Typer(
     name="nitro",
@@ -44,6 +44,15 @@ def guarded(command):
         except KeyboardInterrupt:
             print("Interrupted.", file=sys.stderr)
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:
+            # Out of GPU memory anywhere (loading, compiling, generating) is a run-time failure the
+            # user can act on. Matched by name: importing torch here would slow every `--help`.
+            if type(exc).__name__ != "OutOfMemoryError":
+                raise
+            if os.environ.get("NITRO_DEBUG"):
+                traceback.print_exc()
+            _report(RuntimeFailure(f"out of GPU memory: {first_line(exc)}", hint=OUT_OF_MEMORY_HINT))
+            raise typer.Exit(RuntimeFailure.exit_code) from None
 
     return run
 

@@ -11,6 +11,10 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+OUT_OF_MEMORY_HINT = ("lighter settings: --batch-size 1, --set offload=model (or sequential), --preset lowvram, "
+                      "or --max-vram GiB to pick settings that fit; `nitro doctor` recommends a preset for this GPU")
+
+
 class NitroError(Exception):
     """A failure the user can act on. Printed as `Error:`/`Hint:` lines, never as a traceback."""
 

@@ -24,13 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from nitro_cli.errors import RuntimeFailure
+from nitro_cli.errors import OUT_OF_MEMORY_HINT, RuntimeFailure
 from nitro_cli.measure import Measurement, measure, synchronize
 from nitro_cli.output import fingerprint, image_name
 from nitro_cli.prompts import PromptJob
 
-OOM_HINT = ("lighter settings that fit: --batch-size 1, --set offload=model (or sequential), or --preset lowvram; "
-            "finished images are kept: repeat the command with --resume to make the rest")
+RESUME_HINT = "finished images are kept: repeat the command with --resume to make the rest"
 
 
 class PromptCache:
@@ -329,7 +328,7 @@ def generate_images(pipe, cache: PromptCache, device: str, images: list[PlannedI
                                        width=job.width, height=job.height, on_step_end=on_step_end)
             except torch.OutOfMemoryError:
                 raise RuntimeFailure(f"CUDA out of memory generating {len(called)} image(s) of "
-                                     f"{job.width}x{job.height}", hint=OOM_HINT) from None
+                                     f"{job.width}x{job.height}", hint=f"{OUT_OF_MEMORY_HINT}; {RESUME_HINT}") from None
             # zip stops at the real images: the filling's outputs are dropped here.
             for planned, image, blocked, redecoded in zip(batch, result.images, result.nsfw, result.redecoded):
                 writer.put(ImageResult(planned, None, taken.seconds / len(batch), job.steps / taken.seconds,

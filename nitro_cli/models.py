@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nitro_cli import paths
-from nitro_cli.errors import UsageError, first_line
+from nitro_cli.errors import RuntimeFailure, UsageError, first_line
 
 DEFAULT_MODEL = "nitrosocke/Nitro-Diffusion"
 RANDOM_MODELS = ("random:tiny", "random:sd15")
@@ -213,6 +213,12 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
             return StableDiffusionPipeline.from_single_file(source.spec, **kwargs)
         return StableDiffusionPipeline.from_pretrained(source.spec, **kwargs)
     except (OSError, ValueError) as exc:
-        # huggingface_hub's not-found and offline errors are OSError subclasses; bad repos raise ValueError.
-        raise UsageError(f"model '{source.spec}' could not be loaded: {first_line(exc)}",
-                         hint=_missing_model_hint(source)) from exc
+        # Not downloadable or not cached (hub ids; the SD config a single file needs): bad input, exit 2.
+        # huggingface_hub's not-found and offline errors are OSError subclasses. A model that is here
+        # but breaks while loading (a damaged folder, a wrong checkpoint) is a run-time failure, exit 1.
+        if source.kind in ("hub", "single_file") and isinstance(exc, OSError):
+            raise UsageError(f"model '{source.spec}' could not be loaded: {first_line(exc)}",
+                             hint=_missing_model_hint(source)) from exc
+        raise RuntimeFailure(f"model '{source.spec}' failed to load: {first_line(exc)}",
+                             hint="check that the files are complete (re-download or re-save them), "
+                                  "or try --model random:tiny for a dry run") from exc

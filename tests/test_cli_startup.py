@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "diffusers", "transformers")
+HEAVY = ("torch", "diffusers", "transformers", "numpy", "PIL")
 CHECK = """
 import sys
 from typer.testing import CliRunner

@@ -223,3 +223,18 @@ def test_out_that_is_a_file_is_a_usage_error(runner, tmp_path):
     result = runner.invoke(app, ["generate", "a cat", *FAST, "--out", str(not_a_folder)])
     assert result.exit_code == 2, result.output
     assert "Error: cannot write to --out" in result.stderr and "Traceback" not in result.output
+
+
+def test_out_of_memory_while_loading_is_exit_1_with_lighter_settings(runner, tmp_path, monkeypatch):
+    import torch
+
+    import nitro_cli.builder
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+
+    monkeypatch.setattr(nitro_cli.builder, "build_pipeline", no_memory)
+    result = runner.invoke(app, ["generate", "castle", "--out", str(tmp_path), *FAST])
+    assert result.exit_code == 1
+    assert "Error: out of GPU memory: CUDA out of memory" in result.output
+    assert "--preset lowvram" in result.output and "Traceback" not in result.output

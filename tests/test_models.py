@@ -74,3 +74,19 @@ def test_debug_env_shows_the_traceback(runner, tmp_path, monkeypatch):
     monkeypatch.setenv("NITRO_DEBUG", "1")
     result = runner.invoke(app, ["generate", "castle", "--model", "random:huge", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "Traceback" in result.output
+
+
+def test_damaged_model_folder_is_a_run_time_failure(runner, tiny_model_dir, tmp_path):
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_model_dir, damaged)
+    for weights in (damaged / "unet").glob("*.safetensors"):
+        weights.unlink()
+    args = [a for a in FAST if a not in ("--model", "random:tiny")]
+    result = runner.invoke(app, ["generate", "castle", "--model", str(damaged), "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 1, result.output  # the model is there but broken: not bad input
+    assert "Error: model" in result.output and "failed to load" in result.output and "Hint:" in result.output
+    # No "Traceback" check here: under CliRunner, diffusers' log handler may still hold an earlier test's
+    # closed stderr and print logging's own "--- Logging error ---" traceback. A real process prints
+    # diffusers' one-line "An error occurred..." and then our Error/Hint lines (checked by hand).

@@ -142,10 +142,10 @@ def _measure_preset(entry: str, result: PresetResult, options: BenchOptions, dev
     from nitro_cli.builder import build_pipeline
     from nitro_cli.generation import PromptCache, run_batch
     from nitro_cli.measure import measure
-    from nitro_cli.presets import load_preset
+    from nitro_cli.presets import flag_overrides, load_preset
 
-    flags = {"steps": options.steps, "batch_size": options.batch_size, "width": options.width, "height": options.height}
-    overrides = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    overrides = flag_overrides(steps=options.steps, batch_size=options.batch_size, width=options.width,
+                               height=options.height)
     if options.max_vram_gib is not None:
         _, overrides, plan = vram.fit_request(options.max_vram_gib, entry, overrides, default_preset=entry,
                                               machine=machine, device=device)

@@ -152,6 +152,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return nested
 
 
+def flag_overrides(**flags: Any) -> list[str]:
+    """Command-line flags (`--steps 20`, ...) as `--set` pairs: one validation path for both. None: not given."""
+    return [f"{key}={value}" for key, value in flags.items() if value is not None]
+
+
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in overrides.items():

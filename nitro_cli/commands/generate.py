@@ -57,7 +57,7 @@ def generate(
     from nitro_cli.generation import (CacheStats, PromptCache, generate_images, group_batches, plan_images,
                                       request_fingerprint)
     from nitro_cli.models import DEFAULT_MODEL
-    from nitro_cli.presets import SAMPLER_NAMES, load_preset
+    from nitro_cli.presets import SAMPLER_NAMES, flag_overrides, load_preset
     from nitro_cli.progress import RunDisplay
     from nitro_cli.prompts import PromptJob, apply_styles, read_prompts_file, truncation_warnings
 
@@ -65,8 +65,8 @@ def generate(
     if has_prompt == (prompts_file is not None):
         raise UsageError("give either a prompt or --prompts-file" + (", not both" if has_prompt else ""),
                          hint='nitro generate "arcane style castle" --model random:tiny')
-    flag_overrides = {"steps": steps, "guidance": guidance, "width": width, "height": height, "batch_size": batch_size}
-    overrides = list(set_ or []) + [f"{key}={value}" for key, value in flag_overrides.items() if value is not None]
+    overrides = list(set_ or []) + flag_overrides(steps=steps, guidance=guidance, width=width, height=height,
+                                                  batch_size=batch_size)
     options.check_max_vram(max_vram)
     machine = run_device = None
     if max_vram is not None:

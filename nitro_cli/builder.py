@@ -107,6 +107,11 @@ def quantization_blocker(quantization: str, device: str, machine: hardware.Machi
     return None
 
 
+def cuda_only_blocker(device: str) -> str | None:
+    """Settings that only exist on CUDA (cuDNN benchmark, SDPA kernel choice)."""
+    return None if device == "cuda" else "no CUDA device: a CUDA-only setting"
+
+
 def offload_blocker(device: str) -> str | None:
     return "already on the CPU" if device == "cpu" else None
 
@@ -348,8 +353,8 @@ def _apply_sdpa_backend(built: BuiltPipeline, choice: str, attention: str) -> No
     build, so that one preset's choice never leaks into the next preset built in the same process."""
     import torch
 
-    if choice != "auto" and built.device != "cuda":
-        built.skip(f"sdpa_backend {choice}", "a CUDA kernel choice; the CPU keeps torch's own pick")
+    if choice != "auto" and (why := cuda_only_blocker(built.device)):
+        built.skip(f"sdpa_backend {choice}", f"{why}; the CPU keeps torch's own pick")
         choice = "auto"
     elif choice != "auto" and attention != "sdpa":
         built.skip(f"sdpa_backend {choice}", f"the UNet uses {attention} attention, not SDPA")
@@ -367,9 +372,9 @@ def _apply_cudnn_benchmark(built: BuiltPipeline, wanted: bool) -> None:
     """Set on every CUDA build (on or off) for the same reason as the SDPA switches."""
     import torch
 
-    if built.device != "cuda":
+    if why := cuda_only_blocker(built.device):
         if wanted:
-            built.skip("cudnn_benchmark", "cuDNN is CUDA only")
+            built.skip("cudnn_benchmark", why)
         return
     torch.backends.cudnn.benchmark = wanted
     if wanted:

@@ -42,6 +42,8 @@ def test_cpu_machine_says_why_not(runner, fake_probe):
     fp16 = items_of(tiers, "beginner")["precision: float16"]
     assert fp16["available"] is False and "CPU" in fp16["reason"]
     assert "no CUDA device" in items_of(tiers, "expert")["compile: reduce-overhead"]["reason"]
+    cudnn = items_of(tiers, "expert")["cudnn_benchmark: true"]
+    assert cudnn["available"] is False and "no CUDA device" in cudnn["reason"]
 
 
 def test_gtx_1060_has_no_fast_fp16(runner, fake_probe):

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# GPU measurement, part 2 (one device call right after part 1, same warm machine and NITRO_CACHE_DIR):
-# the low-VRAM presets (minvram, 1024x1024 lowvram), expert variants, the UNet time per step
-# (expert at 25 and 50 steps: the difference over 25 steps), and deploy's throughput beside expert.
+# GPU measurement, the part not yet run (one device call, about 8 minutes on an H100/H200): the expert
+# knobs one by one (docs/gpu-variants/), minvram beside beginner, and the GPU-only tests.
+# Results and logs go to $OUT (or ./gpu-out). Needs .whl/ as docs/gpu/run-tiers.sh does.
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 NITRO_CACHE_DIR=${NITRO_CACHE_DIR:-/tmp/nitro-cache}
-if [ -d .whl ] && [ ! -d /tmp/site/diffusers ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+if [ -d .whl ]; then
+  [ -d /tmp/site/diffusers ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
 fi
-[ -d .whl ] && export PYTHONPATH=/tmp/site:$PWD
 nitro="python3 -m nitro_cli"
 V=docs/gpu-variants
+row() { grep -E "^ (preset|[a-z0-9-]+) +[0-9]+ " "$1"; }
 
-timeout 150 $nitro bench --model random:sd15 --presets expert,$V/expert-measured-h200.yaml,$V/expert-sdpa-cudnn.yaml \
-  --json "$OUT/variants.json" 2>&1 | tee "$OUT/variants.log"
-timeout 60 $nitro bench --model random:sd15 --presets expert --steps 50 --json "$OUT/expert-50-steps.json" 2>&1 | tee "$OUT/expert-50-steps.log"
-timeout 120 $nitro bench --model random:sd15 --presets expert,deploy --json "$OUT/deploy.json" 2>&1 | tee "$OUT/deploy.log"
-timeout 60 $nitro bench --model random:sd15 --presets lowvram --width 1024 --height 1024 --runs 1 \
-  --json "$OUT/lowvram-1024.json" 2>&1 | tee "$OUT/lowvram-1024.log"
-timeout 150 $nitro bench --model random:sd15 --presets beginner,minvram --runs 1 --json "$OUT/minvram.json" 2>&1 | tee "$OUT/minvram.log"
+# Each expert knob's own share: expert as shipped beside the variants that drop or change one knob.
+timeout 330 $nitro bench --model random:sd15 --presets expert,$V/expert-measured-h200.yaml,$V/expert-no-compile-vae.yaml,$V/expert-no-cudnn-benchmark.yaml,$V/expert-bf16.yaml \
+  --json "$OUT/variants.json" > "$OUT/variants.log" 2>&1; row "$OUT/variants.log"
+timeout 150 $nitro bench --model random:sd15 --presets beginner,minvram --runs 1 --json "$OUT/minvram.json" \
+  > "$OUT/minvram.log" 2>&1; row "$OUT/minvram.log"
+timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider > "$OUT/pytest-gpu.log" 2>&1; tail -3 "$OUT/pytest-gpu.log"

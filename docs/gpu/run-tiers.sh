@@ -4,14 +4,7 @@
 # the bench run); expert at 50 steps (UNet time per step = the 50-minus-25 difference over 25 steps);
 # deploy's throughput at batch 8; lowvram at 1024x1024. Results and logs go to $OUT (or ./gpu-out).
 # Needs the wheels the GPU machine lacks in .whl/ (../shared/tools/device-wheels.sh bitsandbytes==0.50.2).
-set -u
-OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 NITRO_CACHE_DIR=${NITRO_CACHE_DIR:-/tmp/nitro-cache}
-if [ -d .whl ]; then
-  [ -d /tmp/site/diffusers ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-nitro="python3 -m nitro_cli"
+. "$(dirname "$0")/setup.sh"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
   date -u; } 2>&1 | tee "$OUT/machine.txt"

@@ -2,14 +2,7 @@
 # GPU measurement, the part not yet run (one device call, about 8 minutes on an H100/H200): the expert
 # knobs one by one (docs/gpu-variants/), minvram beside beginner, and the GPU-only tests.
 # Results and logs go to $OUT (or ./gpu-out). Needs .whl/ as docs/gpu/run-tiers.sh does.
-set -u
-OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 NITRO_CACHE_DIR=${NITRO_CACHE_DIR:-/tmp/nitro-cache}
-if [ -d .whl ]; then
-  [ -d /tmp/site/diffusers ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-nitro="python3 -m nitro_cli"
+. "$(dirname "$0")/setup.sh"
 V=docs/gpu-variants
 row() { grep -E "^ (preset|[a-z0-9-]+) +[0-9]+ " "$1"; }
 

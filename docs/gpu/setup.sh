@@ -1,0 +1,10 @@
+# Sourced by the docs/gpu/run-*.sh scripts: output folder, offline caches, the carried wheels
+# (.whl/, from ../shared/tools/device-wheels.sh bitsandbytes==0.50.2), and the `nitro` command line.
+set -u
+OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 NITRO_CACHE_DIR=${NITRO_CACHE_DIR:-/tmp/nitro-cache}
+if [ -d .whl ]; then
+  [ -d /tmp/site/diffusers ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+nitro="python3 -m nitro_cli"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nitro_cli import __version__, hardware, paths, vram
-from nitro_cli.errors import NitroError
+from nitro_cli.errors import NitroError, describe
 
 DEFAULT_PRESETS = ("baseline", "beginner", "advanced", "expert")
 BASELINE = "baseline"
@@ -122,8 +122,7 @@ def preset_label(entry: str) -> str:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, NitroError):
         return f"{exc.message} (hint: {exc.hint})" if exc.hint else exc.message
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return describe(exc)
 
 
 def _release(device: str) -> None:

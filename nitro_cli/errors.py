@@ -11,6 +11,11 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def describe(exc: BaseException) -> str:
+    """`Type: first line of the message` (the type alone when there is no message): for error rows."""
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
+
+
 OUT_OF_MEMORY_HINT = ("lighter settings: --batch-size 1, --set offload=model (or sequential), --preset lowvram, "
                       "or --max-vram GiB to pick settings that fit; `nitro doctor` recommends a preset for this GPU")
 

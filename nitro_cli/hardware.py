@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nitro_cli import paths
+from nitro_cli.errors import describe
 from nitro_cli.models import DEFAULT_MODEL
 
 
@@ -116,10 +117,6 @@ def _compiler_available(cuda: bool) -> bool:
     return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
 
 
-def _failure(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
-
-
 def _sdpa_kernels(index: int) -> tuple[str, ...]:
     """Run one tiny fp16 attention call per SDPA backend; the ones that don't raise are usable."""
     import torch
@@ -153,7 +150,7 @@ def _test_xformers(cuda: bool) -> PackageTest | None:
         xformers.ops.memory_efficient_attention(q, q, q)
         return PackageTest(True, "imports and runs a fp16 attention call")
     except Exception as exc:  # a mismatched build fails in many ways: ImportError, OSError, RuntimeError
-        return PackageTest(False, _failure(exc))
+        return PackageTest(False, describe(exc))
 
 
 def _test_bitsandbytes(cuda: bool) -> PackageTest | None:
@@ -163,7 +160,7 @@ def _test_bitsandbytes(cuda: bool) -> PackageTest | None:
     try:
         from bitsandbytes.cextension import lib
     except Exception as exc:
-        return PackageTest(False, _failure(exc))
+        return PackageTest(False, describe(exc))
     if getattr(lib, "compiled_with_cuda", False):
         return PackageTest(True, "CUDA library loaded")
     reason = getattr(lib, "error_msg", "") or "no CUDA library for this torch"

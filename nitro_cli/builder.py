@@ -334,13 +334,14 @@ def _apply_fp8_storage(built: BuiltPipeline) -> None:
     built.applied.append(f"fp8 storage of unet weights (layerwise casting, {built.dtype} compute)")
 
 
-# What each `sdpa_backend` (presets.SDPA_BACKENDS) leaves enabled: torch picks the fastest allowed kernel.
+# The one kernel each `sdpa_backend` (presets.SDPA_BACKENDS) other than `auto` allows, by its name in
+# torch.nn.attention.SDPBackend; `auto` leaves torch's own pick per call.
 SDPA_KERNELS = {
-    "auto": ("flash", "efficient", "cudnn", "math"),
-    "flash": ("flash",),
-    "efficient": ("efficient",),
-    "cudnn": ("cudnn",),
-    "math": ("math",),
+    "auto": None,
+    "flash": "FLASH_ATTENTION",
+    "efficient": "EFFICIENT_ATTENTION",
+    "cudnn": "CUDNN_ATTENTION",
+    "math": "MATH",
 }
 
 # diffusers' fp16 guide recommends these inductor flags with max-autotune. Coordinate-descent tuning
@@ -349,27 +350,37 @@ INDUCTOR_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "e
 
 
 def _apply_sdpa_backend(built: BuiltPipeline, choice: str, attention: str) -> None:
-    """Process-wide kernel switches (what `torch.nn.attention.sdpa_kernel` sets for a block), set on every
-    build, so that one preset's choice never leaks into the next preset built in the same process."""
-    import torch
-
-    if choice != "auto" and (why := cuda_only_blocker(built.device)):
+    if choice == "auto":
+        return
+    if why := cuda_only_blocker(built.device):
         built.skip(f"sdpa_backend {choice}", f"{why}; the CPU keeps torch's own pick")
-        choice = "auto"
-    elif choice != "auto" and attention != "sdpa":
+    elif attention != "sdpa":
         built.skip(f"sdpa_backend {choice}", f"the UNet uses {attention} attention, not SDPA")
-        choice = "auto"
-    enabled = SDPA_KERNELS[choice]
-    torch.backends.cuda.enable_flash_sdp("flash" in enabled)
-    torch.backends.cuda.enable_mem_efficient_sdp("efficient" in enabled)
-    torch.backends.cuda.enable_cudnn_sdp("cudnn" in enabled)
-    torch.backends.cuda.enable_math_sdp("math" in enabled)
-    if choice != "auto":
-        built.applied.append(f"SDPA kernel: {choice} only")
+    else:
+        restrict_unet_sdpa(built.pipe.unet, choice)
+        built.applied.append(f"SDPA kernel of the UNet: {choice} only")
+
+
+def restrict_unet_sdpa(unet, choice: str) -> None:
+    """Every UNet call runs inside `torch.nn.attention.sdpa_kernel`, so its attention may use one kernel.
+    The UNet only: the CLIP text encoder and the safety checker pass attention masks, which FlashAttention
+    doesn't take; and no process-wide switch outlives the pipeline. torch.compile traces the context
+    manager, so a compiled UNet is built with that kernel."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kernel = getattr(SDPBackend, SDPA_KERNELS[choice])
+    unet_forward = unet.forward  # after offloading: accelerate's hooks wrap `forward` the same way
+
+    def forward_with_one_kernel(*args, **kwargs):
+        with sdpa_kernel(kernel):
+            return unet_forward(*args, **kwargs)
+
+    unet.forward = forward_with_one_kernel
 
 
 def _apply_cudnn_benchmark(built: BuiltPipeline, wanted: bool) -> None:
-    """Set on every CUDA build (on or off) for the same reason as the SDPA switches."""
+    """A process-wide switch, so set on every CUDA build (on or off): one preset's choice never leaks into
+    the next preset built in the same process (bench)."""
     import torch
 
     if why := cuda_only_blocker(built.device):

@@ -104,47 +104,46 @@ def test_compile_options_use_real_inductor_names():
 
 
 @pytest.fixture
-def restore_backend_switches():
+def restore_cudnn_benchmark():
     import torch
 
-    cuda = torch.backends.cuda
-    saved = (cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled(), cuda.cudnn_sdp_enabled(),
-             cuda.math_sdp_enabled(), torch.backends.cudnn.benchmark)
+    saved = torch.backends.cudnn.benchmark
     yield
-    cuda.enable_flash_sdp(saved[0])
-    cuda.enable_mem_efficient_sdp(saved[1])
-    cuda.enable_cudnn_sdp(saved[2])
-    cuda.enable_math_sdp(saved[3])
-    torch.backends.cudnn.benchmark = saved[4]
+    torch.backends.cudnn.benchmark = saved
 
 
-def _sdpa_switches():
+def test_sdpa_backend_restricts_the_unet_only():
+    """On this CPU only the math and flash kernels exist: a UNet held to `efficient` can't run, which shows
+    the restriction is in force, while the text encoder (masked attention) keeps torch's own pick."""
     import torch
 
-    cuda = torch.backends.cuda
-    return (cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled(), cuda.cudnn_sdp_enabled(), cuda.math_sdp_enabled())
+    from nitro_cli.models import build_random_pipeline
+
+    pipe = build_random_pipeline("random:tiny")
+    latents = torch.randn(1, 4, 8, 8)
+    context, _ = pipe.encode_prompt("a castle", "cpu", 1, False)
+    plain = pipe.unet(latents, 10, encoder_hidden_states=context).sample
+    builder.restrict_unet_sdpa(pipe.unet, "efficient")
+    with pytest.raises(RuntimeError, match="No viable backend"):
+        pipe.unet(latents, 10, encoder_hidden_states=context)
+    del pipe.unet.forward  # back to the UNet's own
+    builder.restrict_unet_sdpa(pipe.unet, "math")
+    torch.testing.assert_close(pipe.unet(latents, 10, encoder_hidden_states=context).sample, plain)
+    torch.testing.assert_close(pipe.encode_prompt("a castle", "cpu", 1, False)[0], context)
+    assert torch.backends.cuda.mem_efficient_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
 
 
-def test_sdpa_backend_on_a_gpu_leaves_one_kernel_and_auto_restores_all(restore_backend_switches):
-    gpu = BuiltPipeline(pipe=None, device="cuda", dtype="float16")
-    builder._apply_sdpa_backend(gpu, "flash", "sdpa")
-    assert _sdpa_switches() == (True, False, False, False)
-    assert "SDPA kernel: flash only" in gpu.applied
-    builder._apply_sdpa_backend(gpu, "auto", "sdpa")
-    assert _sdpa_switches() == (True, True, True, True)
-
-
-def test_sdpa_backend_is_skipped_on_cpu_and_with_other_attention(restore_backend_switches):
+def test_sdpa_backend_is_skipped_on_cpu_and_with_other_attention():
     built = build_pipeline(load_preset("expert", ["sdpa_backend=math", "compile=none"]).settings,
                            "random:tiny", "cpu", cpu_machine())
     assert "sdpa_backend math" in skipped_names(built)
-    assert _sdpa_switches() == (True, True, True, True)
+    assert "forward" not in vars(built.pipe.unet)  # the UNet's own forward, unwrapped
     gpu = BuiltPipeline(pipe=None, device="cuda", dtype="float16")
     builder._apply_sdpa_backend(gpu, "flash", "sliced")
     assert gpu.skipped == [("sdpa_backend flash", "the UNet uses sliced attention, not SDPA")]
 
 
-def test_cudnn_benchmark_is_set_on_every_gpu_build_and_skipped_on_cpu(restore_backend_switches):
+def test_cudnn_benchmark_is_set_on_every_gpu_build_and_skipped_on_cpu(restore_cudnn_benchmark):
     import torch
 
     gpu = BuiltPipeline(pipe=None, device="cuda", dtype="float16")
@@ -186,3 +185,17 @@ def test_compiled_pipeline_with_cuda_graphs_matches_eager():
     compiled = _first_image(["compile_vae=true", "cudnn_benchmark=true"], "cuda")
     eager = _first_image(["compile=none", "cudnn_benchmark=false"], "cuda")
     assert _psnr(compiled, eager) >= 35
+
+
+def test_compiled_unet_traces_the_sdpa_restriction():
+    """torch.compile follows the kernel choice into the graph: held to a kernel this CPU lacks, tracing fails."""
+    import torch
+
+    from nitro_cli.models import build_random_pipeline
+
+    pipe = build_random_pipeline("random:tiny")
+    builder.restrict_unet_sdpa(pipe.unet, "efficient")
+    pipe.unet.compile(fullgraph=True)
+    context, _ = pipe.encode_prompt("a castle", "cpu", 1, False)
+    with pytest.raises(Exception, match="scaled_dot_product_attention"):
+        pipe.unet(torch.randn(1, 4, 8, 8), 10, encoder_hidden_states=context)

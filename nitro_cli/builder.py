@@ -214,9 +214,6 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     built.applied.append(f"precision {built.dtype}")
     if quantization is not None:
         built.applied.append(f"{preset.quantization} quantization of unet and text encoder (bitsandbytes)")
-    if not preset.safety_checker:
-        built.applied.append("no safety checker")
-        _remind_license()
 
     set_scheduler(pipe, preset.scheduler)
     built.applied.append(f"scheduler {preset.scheduler}")
@@ -255,8 +252,7 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     _apply_sdpa_backend(built, preset.sdpa_backend, preset.attention)
     _apply_cudnn_benchmark(built, preset.cudnn_benchmark)
     _apply_compile(built, preset, machine)
-    if preset.prompt_cache:
-        built.applied.append("prompt-embedding cache")
+    _report_safety_checker_and_prompt_cache(built, preset)
     pipe.set_progress_bar_config(disable=True)
     return built
 
@@ -290,14 +286,19 @@ def _build_onnx(preset: Preset, source: models.ModelSource, device: str) -> Buil
     set_scheduler(built.pipe, preset.scheduler)
     built.applied += [f"ONNX Runtime {onnxruntime.__version__} ({provider})", "precision float32",
                       f"scheduler {preset.scheduler}"]
+    if preset.safety_checker and onnx_pipe.safety_checker is None:
+        built.skip("safety checker", f"the export in {folder} has none")
+    _report_safety_checker_and_prompt_cache(built, preset)
+    return built
+
+
+def _report_safety_checker_and_prompt_cache(built: BuiltPipeline, preset: Preset) -> None:
+    """Both back-ends: the loaders leave the checker out and generation.PromptCache does the caching."""
     if not preset.safety_checker:
         built.applied.append("no safety checker")
         _remind_license()
-    elif onnx_pipe.safety_checker is None:
-        built.skip("safety checker", f"the export in {folder} has none")
     if preset.prompt_cache:
         built.applied.append("prompt-embedding cache")
-    return built
 
 
 def _apply_attention(built: BuiltPipeline, attention: str, machine: hardware.Machine) -> None:

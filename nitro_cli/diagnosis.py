@@ -44,17 +44,16 @@ class Rule:
 def vram_plan(machine: Machine, gpu: GpuInfo | None = None) -> vram.VramPlan:
     """vram.py's rule for one GPU (the first by default), at 512x512, batch 1, as nitro would run there."""
     gpu = gpu or machine.gpus[0]
-    return vram.plan_for_vram(gpu.total_vram_mib / 1024, fp16_runs_as_fp32=not gpu.fast_fp16,
-                              bitsandbytes_installed=bool(machine.packages.get("bitsandbytes")))
+    return vram.plan_for_vram(gpu.total_vram_mib / 1024, **vram.machine_facts(machine, gpu))
 
 
 def _deploy_fits_every_gpu(machine: Machine) -> bool:
     from nitro_cli.presets import load_preset
 
     settings = load_preset("deploy").settings
-    return all(vram.fits(vram.estimate_peak_gib(vram.MemoryLayout.of(settings, not g.fast_fp16), settings.width,
-                                                settings.height, settings.batch_size), g.total_vram_mib / 1024)
-               for g in machine.gpus)
+    return all(vram.fits(vram.estimate_peak_gib(
+        vram.MemoryLayout.of(settings, vram.machine_facts(machine, gpu)["fp16_runs_as_fp32"]),
+        settings.width, settings.height, settings.batch_size), gpu.total_vram_mib / 1024) for gpu in machine.gpus)
 
 
 def _large_modern_gpu(machine: Machine) -> bool:

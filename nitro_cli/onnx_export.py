@@ -38,7 +38,7 @@ EXTERNAL_WEIGHTS_FILE = "weights.pb"  # the name diffusers' OnnxRuntimeModel cop
 SD_VAE_SCALE_FACTOR = 8  # SD 1.x latents are 1/8 of the image side
 # SD 1.x VAE latent scale: an export keeps no VAE config, and diffusers' ONNX pipeline hard-codes it too.
 SD_VAE_SCALING_FACTOR = 0.18215
-EXPORT_HINT = "nitro export onnx --model M --out DIR, then --model DIR"
+EXPORT_HINT = "nitro export onnx --model {model} --out DIR, then --model DIR"
 INSTALL_HINT = "pip install 'nitro-cli[onnx]'"
 
 
@@ -246,7 +246,7 @@ def exported_folder(source: models.ModelSource) -> Path:
         return Path(source.spec)
     if not source.is_random:
         raise UsageError(f"backend onnx needs an ONNX export, and {source.spec} is not one",
-                         hint=EXPORT_HINT.replace("M", source.spec))
+                         hint=EXPORT_HINT.format(model=source.spec))
     folder = cache_dir() / "onnx" / source.spec.replace(":", "-")
     if not is_onnx_folder(folder):
         # Written beside the final folder and renamed into place: an interrupted export leaves no half cache.
@@ -277,7 +277,7 @@ def load_onnx_pipeline(folder: Path, *, provider: str, with_safety_checker: bool
             return OnnxStableDiffusionPipeline.from_pretrained(str(folder), **kwargs)
     except Exception as exc:  # onnxruntime raises its own exception types for broken or foreign graphs
         raise RuntimeFailure(f"ONNX Runtime could not load {folder}: {first_line(exc)}",
-                             hint=f"export it again: {EXPORT_HINT}") from exc
+                             hint="export it again: " + EXPORT_HINT.format(model="MODEL")) from exc
 
 
 class OnnxVaeDecoder:

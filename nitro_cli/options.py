@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -38,3 +39,16 @@ def check_max_vram(value: float | None) -> None:
 
     if value is not None and value <= 0:
         raise UsageError(f"--max-vram must be a positive number of GiB, not {value:g}", hint="e.g. --max-vram 6")
+
+
+def check_report_file(path: Path | None, option: str) -> None:
+    """A file to write after a long run: a missing folder or a folder given as the file is found before it."""
+    from nitro_cli.errors import UsageError
+
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder, not a file", hint=f"e.g. {option} {path / 'report'}")
+    if not path.parent.is_dir():
+        raise UsageError(f"{option} {path}: the folder {path.parent} does not exist",
+                         hint=f"create it first (mkdir -p {path.parent}) or write elsewhere")

@@ -236,9 +236,12 @@ def plan_for_preset(preset: str, settings: Any, max_vram_gib: float, *, bitsandb
     return VramPlan(preset, tuple(step_overrides), round(peak, 2), False, explanation)
 
 
-def runs_fp16_as_fp32(machine: Any, device: str) -> bool:
-    """Whether nitro will run half-precision presets in fp32 on this machine's GPU (no fast fp16 there)."""
-    return device == "cuda" and machine.has_gpu and not machine.gpus[0].fast_fp16
+def machine_facts(machine: Any, gpu: Any = None) -> dict[str, bool]:
+    """What the rule needs to know of a machine, as keyword arguments of plan_for_vram and plan_for_preset:
+    whether nitro runs half precision as fp32 on `gpu` (no fast fp16 there; None: no GPU used), and
+    whether bitsandbytes is installed (else fp8 storage stands in for NF4)."""
+    return {"fp16_runs_as_fp32": gpu is not None and not gpu.fast_fp16,
+            "bitsandbytes_installed": bool(machine.packages.get("bitsandbytes"))}
 
 
 def fit_request(max_vram_gib: float, preset: str | None, overrides: list[str], *, default_preset: str,
@@ -253,8 +256,7 @@ def fit_request(max_vram_gib: float, preset: str | None, overrides: list[str], *
     from nitro_cli.errors import UsageError
     from nitro_cli.presets import load_preset
 
-    facts = dict(fp16_runs_as_fp32=runs_fp16_as_fp32(machine, device),
-                 bitsandbytes_installed=bool(machine.packages.get("bitsandbytes")))
+    facts = machine_facts(machine, machine.gpus[0] if device == "cuda" and machine.has_gpu else None)
     if preset is None:
         job = load_preset(default_preset, overrides).settings
         plan = plan_for_vram(max_vram_gib, width=job.width, height=job.height, batch_size=job.batch_size, **facts)

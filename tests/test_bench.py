@@ -157,10 +157,28 @@ def test_gpu_rows_report_allocator_peaks_and_half_precision(runner, tmp_path):
         assert beginner["peak_device_vram_mib"] >= beginner["peak_vram_mib"]
 
 
-def test_unwritable_json_path_fails_after_keeping_the_history_copy(runner, tmp_path):
+@pytest.mark.parametrize("option", ["--json", "--csv"])
+def test_bad_report_paths_are_usage_errors_before_any_preset_runs(runner, tmp_path, option):
+    for path, message in ((tmp_path, "is a folder, not a file"), (tmp_path / "missing" / "r.json", "does not exist")):
+        result = runner.invoke(app, ["bench", "--presets", "beginner", *FAST, option, str(path)])
+        assert result.exit_code == 2, result.output
+        assert f"Error: {option} {path}" in result.stderr and message in result.stderr
+    assert "beginner" not in result.stderr.split("Error:")[0]  # nothing was loaded or measured
+    assert list(paths.bench_dir().glob("bench-*.json")) == []
+
+
+def test_a_report_file_that_fails_to_write_keeps_the_history_copy(runner, tmp_path, monkeypatch):
+    target, save_json = tmp_path / "bench.json", benchmark.save_json
+
+    def disk_full_at_target(report, path):
+        if path == target:
+            raise OSError(28, "No space left on device")
+        return save_json(report, path)
+
+    monkeypatch.setattr(benchmark, "save_json", disk_full_at_target)
     result = runner.invoke(app, ["bench", "--presets", "beginner", *FAST, "--runs", "1", "--warmup", "0",
-                                 "--json", str(tmp_path)])  # a folder: the file can't be written
+                                 "--json", str(target)])
     assert result.exit_code == 1, result.output
-    assert f"Error: could not write {tmp_path}" in result.stderr
+    assert f"Error: could not write {tmp_path / 'bench.json'}: No space left on device" in result.stderr
     saved = list(paths.bench_dir().glob("bench-*.json"))
     assert len(saved) == 1 and f"Hint: the report is saved in {saved[0]}" in result.stderr

@@ -105,6 +105,8 @@ def bench(
     from rich.console import Console
 
     options.check_max_vram(max_vram)
+    options.check_report_file(json_file, "--json")
+    options.check_report_file(csv_file, "--csv")
     entries = tuple(entry.strip() for entry in presets.split(",") if entry.strip())
     if not entries:
         raise UsageError("--presets is empty", hint=f"e.g. --presets {DEFAULT_PRESETS}")
@@ -118,7 +120,7 @@ def bench(
         progress=lambda message: console.print(message, markup=False),
     )
     _print_report(console, report)
-    history = benchmark.save_to_history(report)  # first: a bad --json/--csv path loses no measurement
+    history = benchmark.save_to_history(report)  # first: a full disk at --json/--csv loses no measurement
     console.print(f"Report saved: {history}", markup=False)
     for path, save in ((json_file, benchmark.save_json), (csv_file, benchmark.save_csv)):
         if path:

@@ -49,6 +49,7 @@ class BuiltPipeline:
     dtype: str
     applied: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    unet_cache: Any = None  # unet_cache.FeatureCache when `feature_cache_interval` is on
 
     def skip(self, what: str, why: str) -> None:
         self.skipped.append((what, why))
@@ -128,6 +129,19 @@ def fuse_qkv_blocker(preset: Preset) -> str | None:
         return None
     return (f"works with SDPA on weights not quantized by bitsandbytes only "
             f"(attention={preset.attention}, quantization={preset.quantization})")
+
+
+# Feature caching counts denoising steps by the scheduler's `step_index`, which these lack.
+SCHEDULERS_WITHOUT_STEP_INDEX = ("pndm", "ddim")
+
+
+def feature_cache_blocker(preset: Preset) -> str | None:
+    """Why `feature_cache_interval` can't run with these settings (the UNet's layout is checked at build)."""
+    if preset.scheduler in SCHEDULERS_WITHOUT_STEP_INDEX:
+        return f"scheduler {preset.scheduler} has no step index to count steps by (DPM++, Euler, LMS, UniPC have)"
+    if preset.offload != "none":
+        return "CPU offload wraps the UNet's forward, which the cached steps go around"
+    return None
 
 
 def _pick_dtype(preset: Preset, device: str, machine: hardware.Machine, built_skip) -> str:
@@ -233,6 +247,9 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
         built.applied.append("channels_last (unet, vae)")
     if preset.quantization == "fp8_storage":
         _apply_fp8_storage(built)
+    if preset.feature_cache_interval > 1:
+        # After every change to the UNet's layers, before anything wraps its forward (SDPA kernel choice).
+        _apply_feature_cache(built, preset)
     if preset.vae.slicing:
         pipe.vae.enable_slicing()
         built.applied.append("VAE slicing")
@@ -260,7 +277,7 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
 # Preset fields that shape the PyTorch pipeline only: an ONNX export is a fixed fp32 graph.
 PYTORCH_ONLY_FIELDS = ("precision", "attention", "offload", "quantization", "compile", "compile_vae",
                        "compile_text_encoder", "inductor_tuning", "channels_last", "fuse_qkv", "sdpa_backend",
-                       "cudnn_benchmark", "vae.slicing", "vae.tiling")
+                       "cudnn_benchmark", "feature_cache_interval", "vae.slicing", "vae.tiling")
 
 
 def _build_onnx(preset: Preset, source: models.ModelSource, device: str) -> BuiltPipeline:
@@ -333,6 +350,22 @@ def _apply_fp8_storage(built: BuiltPipeline) -> None:
     built.pipe.unet.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
                                              compute_dtype=getattr(torch, built.dtype))
     built.applied.append(f"fp8 storage of unet weights (layerwise casting, {built.dtype} compute)")
+
+
+def _apply_feature_cache(built: BuiltPipeline, preset: Preset) -> None:
+    """DeepCache (nitro_cli/unet_cache.py): fewer UNet FLOPs per step on average, at a cost in fidelity,
+    hence opt-in and never in a shipped tier's defaults."""
+    from nitro_cli import unet_cache
+
+    interval = preset.feature_cache_interval
+    pipe = built.pipe
+    why = feature_cache_blocker(preset) or unet_cache.feature_cache_blocker(pipe.unet)
+    if why:
+        built.skip(f"feature_cache_interval {interval}", why)
+        return
+    built.unet_cache = unet_cache.enable_feature_cache(pipe.unet, interval, lambda: pipe.scheduler.step_index)
+    built.applied.append(f"UNet feature cache: the whole UNet every {interval} steps, a shallow branch on its "
+                         "cached features in between (changes the picture)")
 
 
 # The one kernel each `sdpa_backend` (presets.SDPA_BACKENDS) other than `auto` allows, by its name in
@@ -449,8 +482,13 @@ def _apply_compile(built: BuiltPipeline, preset: Preset, machine: hardware.Machi
     if tuning:
         built.applied.append("inductor tuning (" + ", ".join(f"{k}={v}" for k, v in INDUCTOR_TUNING.items()) + ")")
     pipe = built.pipe
-    pipe.unet.compile(fullgraph=True, options=_compile_options(mode, tuning, cuda_graphs))
-    built.applied.append(f"torch.compile unet ({mode}); the first call compiles")
+    if built.unet_cache is not None:
+        # Compiling the UNet's forward would trace the cache's step choice: each path compiles on its own.
+        built.unet_cache.compile(_compile_options(mode, tuning, cuda_graphs))
+        built.applied.append(f"torch.compile unet, full and shallow paths ({mode}); the first call of each compiles")
+    else:
+        pipe.unet.compile(fullgraph=True, options=_compile_options(mode, tuning, cuda_graphs))
+        built.applied.append(f"torch.compile unet ({mode}); the first call compiles")
     if preset.compile_vae:
         # A CUDA graph's output is overwritten by its next replay; sliced or tiled decoding calls the
         # decoder several times and concatenates the outputs afterwards, so it runs without graphs.

@@ -76,6 +76,8 @@ class Preset:
     fuse_qkv: bool = _setting(False)
     sdpa_backend: str = _setting("auto", choices=SDPA_BACKENDS)
     cudnn_benchmark: bool = _setting(False)
+    # DeepCache-style: the whole UNet every N-th step, a shallow branch on its cached features in between.
+    feature_cache_interval: int = _setting(1, minimum=1, maximum=10)
     backend: str = _setting("pytorch", choices=BACKENDS)
     # What generate and bench apply per call.
     prompt_cache: bool = _setting(False)

@@ -79,6 +79,8 @@ def _availability(key: str, value: Any, preset: Preset, device: str, machine: Ma
             return True, "no CUDA device: default mode, without CUDA graphs"
     elif key == "fuse_qkv" and value:
         why = builder.fuse_qkv_blocker(preset)
+    elif key == "feature_cache_interval" and value > 1:
+        why = builder.feature_cache_blocker(preset)
     elif (key == "cudnn_benchmark" and value) or (key == "sdpa_backend" and value != "auto"):
         why = builder.cuda_only_blocker(device)
     else:

@@ -199,3 +199,45 @@ def test_compiled_unet_traces_the_sdpa_restriction():
     context, _ = pipe.encode_prompt("a castle", "cpu", 1, False)
     with pytest.raises(Exception, match="scaled_dot_product_attention"):
         pipe.unet(torch.randn(1, 4, 8, 8), 10, encoder_hidden_states=context)
+
+
+def test_feature_cache_runs_the_whole_unet_every_nth_step():
+    from nitro_cli.generation import PromptCache, run_batch
+
+    settings = load_preset("advanced", ["feature_cache_interval=2", "width=64", "height=64"]).settings
+    built = build_pipeline(settings, "random:tiny", "cpu", cpu_machine())
+    assert any(a.startswith("UNet feature cache: the whole UNet every 2 steps") for a in built.applied)
+    run_batch(built.pipe, PromptCache(built.pipe, "cpu", enabled=True), ["a castle"], [""], [1], steps=5,
+              guidance=7.5, width=64, height=64)
+    assert (built.unet_cache.full_calls, built.unet_cache.shallow_calls) == (3, 2)  # steps 0, 2, 4 in full
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    (["scheduler=pndm"], "scheduler pndm has no step index"),
+    (["scheduler=ddim"], "scheduler ddim has no step index"),
+])
+def test_feature_cache_without_a_step_index_is_skipped(overrides, reason):
+    settings = load_preset("advanced", ["feature_cache_interval=3", *overrides]).settings
+    built = build_pipeline(settings, "random:tiny", "cpu", cpu_machine())
+    assert dict(built.skipped)["feature_cache_interval 3"].startswith(reason)
+    assert built.unet_cache is None and "forward" not in vars(built.pipe.unet)
+
+
+def test_schedulers_without_step_index_are_the_ones_diffusers_has():
+    import diffusers
+
+    lacking = {key for key, (name, _) in builder.SCHEDULERS.items()
+               if not hasattr(getattr(diffusers, name), "step_index")}
+    assert lacking == set(builder.SCHEDULERS_WITHOUT_STEP_INDEX)
+
+
+def test_feature_cache_with_offload_is_refused_by_the_rule_checklist_shares():
+    assert "CPU offload" in builder.feature_cache_blocker(load_preset("lowvram", ["feature_cache_interval=2",
+                                                                                "scheduler=euler"]).settings)
+
+
+def test_compile_with_feature_cache_compiles_each_path_not_the_unet():
+    settings = load_preset("expert", ["feature_cache_interval=3"]).settings
+    built = build_pipeline(settings, "random:tiny", "cpu", cpu_machine())
+    assert "torch.compile unet, full and shallow paths (default); the first call of each compiles" in built.applied
+    assert built.pipe.unet._compiled_call_impl is None  # tracing the forward would trace the step choice

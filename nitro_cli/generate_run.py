@@ -1,0 +1,138 @@
+"""One `nitro generate` run, from the request to the summary: settings chosen (with `--max-vram`), prompts
+read and checked, images planned and named, shared out among processes (`accelerate launch`,
+`torchrun`), generated, and the summary printed by the main process.
+
+Everything a user can get wrong (preset, prompts file, `--resume`) is checked before the model loads.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+
+DEFAULT_PRESET = "beginner"
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """What `nitro generate` was asked for: exactly one of `prompt` and `prompts_file`."""
+
+    prompt: str | None
+    prompts_file: Path | None
+    styles: list[str]
+    preset: str | None
+    overrides: list[str]  # --set pairs, then the flags' own (--steps, --width, ...)
+    model: str | None
+    negative: str
+    seed: int | None
+    num_images: int
+    out: Path
+    resume: bool
+    device: str
+    max_vram: float | None
+    json_output: bool
+
+
+def run(request: GenerateRequest) -> None:
+    from nitro_cli import distributed, hardware, vram
+    from nitro_cli.builder import resolve_device
+    from nitro_cli.generation import CacheStats, group_batches
+    from nitro_cli.models import DEFAULT_MODEL
+    from nitro_cli.presets import load_preset
+
+    # Probed once, when first needed: a --max-vram estimate depends on the GPU (fp32 where fp16 is slow),
+    # and without one a bad preset or prompts file fails before torch is even imported.
+    machine = functools.cache(hardware.probe)
+    preset, overrides = request.preset, request.overrides
+    if request.max_vram is not None:
+        preset, overrides, plan = vram.fit_request(request.max_vram, preset, overrides, default_preset=DEFAULT_PRESET,
+                                                   machine=machine(), device=resolve_device(request.device, machine()))
+        print(vram.describe_choice(request.max_vram, preset, plan), file=sys.stderr)
+    loaded = load_preset(preset or DEFAULT_PRESET, overrides)
+    jobs = _read_jobs(request, loaded.settings)
+    model_name = request.model or DEFAULT_MODEL
+    run_device = resolve_device(request.device, machine())
+
+    with distributed.processes(cpu=run_device == "cpu") as processes:
+        pending = processes.from_main(lambda: _images_to_make(request, model_name, loaded.settings, jobs))
+        if not pending:
+            return
+        # Shares are contiguous and the main process's comes first, so it always has images (and a display).
+        mine = [image for batch in processes.share(group_batches(pending, loaded.settings.batch_size))
+                for image in batch]
+        results, cache_stats, display, start = [], CacheStats(loaded.settings.prompt_cache), None, None
+        if mine:
+            built = _load(request, loaded.settings, model_name, jobs, run_device, machine(), show=processes.is_main)
+            start = time.perf_counter()  # the summary's time is generation's, loading apart
+            results, cache_stats, display = _generate_share(request, loaded, built, model_name, mine,
+                                                           show=processes.is_main)
+        everyone = processes.gather((results, cache_stats))
+        if processes.is_main:
+            display.summary([r for part, _ in everyone for r in part], CacheStats.total([c for _, c in everyone]),
+                            time.perf_counter() - start, run_device,
+                            processes=[len(part) for part, _ in everyone] if processes.count > 1 else None)
+
+
+def _read_jobs(request: GenerateRequest, settings):
+    """The prompts, each with the preset's values where its line sets none."""
+    from nitro_cli.prompts import PromptJob, apply_styles, read_prompts_file
+
+    defaults = PromptJob(prompt="", negative=request.negative, seed=None, steps=settings.steps,
+                         guidance=settings.guidance, width=settings.width, height=settings.height)
+    if request.prompts_file is not None:
+        return read_prompts_file(request.prompts_file, defaults, request.styles)
+    return [replace(defaults, prompt=apply_styles(request.prompt, request.styles))]
+
+
+def _images_to_make(request: GenerateRequest, model_name: str, settings, jobs):
+    """Names and seeds, fixed before the model loads (a bad --resume costs nothing), and what is missing."""
+    from nitro_cli import output
+    from nitro_cli.generation import plan_images, request_fingerprint
+
+    total = len(jobs) * request.num_images
+    record = output.start_run(request.out, request_fingerprint(model_name, settings, jobs, request.num_images,
+                                                               request.seed), total, request.seed, request.resume)
+    planned = plan_images(jobs, request.num_images, record.first_index, record.first_seed)
+    pending = [image for image in planned if not (request.out / image.name).exists()]
+    if request.resume:
+        print(f"Resuming: {total - len(pending)} of {total} images already in {request.out}; making {len(pending)}.",
+              file=sys.stderr)
+    return pending
+
+
+def _load(request: GenerateRequest, settings, model_name: str, jobs, run_device: str, machine, show: bool):
+    from nitro_cli.builder import build_pipeline
+    from nitro_cli.prompts import truncation_warnings
+
+    built = build_pipeline(settings, request.model, run_device, machine=machine)
+    if show:
+        if model_name.startswith("random:"):
+            print(f"Note: {model_name} has random weights: its images are noise (for speed, memory and "
+                  "dry runs).", file=sys.stderr)
+        for warning in truncation_warnings(built.pipe.tokenizer, jobs):
+            print(f"Warning: {warning}", file=sys.stderr)
+    return built
+
+
+def _generate_share(request: GenerateRequest, loaded, built, model_name: str, mine, show: bool):
+    """This process's images, generated and saved: (results, prompt-cache stats, the display)."""
+    from nitro_cli import output
+    from nitro_cli.generation import PromptCache, generate_images
+    from nitro_cli.presets import SAMPLER_NAMES
+    from nitro_cli.progress import RunDisplay
+
+    settings = loaded.settings
+    cache = PromptCache(built.pipe, built.device, enabled=settings.prompt_cache)
+    save = partial(output.save_image, folder=request.out, sampler=SAMPLER_NAMES[settings.scheduler],
+                   model=model_name, preset=loaded.name)
+    display = RunDisplay(len(mine), json_output=request.json_output, model=model_name, preset=loaded.name, bars=show)
+    with display:
+        # A compiled pipeline is specialised to its batch shape: keep every call at batch_size.
+        results = generate_images(built.pipe, cache, built.device, mine, batch_size=settings.batch_size,
+                                  save=save, observer=display,
+                                  fixed_batch_shape=settings.compile != "none" and settings.backend == "pytorch")
+    return results, cache.stats(), display

@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# GPU measurement, the part not yet run (one device call, about 8 minutes on an H100/H200): the expert
-# knobs one by one (docs/gpu-variants/), minvram beside beginner, and the GPU-only tests.
+# GPU measurement still open (one device call, at most 9.8 minutes on an H100/H200; the most wanted first,
+# each step under its own timeout so a slow one leaves the rest their time):
+#  1. expert beside baseline and the opt-in feature cache (issue 6: x-fold, feature cache speed and PSNR);
+#  2. minvram beside beginner (issue 7: peak VRAM <= 1 GiB, time);
+#  3. deploy sustained over 200 prompts with `nitro generate` (issue 8: images/s);
+#  4. the GPU-only tests (no per-step host sync, flash attention for the UNet only, compiled vs eager
+#     PSNR on random:sd15, low-VRAM presets, probe).
 # Results and logs go to $OUT (or ./gpu-out). Needs .whl/ as docs/gpu/run-tiers.sh does.
 . "$(dirname "$0")/setup.sh"
 V=docs/gpu-variants
 row() { grep -E "^ (preset|[a-z0-9-]+) +[0-9]+ " "$1"; }
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; date -u; } 2>&1 | tee "$OUT/machine.txt"
 
-# Each expert knob's own share: expert as shipped beside the variants that drop or change one knob.
-timeout 330 $nitro bench --model random:sd15 --presets expert,$V/expert-measured-h200.yaml,$V/expert-no-compile-vae.yaml,$V/expert-no-cudnn-benchmark.yaml,$V/expert-bf16.yaml \
-  --json "$OUT/variants.json" > "$OUT/variants.log" 2>&1; row "$OUT/variants.log"
-timeout 150 $nitro bench --model random:sd15 --presets beginner,minvram --runs 1 --json "$OUT/minvram.json" \
+timeout 240 $nitro bench --model random:sd15 --presets baseline,expert,$V/expert-feature-cache.yaml \
+  --json "$OUT/expert.json" > "$OUT/expert.log" 2>&1; row "$OUT/expert.log"
+timeout 60 $nitro bench --model random:sd15 --presets beginner,minvram --runs 1 --json "$OUT/minvram.json" \
   > "$OUT/minvram.log" 2>&1; row "$OUT/minvram.log"
-timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider > "$OUT/pytest-gpu.log" 2>&1; tail -3 "$OUT/pytest-gpu.log"
+
+for i in $(seq 1 200); do echo "arcane style city number $i --seed $i"; done > /tmp/prompts-200.txt
+timeout 140 $nitro generate --model random:sd15 --preset deploy --prompts-file /tmp/prompts-200.txt \
+  --out /tmp/deploy-200 --json > "$OUT/deploy-200.jsonl" 2> "$OUT/deploy-200.log"
+echo "deploy 200 prompts: exit $?, $(ls /tmp/deploy-200/*.png 2>/dev/null | wc -l) PNG files"; tail -12 "$OUT/deploy-200.log"
+
+timeout 140 python3 -m pytest -q -m gpu -p no:cacheprovider -rs > "$OUT/pytest-gpu.log" 2>&1; tail -5 "$OUT/pytest-gpu.log"

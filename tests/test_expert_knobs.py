@@ -277,3 +277,21 @@ def test_compile_with_feature_cache_compiles_each_path_not_the_unet():
     built = build_pipeline(settings, "random:tiny", "cpu", cpu_machine())
     assert "torch.compile unet, full and shallow paths (default); the first call of each compiles" in built.applied
     assert built.pipe.unet._compiled_call_impl is None  # tracing the forward would trace the step choice
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("interval", [1, 3], ids=["unet", "feature-cache"])
+def test_prompt_seed_steps_and_guidance_never_recompile(interval):
+    """What docs/presets.md promises: after the first call, only the size, the batch or the model's own
+    settings compile again (torch.compile raises here at any recompilation)."""
+    import torch
+
+    from nitro_cli.generation import PromptCache, run_batch
+
+    settings = load_preset("expert", [*TINY_JOB, f"feature_cache_interval={interval}"]).settings
+    built = build_pipeline(settings, "random:tiny", "cpu", cpu_machine())
+    cache = PromptCache(built.pipe, built.device, enabled=True)
+    job = dict(width=64, height=64)
+    run_batch(built.pipe, cache, ["arcane style castle"], [""], [1], steps=4, guidance=7.5, **job)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        run_batch(built.pipe, cache, ["archer style portrait of a spy"], ["blurry"], [2], steps=7, guidance=5.0, **job)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU measurement still open (one device call, at most 9.8 minutes on an H100/H200; the most wanted first,
 # each step under its own timeout so a slow one leaves the rest their time):
-#  1. expert beside baseline and the opt-in feature cache (issue 6: x-fold, feature cache speed and PSNR);
-#  2. minvram beside beginner (issue 7: peak VRAM <= 1 GiB, time);
+#  1. minvram beside beginner (issue 7: peak VRAM <= 1 GiB, time);
+#  2. expert beside baseline and the opt-in feature cache (issue 6: x-fold, feature cache speed and PSNR);
 #  3. deploy sustained over 200 prompts with `nitro generate` (issue 8: images/s);
 #  4. the GPU-only tests (no per-step host sync, flash attention for the UNet only, compiled vs eager
 #     PSNR on random:sd15, low-VRAM presets, probe).
@@ -12,14 +12,25 @@ V=docs/gpu-variants
 row() { grep -E "^ (preset|[a-z0-9-]+) +[0-9]+ " "$1"; }
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; date -u; } 2>&1 | tee "$OUT/machine.txt"
 
-timeout 240 $nitro bench --model random:sd15 --presets baseline,expert,$V/expert-feature-cache.yaml \
-  --json "$OUT/expert.json" > "$OUT/expert.log" 2>&1; row "$OUT/expert.log"
 timeout 60 $nitro bench --model random:sd15 --presets beginner,minvram --runs 1 --json "$OUT/minvram.json" \
   > "$OUT/minvram.log" 2>&1; row "$OUT/minvram.log"
+timeout 240 $nitro bench --model random:sd15 --presets baseline,expert,$V/expert-feature-cache.yaml \
+  --json "$OUT/expert.json" > "$OUT/expert.log" 2>&1; row "$OUT/expert.log"
 
-for i in $(seq 1 200); do echo "arcane style city number $i --seed $i"; done > /tmp/prompts-200.txt
+for i in $(seq 1 200); do echo "--prompt \"arcane style city number $i\" --seed $i"; done > /tmp/prompts-200.txt
 timeout 140 $nitro generate --model random:sd15 --preset deploy --prompts-file /tmp/prompts-200.txt \
   --out /tmp/deploy-200 --json > "$OUT/deploy-200.jsonl" 2> "$OUT/deploy-200.log"
-echo "deploy 200 prompts: exit $?, $(ls /tmp/deploy-200/*.png 2>/dev/null | wc -l) PNG files"; tail -12 "$OUT/deploy-200.log"
+echo "deploy 200 prompts: exit $?, $(ls /tmp/deploy-200/*.png 2>/dev/null | wc -l) PNG files"; tail -2 "$OUT/deploy-200.log"
+# Sustained rate: the images after the first batch (which compiles), by their batches' own time and by
+# the run's wall clock (the summary's total, so waiting on the PNG writer counts too).
+python3 - "$OUT/deploy-200.jsonl" "$OUT/deploy-200.log" <<'PY'
+import json, re, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+first, rest = rows[:rows[0]["batch_size"]], rows[rows[0]["batch_size"]:]
+total = re.search(r"Total: ([0-9.]+) s", open(sys.argv[2]).read())
+print(f"{len(rows)} images; first batch {sum(r['seconds'] for r in first):.1f} s; after it: "
+      f"{len(rest) / sum(r['seconds'] for r in rest):.2f} images/s by batch time"
+      + (f", {len(rest) / (float(total[1]) - sum(r['seconds'] for r in first)):.2f} by wall clock" if total else ""))
+PY
 
 timeout 140 python3 -m pytest -q -m gpu -p no:cacheprovider -rs > "$OUT/pytest-gpu.log" 2>&1; tail -5 "$OUT/pytest-gpu.log"

@@ -113,7 +113,9 @@ def test_bad_model_is_a_usage_error_before_any_preset(runner):
     assert not paths.bench_dir().exists()
 
 
-def test_each_pipeline_is_freed_before_the_next_preset_loads(monkeypatch):
+@pytest.mark.parametrize("cached", [False, True], ids=["plain", "feature-cache"])
+def test_each_pipeline_is_freed_before_the_next_preset_loads(monkeypatch, tmp_path, cached):
+    """The feature cache ties UNet, forward and scheduler into a reference cycle: freed all the same."""
     import nitro_cli.builder
 
     real_build = nitro_cli.builder.build_pipeline
@@ -127,10 +129,15 @@ def test_each_pipeline_is_freed_before_the_next_preset_loads(monkeypatch):
         return built
 
     monkeypatch.setattr(nitro_cli.builder, "build_pipeline", tracking_build)
-    options = benchmark.BenchOptions(presets=("beginner", "beginner"), model="random:tiny", runs=1, warmup=0,
-                                     steps=1, width=64, height=64, device="cpu")
+    preset = "beginner"
+    if cached:
+        preset = str(tmp_path / "cached.yaml")
+        (tmp_path / "cached.yaml").write_text("scheduler: euler\nfeature_cache_interval: 2\n", encoding="utf-8")
+    options = benchmark.BenchOptions(presets=(preset, preset), model="random:tiny", runs=1, warmup=0,
+                                     steps=3, width=64, height=64, device="cpu")
     report = benchmark.run_bench(options)
     assert not report.failed
+    assert any("UNet feature cache" in a for a in report.results[0].applied) == cached
     assert alive_at_next_load == [False]
 
 

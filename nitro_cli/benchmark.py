@@ -46,6 +46,8 @@ class BenchOptions:
     device: str = "auto"
     # A GPU memory budget (GiB): each preset runs with what vram.py says it needs to fit, or fails its row.
     max_vram_gib: float | None = None
+    # The row the others are compared with (`speedup_vs_baseline`, `psnr_vs_baseline_db`).
+    baseline: str = BASELINE
 
 
 @dataclass
@@ -189,8 +191,8 @@ def _measure_preset(entry: str, result: PresetResult, options: BenchOptions, dev
     return batch.images[0]
 
 
-def _compare_with_baseline(results: list[PresetResult], images: dict[int, Any]) -> None:
-    baseline = next((i for i, r in enumerate(results) if r.preset == BASELINE and not r.error), None)
+def _compare_with_baseline(results: list[PresetResult], images: dict[int, Any], name: str) -> None:
+    baseline = next((i for i, r in enumerate(results) if r.preset == name and not r.error), None)
     if baseline is None:
         return
     reference = images[baseline]
@@ -227,6 +229,7 @@ def _environment(options: BenchOptions, device: str, machine: hardware.Machine,
         "batch_size_override": options.batch_size,
         "size_override": [options.width, options.height],
         "max_vram_gib": options.max_vram_gib,
+        "baseline": options.baseline,
         "it_per_s_definition": "denoising steps per second of a whole pipeline call (a step covers the batch)",
     }
 
@@ -253,7 +256,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda me
             progress(f"{result.preset} failed: {result.error}")
         results.append(result)
         _release(device)  # after the except block, so no traceback still holds the pipeline
-    _compare_with_baseline(results, images)
+    _compare_with_baseline(results, images, options.baseline)
     return BenchReport(environment=environment, results=results)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nitro_cli import builder, paths
+from nitro_cli.benchmark import BASELINE
 from nitro_cli.errors import UsageError
 from nitro_cli.hardware import Machine
 from nitro_cli.presets import Preset, flatten, load_preset, shipped_names
@@ -156,6 +157,8 @@ def measured_for(report: dict[str, Any] | None, source: Path | None, tier: str) 
         return None
     environment = report.get("environment") or {}
     measured = {name: entry.get(name) for name in MEASURED_FIELDS}
+    if environment.get("baseline", BASELINE) != BASELINE:  # `bench --baseline`: compared with another row
+        measured.update(speedup_vs_baseline=None, psnr_vs_baseline_db=None)
     measured.update(device=environment.get("device"), model=environment.get("model"), file=str(source))
     return measured
 

@@ -63,6 +63,27 @@ def test_json_csv_and_history_copy(runner, tmp_path):
     assert len(copies) == 1 and json.loads(copies[0].read_text()) == report
 
 
+def test_baseline_option_compares_with_another_row(runner, tmp_path):
+    variant = write_preset(tmp_path, "advanced-cached", scheduler="dpmpp_2m_karras", feature_cache_interval=2,
+                           safety_checker="false", prompt_cache="true")
+    report_file = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", "--presets", f"advanced,{variant}", "--baseline", "advanced", *FAST,
+                                 "--steps", "3", "--runs", "1", "--json", str(report_file)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_file.read_text())
+    rows = {row["preset"]: row for row in report["results"]}
+    assert report["environment"]["baseline"] == "advanced"
+    assert rows["advanced"]["speedup_vs_baseline"] == 1.0 and rows["advanced"]["psnr_vs_baseline_db"] == "inf"
+    assert 0 < rows["advanced-cached"]["psnr_vs_baseline_db"] < 100  # the cached steps move the picture
+    assert "compare with advanced (--baseline)" in result.stderr.replace("\n", " ")
+
+
+def test_baseline_option_must_name_a_row(runner):
+    result = runner.invoke(app, ["bench", "--presets", "beginner,advanced", "--baseline", "expert", *FAST])
+    assert result.exit_code == 2
+    assert "Error: --baseline expert is not one of the rows: beginner, advanced" in result.stderr
+
+
 def test_failing_presets_become_error_rows_and_exit_1(runner, tmp_path, monkeypatch):
     import torch
 

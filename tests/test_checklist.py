@@ -80,9 +80,9 @@ def test_xformers_item_available_where_it_works():
     assert item.available and item.reason == ""
 
 
-def write_bench(folder, name, median_s, age_s=0):
+def write_bench(folder, name, median_s, age_s=0, **environment):
     folder.mkdir(parents=True, exist_ok=True)
-    report = {"environment": {"device": "NVIDIA H200", "model": "random:sd15"},
+    report = {"environment": {"device": "NVIDIA H200", "model": "random:sd15", **environment},
               "results": [{"preset": "baseline", "median_s": 2.1, "speedup_vs_baseline": 1.0, "peak_vram_mib": 6492},
                           {"preset": "advanced", "median_s": median_s, "speedup_vs_baseline": 2.1 / median_s,
                            "peak_vram_mib": 2724.0, "images_per_min": 60 / median_s}]}
@@ -160,3 +160,10 @@ def test_markdown_lists_the_moved_items_under_expert(runner, fake_probe):
     fake_probe(MACHINES["no GPU"])
     out = runner.invoke(app, ["checklist", "--markdown", "--tier", "expert"]).stdout
     assert "- not in expert: `quantization`" in out and "- not in expert: `offload`" in out
+
+
+def test_a_report_compared_with_another_row_gives_no_speed_up_against_baseline(runner, fake_probe, tmp_path):
+    fake_probe(MACHINES["no GPU"])
+    chosen = write_bench(tmp_path, "mine.json", 1.4, baseline="advanced")  # `nitro bench --baseline advanced`
+    (tier,) = json.loads(runner.invoke(app, ["checklist", "--json", "--tier", "advanced", "--bench", str(chosen)]).stdout)
+    assert tier["measured"]["median_s"] == 1.4 and tier["measured"]["speedup_vs_baseline"] is None

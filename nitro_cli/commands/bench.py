@@ -59,8 +59,11 @@ def _print_report(console, report) -> None:
     if noisy:
         notes.append(f"timed calls of {', '.join(noisy)} differ by over {NOISY_SPREAD}x (a busy machine?): "
                      "compare the fastest calls, add --runs, or bench on an idle machine")
-    if not any(r.preset == benchmark.BASELINE and not r.error for r in report.results):
-        notes.append("baseline not run (or failed): no speed-up or PSNR")
+    baseline = env["baseline"]
+    if not any(r.preset == baseline and not r.error for r in report.results):
+        notes.append(f"{baseline} not run (or failed): no speed-up or PSNR")
+    elif baseline != benchmark.BASELINE:
+        notes.append(f"'vs base' and PSNR compare with {baseline} (--baseline), not with the baseline preset")
     if env.get("max_vram_gib"):
         notes.append(f"--max-vram {env['max_vram_gib']:g}: each preset ran with what it needs to fit (said under "
                      "its row); a preset that cannot fit failed its row")
@@ -100,6 +103,10 @@ def bench(
                                                       help="Write the report as JSON.")] = None,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", metavar="FILE",
                                                      help="Write one CSV row per preset.")] = None,
+    baseline: Annotated[str, typer.Option(
+        "--baseline", metavar="NAME", help="The row the others are compared with ('vs base', PSNR): a preset "
+                                           "name or file stem among --presets, e.g. a tier beside its variant.")
+    ] = benchmark.BASELINE,
 ) -> None:
     """Measure presets side by side on one model, prompt, seed and size: speed, memory and fidelity."""
     from rich.console import Console
@@ -110,13 +117,17 @@ def bench(
     entries = tuple(entry.strip() for entry in presets.split(",") if entry.strip())
     if not entries:
         raise UsageError("--presets is empty", hint=f"e.g. --presets {DEFAULT_PRESETS}")
+    rows = [benchmark.preset_label(entry) for entry in entries]
+    if baseline != benchmark.BASELINE and baseline not in rows:
+        raise UsageError(f"--baseline {baseline} is not one of the rows: {', '.join(rows)}",
+                         hint="name a preset given to --presets (a YAML file by its stem)")
     console = Console(stderr=True)
     if not console.is_terminal:
         console.width = max(console.width, 120)  # logs and pipes: a full table beats ellipses
     report = benchmark.run_bench(
         benchmark.BenchOptions(presets=entries, model=model, runs=runs, warmup=warmup, steps=steps,
                                batch_size=batch_size, width=width, height=height, device=device.value,
-                               max_vram_gib=max_vram),
+                               max_vram_gib=max_vram, baseline=baseline),
         progress=lambda message: console.print(message, markup=False),
     )
     _print_report(console, report)

@@ -28,6 +28,8 @@ echo "deploy 200 prompts: exit $?, $(ls /tmp/deploy-200/*.png 2>/dev/null | wc -
 python3 - "$OUT/deploy-200.jsonl" "$OUT/deploy-200.log" <<'PY'
 import json, re, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
+if not rows:
+    sys.exit("no images: see deploy-200.log")
 first, rest = rows[:rows[0]["batch_size"]], rows[rows[0]["batch_size"]:]
 total = re.search(r"Total: ([0-9.]+) s", open(sys.argv[2]).read())
 print(f"{len(rows)} images; first batch {sum(r['seconds'] for r in first):.1f} s; after it: "

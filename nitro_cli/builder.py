@@ -35,7 +35,7 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 # bitsandbytes through diffusers' pipeline-level quantization config; the VAE has few Linear layers.
-# (`fp8_storage`, the other value of `quantization`, needs no package: see _apply_fp8_storage.)
+# (`fp8_storage` needs no package, see _apply_fp8_storage; `fp8_matmul` uses torchao, see _apply_fp8_matmul.)
 QUANTIZATION_BACKENDS = {
     "int8": ("bitsandbytes_8bit", {"load_in_8bit": True}),
     "nf4": ("bitsandbytes_4bit", {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}),
@@ -97,6 +97,9 @@ def xformers_blocker(device: str, machine: hardware.Machine) -> str | None:
 
 def quantization_blocker(quantization: str, device: str, machine: hardware.Machine) -> str | None:
     """Why this machine can't apply `quantization` (None: it can). fp8 storage needs no extra package."""
+    if quantization == "fp8_matmul":
+        return fp8_matmul_hardware_blocker(device, machine) or (
+            "torchao not installed" if machine.packages.get("torchao") is None else None)
     if quantization not in QUANTIZATION_BACKENDS:
         return None
     if machine.packages.get("bitsandbytes") is None:
@@ -105,6 +108,19 @@ def quantization_blocker(quantization: str, device: str, machine: hardware.Machi
         return "no CUDA device: diffusers' bitsandbytes quantization needs a GPU"
     if machine.bitsandbytes_test is not None and not machine.bitsandbytes_test.ok:
         return f"bitsandbytes found no CUDA library: {machine.bitsandbytes_test.detail}"
+    return None
+
+
+# fp8 tensor cores: Ada Lovelace (8.9), Hopper (9.0) and later; torchao refuses fp8 matmuls below that.
+FP8_MATMUL_CAPABILITY = (8, 9)
+
+
+def fp8_matmul_hardware_blocker(device: str, machine: hardware.Machine) -> str | None:
+    if device != "cuda":
+        return "no CUDA device: fp8 matmuls need an NVIDIA GPU of compute capability 8.9+ (Ada, Hopper)"
+    gpu = machine.gpus[0]
+    if gpu.compute_capability < FP8_MATMUL_CAPABILITY:
+        return f"{gpu.name} (compute capability {gpu.capability}) has no fp8 tensor cores (8.9+: Ada, Hopper)"
     return None
 
 
@@ -182,10 +198,19 @@ def set_scheduler(pipe, name: str) -> None:
     pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **extra)
 
 
+# Loggers that speak at import time: diffusers imports torchao whenever it is installed, and torchao then
+# logs each of its optional kernel libraries this torch build can't load, and torch's pytree a deprecation.
+IMPORT_TIME_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 def _quiet_libraries() -> None:
     """diffusers' and transformers' info warnings and progress bars are noise in a CLI; NITRO_DEBUG keeps them."""
     if os.environ.get("NITRO_DEBUG"):
         return
+    import logging
+
+    for name in IMPORT_TIME_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     import diffusers
     import transformers
 
@@ -247,6 +272,8 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
         built.applied.append("channels_last (unet, vae)")
     if preset.quantization == "fp8_storage":
         _apply_fp8_storage(built)
+    elif preset.quantization == "fp8_matmul":
+        _apply_fp8_matmul(built, machine)
     if preset.feature_cache_interval > 1:
         # After every change to the UNet's layers, before anything wraps its forward (SDPA kernel choice).
         _apply_feature_cache(built, preset)
@@ -350,6 +377,44 @@ def _apply_fp8_storage(built: BuiltPipeline) -> None:
     built.pipe.unet.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
                                              compute_dtype=getattr(torch, built.dtype))
     built.applied.append(f"fp8 storage of unet weights (layerwise casting, {built.dtype} compute)")
+
+
+def _apply_fp8_matmul(built: BuiltPipeline, machine: hardware.Machine) -> None:
+    """A speed setting, unlike the other quantizations: fp8 tensor cores do twice the fp16 matmul work per
+    cycle. A machine without them degrades (skip); a capable one without torchao is a fixable error.
+    After fuse_qkv, so the fused projections are quantized too."""
+    if why := fp8_matmul_hardware_blocker(built.device, machine):
+        built.skip("fp8_matmul quantization", f"{why}: {built.dtype} matmuls used")
+        return
+    if machine.packages.get("torchao") is None:
+        raise UsageError("quantization=fp8_matmul: torchao not installed",
+                         hint="pip install 'nitro-cli[fp8]'  (or --set quantization=none)")
+    count, scales = quantize_unet_matmuls_fp8(built.pipe.unet, built.dtype)
+    built.applied.append(f"fp8 matmuls in the UNet's {count} attention and feed-forward Linear layers "
+                         f"(torchao, dynamic {scales} scales; changes the picture)")
+
+
+def quantize_unet_matmuls_fp8(unet, dtype: str) -> tuple[int, str]:
+    """torchao's dynamic fp8: each weight stored in float8 e4m3 with its scale, each activation scaled and cast
+    on the fly, the product by `torch._scaled_mm`. Only the Linear layers of the attention blocks, where the
+    UNet's matmul work is; the time-embedding layers multiply 2 rows a step, so fp8 would only cost fidelity.
+    Per-row scales are more faithful but torchao takes them for bf16 weights only. Returns (layers
+    quantized, scale granularity)."""
+    import torch
+    from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig, Float8Tensor, PerRow, PerTensor,
+                                      quantize_)
+
+    per_row = dtype == "bfloat16"
+    # set_inductor_config=False: torchao would otherwise switch on process-wide inductor flags (coordinate
+    # descent tuning: much longer compiles) that outlive this pipeline.
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow() if per_row else PerTensor(),
+                                                       set_inductor_config=False)
+    quantize_(unet, config,
+              filter_fn=lambda module, name: isinstance(module, torch.nn.Linear) and ".attentions." in f".{name}")
+    # torchao leaves a layer whose sizes _scaled_mm can't take (not multiples of 16) as it was.
+    count = sum(isinstance(module.weight, Float8Tensor) for module in unet.modules()
+                if isinstance(module, torch.nn.Linear))
+    return count, "per-row" if per_row else "per-tensor"
 
 
 def _apply_feature_cache(built: BuiltPipeline, preset: Preset) -> None:

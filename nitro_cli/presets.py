@@ -21,7 +21,8 @@ from nitro_cli.errors import UsageError
 PRECISIONS = ("float32", "float16", "bfloat16")
 ATTENTIONS = ("sdpa", "xformers", "sliced")
 OFFLOADS = ("none", "model", "sequential")
-QUANTIZATIONS = ("none", "int8", "nf4", "fp8_storage")
+# int8, nf4, fp8_storage: smaller weights, for small GPUs. fp8_matmul: fp8 tensor-core matmuls, for speed.
+QUANTIZATIONS = ("none", "int8", "nf4", "fp8_storage", "fp8_matmul")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
 BACKENDS = ("pytorch", "onnx")  # onnx: an exported fp32 graph run by ONNX Runtime (CPU/edge)

@@ -1,5 +1,6 @@
 """`nitro --help` must stay fast: it may not import torch, diffusers or transformers."""
 
+import os
 import subprocess
 import sys
 
@@ -31,3 +32,18 @@ def test_python_dash_m_runs_the_same_cli():
     done = subprocess.run([sys.executable, "-m", "nitro_cli", "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert done.stdout.startswith("nitro ")
+
+
+def test_a_run_prints_no_import_time_log_lines_of_the_libraries(tmp_path):
+    """diffusers imports torchao whenever it is installed (the test extra installs it), and torchao logs each
+    optional kernel library this torch can't load; torch logs a deprecation in glog style (`W1126 ...`)."""
+    import re
+
+    pytest.importorskip("torchao", reason="the noise comes with torchao (pip install 'nitro-cli[fp8]')")
+    from tests.conftest import FAST
+
+    done = subprocess.run([sys.executable, "-m", "nitro_cli", "generate", "a castle", *FAST, "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    noise = [line for line in done.stderr.splitlines() if "Failed to load" in line or re.match(r"[IWE]\d{4} ", line)]
+    assert noise == []

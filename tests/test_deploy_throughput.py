@@ -180,3 +180,19 @@ def test_two_processes_make_the_files_and_pixels_of_one(tmp_path):
     assert len(re.findall(r"Prompt encoding:", launched.stderr)) == 1
     assert "Processes: 2, images made by each: 4, 2." in launched.stderr
     assert "Processes:" not in single.stderr
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_pil_conversion_on_the_device_gives_diffusers_pixels(dtype):
+    """run_batch converts to uint8 before leaving the device; the bytes must be what diffusers' own numpy path
+    (VaeImageProcessor.postprocess with output_type="pil") makes from the same decoder output."""
+    import torch
+    from diffusers.image_processor import VaeImageProcessor
+
+    decoded = torch.randn(3, 3, 24, 16, generator=torch.Generator().manual_seed(0)).to(getattr(torch, dtype))
+    processor = VaeImageProcessor()
+    expected = processor.postprocess(decoded, output_type="pil")
+    images = generation.to_pil_images(processor.postprocess(decoded, output_type="pt"))
+    assert [image.size for image in images] == [(16, 24)] * 3
+    for got, want in zip(images, expected):
+        assert got.mode == want.mode == "RGB" and np.array_equal(np.asarray(got), np.asarray(want))

@@ -12,6 +12,7 @@ from nitro_cli import builder, paths
 from nitro_cli.builder import BuiltPipeline, build_pipeline
 from nitro_cli.errors import UsageError
 from nitro_cli.presets import SDPA_BACKENDS, all_keys, load_preset, shipped_dir
+from tests import fake_machines
 from tests.test_builder import cpu_machine, skipped_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -295,3 +296,89 @@ def test_prompt_seed_steps_and_guidance_never_recompile(interval):
     run_batch(built.pipe, cache, ["arcane style castle"], [""], [1], steps=4, guidance=7.5, **job)
     with torch._dynamo.config.patch(error_on_recompile=True):
         run_batch(built.pipe, cache, ["archer style portrait of a spy"], ["blurry"], [2], steps=7, guidance=5.0, **job)
+
+
+# --- fp8 matmuls (quantization: fp8_matmul, torchao) -------------------------------------------------
+
+H100 = fake_machines.gpu("NVIDIA H100 80GB HBM3", (9, 0), 81559)
+
+
+@pytest.mark.parametrize("device, machine, reason", [
+    ("cpu", cpu_machine(), "no CUDA device: fp8 matmuls need an NVIDIA GPU of compute capability 8.9+"),
+    ("cuda", fake_machines.machine(fake_machines.A100, packages={"torchao": "0.18.0"}),
+     "NVIDIA A100-SXM4-80GB (compute capability 8.0) has no fp8 tensor cores"),
+])
+def test_fp8_matmul_is_skipped_where_the_gpu_has_no_fp8_tensor_cores(device, machine, reason):
+    built = BuiltPipeline(pipe=None, device=device, dtype="float16")  # skipped before the pipeline is touched
+    builder._apply_fp8_matmul(built, machine)
+    assert dict(built.skipped)["fp8_matmul quantization"].startswith(reason)
+    assert builder.quantization_blocker("fp8_matmul", device, machine).startswith(reason)  # what checklist shows
+
+
+def test_fp8_matmul_on_an_fp8_gpu_without_torchao_names_the_extra():
+    machine = fake_machines.machine(H100, packages={"torchao": None})
+    assert builder.quantization_blocker("fp8_matmul", "cuda", machine) == "torchao not installed"
+    with pytest.raises(UsageError, match="torchao not installed") as caught:
+        builder._apply_fp8_matmul(BuiltPipeline(pipe=None, device="cuda", dtype="float16"), machine)
+    assert "nitro-cli[fp8]" in caught.value.hint
+    machine = fake_machines.machine(H100, packages={"torchao": "0.18.0"})
+    assert builder.quantization_blocker("fp8_matmul", "cuda", machine) is None
+
+
+def test_fp8_matmul_on_a_cpu_is_skipped_and_the_rest_builds():
+    settings = load_preset("expert", [*TINY_JOB, "quantization=fp8_matmul", "compile=none"]).settings
+    built = build_pipeline(settings, "random:tiny", "cpu", cpu_machine())
+    assert "fp8_matmul quantization" in skipped_names(built)
+    assert not any("fp8" in applied for applied in built.applied)
+
+
+@pytest.fixture
+def fp8_without_gpu_check(monkeypatch):
+    """torchao refuses fp8 below compute capability 8.9 before looking at the tensors, yet its fp8 layers
+    run on a CPU (torch._scaled_mm has a CPU kernel): lifting that one check tests the quantized UNet here."""
+    pytest.importorskip("torchao", reason="torchao not installed (pip install 'nitro-cli[fp8]')")
+    import torchao.quantization.quant_api as quant_api
+
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda granularity: None)
+
+
+def test_fp8_matmul_quantizes_the_attention_layers_and_keeps_the_picture(fp8_without_gpu_check):
+    import torch
+
+    from nitro_cli.generation import PromptCache, run_batch
+
+    settings = load_preset("advanced", [*TINY_JOB, "steps=4"]).settings  # fused QKV on
+    built = build_pipeline(settings, "random:tiny", "cpu", cpu_machine())
+
+    def first_image():
+        result = run_batch(built.pipe, PromptCache(built.pipe, "cpu", enabled=False), ["arcane style warrior"],
+                           [""], [7], steps=4, guidance=7.5, width=64, height=64)
+        return np.asarray(result.images[0])
+
+    unquantized = first_image()
+    count, scales = builder.quantize_unet_matmuls_fp8(built.pipe.unet, "float32")
+    fp8 = {name for name, module in built.pipe.unet.named_modules()  # torchao's weight: fp8 data and a scale
+           if isinstance(module, torch.nn.Linear) and getattr(module.weight, "qdata", None) is not None
+           and module.weight.qdata.dtype == torch.float8_e4m3fn}
+    assert scales == "per-tensor" and count == len(fp8) > 0
+    assert any(name.endswith("attn1.to_qkv") for name in fp8) and any(".ff." in name for name in fp8)
+    assert not any("time_emb" in name for name in fp8)  # 2-row matmuls: fidelity cost, no speed
+    quantized = first_image()
+    assert 30 <= _psnr(quantized, unquantized) < float("inf")  # changed, and only a little
+
+
+@pytest.mark.slow
+def test_compiled_fp8_unet_on_cpu_matches_eager_fp8(fp8_without_gpu_check, monkeypatch):
+    monkeypatch.setattr(builder, "fp8_matmul_hardware_blocker", lambda device, machine: None)
+    compiled = _first_image(["quantization=fp8_matmul"], "cpu")
+    assert _psnr(compiled, _first_image(["quantization=fp8_matmul", "compile=none"], "cpu")) >= 35
+
+
+@pytest.mark.gpu
+def test_fp8_matmul_on_an_fp8_gpu_runs_compiled_with_cuda_graphs():
+    import torch
+
+    if torch.cuda.get_device_capability() < builder.FP8_MATMUL_CAPABILITY:
+        pytest.skip(f"{torch.cuda.get_device_name()} has no fp8 tensor cores (compute capability 8.9+)")
+    pytest.importorskip("torchao", reason="torchao not installed (pip install 'nitro-cli[fp8]')")
+    assert _psnr(_first_image(["quantization=fp8_matmul"], "cuda"), _first_image([], "cuda")) >= 30

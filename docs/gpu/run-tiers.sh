@@ -3,7 +3,7 @@
 # random:sd15 at 512x512; the second-process first image of expert (its compile caches were filled by
 # the bench run); expert at 50 steps (UNet time per step = the 50-minus-25 difference over 25 steps);
 # deploy's throughput at batch 8; lowvram at 1024x1024. Results and logs go to $OUT (or ./gpu-out).
-# Needs the wheels the GPU machine lacks in .whl/ (../shared/tools/device-wheels.sh bitsandbytes==0.50.2).
+# Needs the wheels the GPU machine lacks in .whl/ (../shared/tools/device-wheels.sh bitsandbytes==0.50.2 torchao==0.18.0).
 . "$(dirname "$0")/setup.sh"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"

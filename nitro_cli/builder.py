@@ -99,7 +99,7 @@ def quantization_blocker(quantization: str, device: str, machine: hardware.Machi
     """Why this machine can't apply `quantization` (None: it can). fp8 storage needs no extra package."""
     if quantization == "fp8_matmul":
         return fp8_matmul_hardware_blocker(device, machine) or (
-            "torchao not installed" if machine.packages.get("torchao") is None else None)
+            TORCHAO_MISSING if machine.packages.get("torchao") is None else None)
     if quantization not in QUANTIZATION_BACKENDS:
         return None
     if machine.packages.get("bitsandbytes") is None:
@@ -113,6 +113,7 @@ def quantization_blocker(quantization: str, device: str, machine: hardware.Machi
 
 # fp8 tensor cores: Ada Lovelace (8.9), Hopper (9.0) and later; torchao refuses fp8 matmuls below that.
 FP8_MATMUL_CAPABILITY = (8, 9)
+TORCHAO_MISSING = "torchao not installed"
 
 
 def fp8_matmul_hardware_blocker(device: str, machine: hardware.Machine) -> str | None:
@@ -387,7 +388,7 @@ def _apply_fp8_matmul(built: BuiltPipeline, machine: hardware.Machine) -> None:
         built.skip("fp8_matmul quantization", f"{why}: {built.dtype} matmuls used")
         return
     if machine.packages.get("torchao") is None:
-        raise UsageError("quantization=fp8_matmul: torchao not installed",
+        raise UsageError(f"quantization=fp8_matmul: {TORCHAO_MISSING}",
                          hint="pip install 'nitro-cli[fp8]'  (or --set quantization=none)")
     count, scales = quantize_unet_matmuls_fp8(built.pipe.unet, built.dtype)
     built.applied.append(f"fp8 matmuls in the UNet's {count} attention and feed-forward Linear layers "

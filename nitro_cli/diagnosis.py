@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from nitro_cli import vram
+from nitro_cli import builder, vram
 from nitro_cli.hardware import GpuInfo, Machine
 from nitro_cli.models import DEFAULT_MODEL
 
@@ -181,6 +181,20 @@ def _check_bitsandbytes(machine: Machine) -> list[Check]:
                   f"pip install -U bitsandbytes (a build for CUDA {machine.torch_cuda}), or pip uninstall bitsandbytes")]
 
 
+def _check_fp8(machine: Machine) -> list[Check]:
+    """Whether `quantization: fp8_matmul` runs on the GPU nitro uses (the first), by the builder's own rule."""
+    if not machine.has_gpu:
+        return []
+    why = builder.quantization_blocker("fp8_matmul", "cuda", machine)
+    if why is None:
+        return [Check("fp8", OK, f"fp8 tensor cores and torchao {machine.packages['torchao']}: "
+                                 "--set quantization=fp8_matmul runs (opt-in: it changes the picture)")]
+    if why == builder.TORCHAO_MISSING:
+        return [Check("fp8", OK, "fp8 tensor cores; torchao not installed (optional: only for "
+                                 "quantization=fp8_matmul)", "pip install 'nitro-cli[fp8]'")]
+    return [Check("fp8", OK, f"{why}: quantization=fp8_matmul is skipped here")]
+
+
 def _check_model(machine: Machine) -> list[Check]:
     cached = machine.model_cache
     if cached is not None:
@@ -208,8 +222,8 @@ def _check_compile(machine: Machine) -> list[Check]:
     return [Check("torch.compile", WARN, f"needs {needs}, not found: expert and deploy run eager", fix)]
 
 
-CHECKS = (_check_packages, _check_gpu, _check_each_gpu, _check_xformers, _check_bitsandbytes, _check_model,
-          _check_disk, _check_compile)
+CHECKS = (_check_packages, _check_gpu, _check_each_gpu, _check_xformers, _check_bitsandbytes, _check_fp8,
+          _check_model, _check_disk, _check_compile)
 
 
 def run_checks(machine: Machine) -> list[Check]:

@@ -126,6 +126,17 @@ def test_bitsandbytes_without_its_cuda_library_fails():
     assert diagnosis.failed(list(checks.values()))
 
 
+@pytest.mark.parametrize("card, torchao, detail, fix", [
+    (gpu("NVIDIA H100 80GB HBM3", (9, 0), 81559), "0.18.0", "fp8 tensor cores and torchao 0.18.0", ""),
+    (gpu("NVIDIA L4", (8, 9), 22478), None, "fp8 tensor cores; torchao not installed", "pip install 'nitro-cli[fp8]'"),
+    (A100, "0.18.0", "NVIDIA A100-SXM4-80GB (compute capability 8.0) has no fp8 tensor cores", ""),
+])
+def test_fp8_check_says_whether_fp8_matmul_runs(card, torchao, detail, fix):
+    checks = {c.name: c for c in diagnosis.run_checks(machine(card, packages={"torchao": torchao}))}
+    assert checks["fp8"].status == "ok" and checks["fp8"].detail.startswith(detail) and checks["fp8"].fix == fix
+    assert "fp8" not in {c.name for c in diagnosis.run_checks(MACHINES["no GPU"])}
+
+
 def test_missing_required_package_fails_and_offline_uncached_model_warns():
     broken = machine(packages={"diffusers": None}, hf_offline=True)
     checks = {c.name: c for c in diagnosis.run_checks(broken)}

@@ -102,6 +102,8 @@ def _json_value(key: str, value: Any) -> Any:
     if isinstance(value, float):
         if math.isinf(value):
             return "inf"
+        if key == "speedup_vs_baseline":  # a ratio: significant digits, so a 0.084x slow-down is not 0.08x
+            return float(f"{value:.4g}")
         return round(value, 4 if key.endswith("_s") else 2)
     return value
 

@@ -244,7 +244,8 @@ def _environment(options: BenchOptions, device: str, machine: hardware.Machine,
 
 
 def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda message: None) -> BenchReport:
-    """Run every preset in turn. A bad model, device, preset or size is a usage error before any preset runs."""
+    """Run every preset in turn. A bad model, device, preset or size is a usage error before any preset
+    runs."""
     from nitro_cli.builder import resolve_device
     from nitro_cli.models import resolve_model
     from nitro_cli.presets import load_preset

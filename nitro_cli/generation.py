@@ -182,7 +182,8 @@ def check_seeds(jobs: list[PromptJob], num_images: int, seed: int | None) -> Non
     before anything is written or loaded. Drawn seeds are small; only given ones can be too large."""
     for image in plan_images(jobs, num_images, first_index=0, first_seed=seed or 0):
         if image.seed > SEED_MAX:
-            where = f"prompts file line {image.job.line}: " if image.job.seed is not None and image.job.line else ""
+            from_line = image.job.seed is not None and image.job.line
+            where = f"prompts file line {image.job.line}: " if from_line else ""
             raise UsageError(f"{where}seed {image.seed} is too large: seeds go up to {SEED_MAX} (2**64 - 1)",
                              hint="image i of a prompt uses its seed + i: give a smaller --seed")
 

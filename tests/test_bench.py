@@ -176,7 +176,8 @@ def test_each_pipeline_is_freed_before_the_next_preset_loads(monkeypatch, tmp_pa
 
 def test_json_keeps_a_small_speedup_to_significant_digits():
     # A preset 12x slower than baseline (offload, a busy machine): 0.0840 must not become 0.08.
-    row = benchmark.PresetResult(preset="slow", median_s=1.0, speedup_vs_baseline=0.08398706, psnr_vs_baseline_db=15.0612)
+    row = benchmark.PresetResult(preset="slow", median_s=1.0, speedup_vs_baseline=0.08398706,
+                                 psnr_vs_baseline_db=15.0612)
     written = benchmark.BenchReport(environment={}, results=[row]).to_dict()["results"][0]
     assert written["speedup_vs_baseline"] == pytest.approx(0.08398706, rel=1e-3)
     assert written["psnr_vs_baseline_db"] == 15.06 and written["median_s"] == 1.0

@@ -102,6 +102,8 @@ def _json_value(key: str, value: Any) -> Any:
     if isinstance(value, float):
         if math.isinf(value):
             return "inf"
+        if key == "speedup_vs_baseline":  # a ratio: significant digits, so a 0.084x slow-down is not 0.08x
+            return float(f"{value:.4g}")
         return round(value, 4 if key.endswith("_s") else 2)
     return value
 
@@ -137,16 +139,23 @@ def _release(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def _flag_overrides(options: BenchOptions) -> list[str]:
+    """--steps, --batch-size, --width and --height as `--set` pairs, for every preset."""
+    from nitro_cli.presets import flag_overrides
+
+    return flag_overrides(steps=options.steps, batch_size=options.batch_size, width=options.width,
+                          height=options.height)
+
+
 def _measure_preset(entry: str, result: PresetResult, options: BenchOptions, device: str,
                     machine: hardware.Machine):
     """Fill `result` step by step (so a failure keeps what was measured) and return the first image."""
     from nitro_cli.builder import build_pipeline
     from nitro_cli.generation import PromptCache, run_batch
     from nitro_cli.measure import measure
-    from nitro_cli.presets import flag_overrides, load_preset
+    from nitro_cli.presets import load_preset
 
-    overrides = flag_overrides(steps=options.steps, batch_size=options.batch_size, width=options.width,
-                               height=options.height)
+    overrides = _flag_overrides(options)
     if options.max_vram_gib is not None:
         _, overrides, plan = vram.fit_request(options.max_vram_gib, entry, overrides, default_preset=entry,
                                               machine=machine, device=device)
@@ -235,10 +244,14 @@ def _environment(options: BenchOptions, device: str, machine: hardware.Machine,
 
 
 def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda message: None) -> BenchReport:
-    """Run every preset in turn. A bad model or device is a usage error before any preset runs."""
+    """Run every preset in turn. A bad model, device, preset or size is a usage error before any preset
+    runs."""
     from nitro_cli.builder import resolve_device
     from nitro_cli.models import resolve_model
+    from nitro_cli.presets import load_preset
 
+    for entry in options.presets:  # a misspelled name must not cost the other presets' runs first
+        load_preset(entry, _flag_overrides(options))
     source = resolve_model(options.model)
     machine = hardware.probe()
     device = resolve_device(options.device, machine)
@@ -251,7 +264,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda me
         progress(f"[{number}/{len(options.presets)}] {result.preset}")
         try:
             images[len(results)] = _measure_preset(entry, result, options, device, machine)
-        except Exception as exc:  # out of memory, missing package, bad preset: this row fails, the rest run
+        except Exception as exc:  # out of memory, missing package, failed load: this row fails, the rest run
             result.error = _describe(exc)
             progress(f"{result.preset} failed: {result.error}")
         results.append(result)

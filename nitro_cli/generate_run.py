@@ -40,7 +40,7 @@ class GenerateRequest:
 def run(request: GenerateRequest) -> None:
     from nitro_cli import distributed, hardware, vram
     from nitro_cli.builder import resolve_device
-    from nitro_cli.generation import CacheStats, group_batches
+    from nitro_cli.generation import CacheStats, check_seeds, group_batches
     from nitro_cli.models import DEFAULT_MODEL
     from nitro_cli.presets import load_preset
 
@@ -54,6 +54,7 @@ def run(request: GenerateRequest) -> None:
         print(vram.describe_choice(request.max_vram, preset, plan), file=sys.stderr)
     loaded = load_preset(preset or DEFAULT_PRESET, overrides)
     jobs = _read_jobs(request, loaded.settings)
+    check_seeds(jobs, request.num_images, request.seed)
     model_name = request.model or DEFAULT_MODEL
     run_device = resolve_device(request.device, machine())
 

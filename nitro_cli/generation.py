@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from nitro_cli.errors import OUT_OF_MEMORY_HINT, RuntimeFailure
+from nitro_cli.errors import OUT_OF_MEMORY_HINT, RuntimeFailure, UsageError
 from nitro_cli.measure import Measurement, measure, synchronize
 from nitro_cli.output import fingerprint, image_name
 from nitro_cli.prompts import PromptJob
 
+SEED_MAX = 2**64 - 1  # the largest seed torch.Generator.manual_seed takes
 RESUME_HINT = "finished images are kept: repeat the command with --resume to make the rest"
 
 
@@ -187,6 +188,17 @@ def plan_images(jobs: list[PromptJob], num_images: int, first_index: int, first_
             seed = job.seed + k if job.seed is not None else first_seed + i
             planned.append(PlannedImage(i, job, seed, image_name(first_index + i, seed, job.prompt)))
     return planned
+
+
+def check_seeds(jobs: list[PromptJob], num_images: int, seed: int | None) -> None:
+    """Every seed the plan gives (a prompt's k-th image: its seed + k) fits the generator: a UsageError
+    before anything is written or loaded. Drawn seeds are small; only given ones can be too large."""
+    for image in plan_images(jobs, num_images, first_index=0, first_seed=seed or 0):
+        if image.seed > SEED_MAX:
+            from_line = image.job.seed is not None and image.job.line
+            where = f"prompts file line {image.job.line}: " if from_line else ""
+            raise UsageError(f"{where}seed {image.seed} is too large: seeds go up to {SEED_MAX} (2**64 - 1)",
+                             hint="image i of a prompt uses its seed + i: give a smaller --seed")
 
 
 def group_batches(images: list[PlannedImage], batch_size: int) -> list[list[PlannedImage]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -179,7 +180,8 @@ def _check_value(key: str, value: Any, f: dataclasses.Field) -> Any:
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ValueError(f"'{key}' must be a whole number, not {value!r}")
     if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        # NaN passes every range check (all comparisons are false), so it is refused by name.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
             raise ValueError(f"'{key}' must be a number, not {value!r}")
         value = float(value)
     if kind is str and not isinstance(value, str):

@@ -40,6 +40,7 @@ def test_a1111_overrides_on_a_line(tmp_path):
     ("--prompt castle --seed 1 2", "--seed takes one value"),
     ("--prompt castle --steps 0", "'--steps' must be at least 1"),
     ("--prompt castle --cfg_scale high", "--cfg_scale must be a number"),
+    ("--prompt castle --cfg_scale nan", "'--cfg_scale' must be a number, not nan"),
     ("--prompt castle --width 500", "'--width' must be a multiple of 8"),
     ('--prompt "castle', "cannot split into options"),
     ("castle --seed 5", "'castle' is not an option"),

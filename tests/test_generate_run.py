@@ -238,3 +238,18 @@ def test_out_of_memory_while_loading_is_exit_1_with_lighter_settings(runner, tmp
     assert result.exit_code == 1
     assert "Error: out of GPU memory: CUDA out of memory" in result.output
     assert "--preset lowvram" in result.output and "Traceback" not in result.output
+
+
+def test_a_seed_past_the_generator_range_is_a_usage_error_before_anything_is_written(runner, tmp_path):
+    out = tmp_path / "out"
+    # The first image's seed fits (2**64 - 1), the second's (seed + 1) does not.
+    result = runner.invoke(app, ["generate", "a cat", *FAST, "--seed", str(2**64 - 1), "-n", "2",
+                                 "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"seed {2**64} is too large" in result.stderr and "Traceback" not in result.output
+    assert not out.exists()
+    prompts = write_prompts(tmp_path, "a dog\n--prompt a cat --seed 99999999999999999999999\n")
+    result = runner.invoke(app, ["generate", "--prompts-file", str(prompts), *FAST, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "prompts file line 2: seed 99999999999999999999999 is too large" in result.stderr
+    assert not out.exists()

@@ -55,6 +55,7 @@ def test_flatten_uses_the_keys_set_accepts():
     ("vae.tilng=true", ["unknown key 'vae.tilng'", "did you mean 'vae.tiling'"]),
     ("steps=0", ["'steps' must be at least 1"]),
     ("guidance=-1", ["'guidance' must be at least 0"]),
+    ("guidance=.nan", ["'guidance' must be a number, not nan"]),
     ("width=500", ["'width' must be a multiple of 8"]),
     ("steps=many", ["'steps' must be a whole number"]),
     ("channels_last=maybe", ["'channels_last' must be true or false"]),

@@ -81,4 +81,8 @@ app.add_typer(export_app, name="export")
 
 
 def main() -> None:
+    # Scripts read stdout; one that can't encode a file name (Windows pipes, PYTHONIOENCODING=ascii) gets it
+    # backslash-escaped rather than a crash after the image is saved. --json output is ASCII anyway.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     app()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -135,6 +136,10 @@ def resolve_path(name_or_path: str) -> Path:
                      hint=f"{hint}shipped presets: {', '.join(names)}; or give a path to a .yaml file")
 
 
+# A float in YAML 1.2's core schema: unlike YAML 1.1 it needs no dot before an exponent.
+YAML_12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """`--set KEY=VALUE` pairs into a nested mapping; values are YAML scalars (`true`, `20`, `7.5`)."""
     nested: dict[str, Any] = {}
@@ -146,6 +151,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str) and YAML_12_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # PyYAML (YAML 1.1) reads 1e-05, which is how Python writes 0.00001, as text
         target = nested
         *parents, leaf = key.strip().split(".")
         for parent in parents:
@@ -272,6 +279,7 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Loaded
         try:
             settings = _build(Preset, _merge(data, parse_overrides(overrides)))
         except ValueError as exc:
-            raise UsageError(f"--set (preset {path}): {exc.args[0]}",
+            # The overrides come from --set and from flags (--steps, ...): name the key, not one of the two.
+            raise UsageError(f"{exc.args[0]} (overriding preset {path})",
                              hint=exc.args[1] if len(exc.args) > 1 else None) from None
     return LoadedPreset(name=path.stem, source=str(path), settings=settings)

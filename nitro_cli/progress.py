@@ -67,8 +67,8 @@ class RunDisplay(RunObserver):
             self.console.print(f"Blocked: {result.planned.name} (seed {result.planned.seed}) was blacked out by the "
                                "safety checker: not saved. Try another seed or prompt.", markup=False)
         if self._json:
-            print(json.dumps(image_record(result, model=self._model, preset=self._preset), ensure_ascii=False),
-                  flush=True)
+            # ASCII (\u escapes): valid JSON whatever stdout's encoding is.
+            print(json.dumps(image_record(result, model=self._model, preset=self._preset)), flush=True)
         elif result.path is not None:
             print(result.path, flush=True)
 

@@ -1,8 +1,10 @@
-"""`nitro --help` must stay fast: it may not import torch, diffusers or transformers."""
+"""The `nitro` process as scripts see it: a fast `--help` (no torch, diffusers or transformers imported), `python -m`,
+and stdout/stderr free of library noise and encoding crashes."""
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +49,24 @@ def test_a_run_prints_no_import_time_log_lines_of_the_libraries(tmp_path):
     assert done.returncode == 0, done.stderr
     noise = [line for line in done.stderr.splitlines() if "Failed to load" in line or re.match(r"[IWE]\d{4} ", line)]
     assert noise == []
+
+
+@pytest.mark.parametrize("json_lines", [True, False], ids=["json", "paths"])
+def test_a_stdout_that_cannot_encode_the_prompt_still_gets_every_image(tmp_path, json_lines):
+    """A Windows pipe or PYTHONIOENCODING=ascii: JSON lines are ASCII, plain paths are backslash-escaped."""
+    import json
+
+    from tests.conftest import FAST
+
+    done = subprocess.run([sys.executable, "-m", "nitro_cli", "generate", "café ☕", *FAST, "-n", "2",
+                           "--out", str(tmp_path), *(["--json"] if json_lines else [])],
+                          capture_output=True, timeout=120, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    lines = done.stdout.decode("ascii").splitlines()
+    saved = sorted(path.name for path in tmp_path.glob("*.png"))
+    assert len(saved) == 2 and all("café" in name for name in saved)
+    if json_lines:
+        assert sorted(Path(json.loads(line)["path"]).name for line in lines) == saved
+        assert json.loads(lines[0])["prompt"] == "café ☕"
+    else:
+        assert sorted(Path(line).name for line in lines) == [name.replace("é", "\\xe9") for name in saved]

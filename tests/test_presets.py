@@ -4,7 +4,7 @@ import pytest
 
 from nitro_cli.cli import app
 from nitro_cli.errors import UsageError
-from nitro_cli.presets import all_keys, flatten, load_preset, shipped_names
+from nitro_cli.presets import all_keys, flatten, load_preset, parse_overrides, shipped_names
 from tests.conftest import FAST
 
 SHIPPED = ["baseline", "beginner", "advanced", "expert", "deploy"]
@@ -73,6 +73,24 @@ def test_bad_override_is_exit_2_naming_the_problem(runner, tmp_path, override, e
         assert text in result.output
     if "must" in expected[0] or "unknown" in expected[0]:
         assert "beginner.yaml" in result.output  # names the file
+
+
+def test_a_flag_out_of_range_names_the_key_and_the_preset_not_set(runner, tmp_path):
+    result = runner.invoke(app, ["generate", "x", "--steps", "0", "--model", "random:tiny", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "'steps' must be at least 1, not 0 (overriding preset" in result.output and "--set" not in result.output
+
+
+@pytest.mark.parametrize("raw, value", [("1e-05", 1e-05), ("2.5E+1", 25.0), ("7.5", 7.5), ("1e5x", "1e5x")])
+def test_override_numbers_with_an_exponent_are_numbers(raw, value):
+    """YAML 1.1 (PyYAML) reads 1e-05 as text; Python writes 0.00001 that way, so --guidance 0.00001 failed."""
+    assert parse_overrides([f"guidance={raw}"]) == {"guidance": value}
+
+
+def test_a_tiny_guidance_flag_is_accepted(runner, tmp_path):
+    result = runner.invoke(app, ["generate", "x", *FAST, "--guidance", "0.00001", "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+
 
 
 @pytest.mark.parametrize("content, expected", [

@@ -74,8 +74,11 @@ def effective_precision(precision: str, device: str, machine: hardware.Machine) 
     if precision == "float32":
         return "float32", None
     if device == "cpu":
-        # Measured on AVX2 CPUs: fp16/bf16 are emulated, tens of times slower than fp32.
-        return "float32", "CPU without native half precision: float32 used"
+        if not machine.cpu_amx_bf16:
+            # Measured on AVX2 CPUs: fp16/bf16 are emulated, tens of times slower than fp32.
+            return "float32", "CPU without native half precision: float32 used"
+        # AMX multiplies bf16 and not fp16 (fp16 ran at fp32's speed): bf16 is this CPU's fast half precision.
+        return "bfloat16", None if precision == "bfloat16" else "CPU with AMX: bfloat16 used, its native half precision"
     gpu = machine.gpus[0]
     if precision == "bfloat16" and not gpu.bf16:
         return "float16", f"{gpu.name} (compute capability {gpu.capability}) has no bf16: float16 used"

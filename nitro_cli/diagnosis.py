@@ -65,7 +65,8 @@ def _large_modern_gpu(machine: Machine) -> bool:
 # vram.py's rule alone (its measured FOOTPRINTS); the other rows are about the machine, not its memory.
 RECOMMENDATION_RULES = (
     Rule("no CUDA GPU", lambda m: not m.has_gpu, "beginner",
-         "no CUDA GPU: runs on the CPU in float32, minutes per image (`--model random:tiny` for a dry run)"),
+         "no CUDA GPU: runs on the CPU (bfloat16 with AMX, else float32: see the cpu check), minutes per image "
+         "(`--model random:tiny` for a dry run)"),
     Rule("several GPUs, each expected to fit deploy's batch of 8 (vram.py)",
          lambda m: len(m.gpus) > 1 and _deploy_fits_every_gpu(m), "deploy",
          "several GPUs: the throughput tier; run one nitro process per GPU (CUDA_VISIBLE_DEVICES=i) to use them all"),
@@ -123,6 +124,18 @@ def _check_gpu(machine: Machine) -> list[Check]:
                                               "(https://pytorch.org/get-started/locally/)")]
     return [Check("cuda", WARN, f"torch is built for CUDA {machine.torch_cuda} but sees no GPU: the CPU path works, "
                                 "slowly", "check `nvidia-smi`, the driver, and CUDA_VISIBLE_DEVICES")]
+
+
+def _check_cpu(machine: Machine) -> list[Check]:
+    """Without a GPU, what the presets' half precision becomes on this CPU (the builder's rule)."""
+    if machine.has_gpu:
+        return []
+    dtype, _ = builder.effective_precision("float16", "cpu", machine)
+    if dtype == "bfloat16":
+        return [Check("cpu", OK, "AMX with bf16: half-precision presets run in bfloat16 (2.6-3.1x float32 on a 2-vCPU "
+                                 "Xeon, docs/benchmarks.md)")]
+    return [Check("cpu", OK, "no AMX: presets run in float32 (half precision is emulated on this CPU, far slower)",
+                  "for about 1.4x on the CPU, see ONNX Runtime in docs/deploy.md")]
 
 
 def _check_each_gpu(machine: Machine) -> list[Check]:
@@ -222,8 +235,8 @@ def _check_compile(machine: Machine) -> list[Check]:
     return [Check("torch.compile", WARN, f"needs {needs}, not found: expert and deploy run eager", fix)]
 
 
-CHECKS = (_check_packages, _check_gpu, _check_each_gpu, _check_xformers, _check_bitsandbytes, _check_fp8,
-          _check_model, _check_disk, _check_compile)
+CHECKS = (_check_packages, _check_gpu, _check_cpu, _check_each_gpu, _check_xformers, _check_bitsandbytes,
+          _check_fp8, _check_model, _check_disk, _check_compile)
 
 
 def run_checks(machine: Machine) -> list[Check]:

@@ -66,6 +66,7 @@ class Machine:
     torch_cuda: str | None = None
     gpus: tuple[GpuInfo, ...] = ()
     compiler_available: bool = False
+    cpu_amx_bf16: bool = False  # see cpu_has_amx_bf16
     # Filled by `probe(deep=True)` (doctor, checklist); None means "not looked at" or "not there".
     torch_cudnn: int | None = None
     driver_version: str | None = None
@@ -98,16 +99,28 @@ def is_importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def cpu_name() -> str:
-    """The CPU's marketing name (Linux /proc/cpuinfo), else what `platform` knows, with the core count."""
-    name = platform.processor() or platform.machine()
+def _cpuinfo(field: str) -> str | None:
+    """The first value of `field` in Linux's /proc/cpuinfo; None elsewhere."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
-            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
-        name = names[0] if names else name
+            for line in info:
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU's marketing name (Linux /proc/cpuinfo), else what `platform` knows, with the core count."""
+    name = _cpuinfo("model name") or platform.processor() or platform.machine()
     return f"{name} ({os.cpu_count()} logical CPUs)"
+
+
+def cpu_has_amx_bf16() -> bool:
+    """Intel's AMX with bf16 (Xeon 4th generation and later): bf16 matrix units, which oneDNN uses for torch's
+    bf16 matmuls and convolutions. Linux only (its /proc/cpuinfo flags); elsewhere False, the safe answer."""
+    return "amx_bf16" in (_cpuinfo("flags") or "").split()
 
 
 def _compiler_available(cuda: bool) -> bool:
@@ -259,6 +272,7 @@ def probe(deep: bool = False, outputs: Path = Path("outputs")) -> Machine:
         torch_cuda=torch.version.cuda,
         gpus=tuple(gpus),
         compiler_available=_compiler_available(cuda),
+        cpu_amx_bf16=cpu_has_amx_bf16(),
         torch_cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         hf_offline=_hf_offline(),
         outputs_dir=str(outputs),

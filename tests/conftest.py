@@ -20,6 +20,16 @@ def offline_env(monkeypatch, tmp_path_factory):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
 
 
+@pytest.fixture(autouse=True)
+def cpu_without_amx(monkeypatch):
+    """Every test sees a CPU without AMX, where half-precision presets run in fp32: the same numbers on every
+    machine (on an AMX CPU they run in bf16, whose kernels round differently by batch size). The bf16 rule
+    has its own tests, on fake machines with AMX."""
+    from nitro_cli import hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_amx_bf16", lambda: False)
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()

@@ -1,11 +1,13 @@
 """The pipeline builder: every shipped preset builds on a CPU, degrading what this machine can't do."""
 
 import dataclasses
+import sys
 
 import pytest
 
 from nitro_cli import hardware
-from nitro_cli.builder import build_pipeline, resolve_device
+from nitro_cli.builder import build_pipeline, effective_precision, resolve_device
+from nitro_cli.hardware import cpu_has_amx_bf16 as probe_amx_bf16  # the real one: conftest pins the module's to False
 from nitro_cli.errors import UsageError
 from nitro_cli.presets import SAMPLER_NAMES, load_preset
 
@@ -34,6 +36,38 @@ def test_half_precision_on_cpu_degrades_to_fp32_with_a_reason(capsys):
     assert str(next(built.pipe.unet.parameters()).dtype) == "torch.float32"
     assert ("float16", "CPU without native half precision: float32 used") in built.skipped
     assert "Warning: float16 skipped" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision, dtype, reason", [
+    ("float16", "bfloat16", "CPU with AMX: bfloat16 used, its native half precision"),
+    ("bfloat16", "bfloat16", None),
+    ("float32", "float32", None),
+])
+def test_half_precision_on_an_amx_cpu_is_bf16(precision, dtype, reason):
+    assert effective_precision(precision, "cpu", cpu_machine(cpu_amx_bf16=True)) == (dtype, reason)
+
+
+def test_an_amx_cpu_builds_and_runs_the_pipeline_in_bf16():
+    """On a CPU without AMX this runs bf16 emulated: slow, but the tiny model makes it milliseconds."""
+    import numpy as np
+    import torch
+
+    from nitro_cli.generation import PromptCache, run_batch
+
+    built = build_pipeline(load_preset("advanced").settings, "random:tiny", "cpu", cpu_machine(cpu_amx_bf16=True))
+    assert built.dtype == "bfloat16" and "precision bfloat16" in built.applied
+    assert {p.dtype for p in built.pipe.unet.parameters()} == {torch.bfloat16}
+    result = run_batch(built.pipe, PromptCache(built.pipe, "cpu", enabled=True), ["a castle"], [""], [1], steps=2,
+                       guidance=7.5, width=64, height=64)
+    image = np.asarray(result.images[0])
+    assert image.shape == (64, 64, 3) and image.std() > 0  # a picture, not a flat (NaN-guarded) fill
+
+
+def test_amx_is_read_from_the_cpu_flags_as_torch_sees_it():
+    import torch
+
+    # torch's own (private) detection, as a cross-check of the /proc/cpuinfo reading: the same answer here.
+    assert probe_amx_bf16() == (sys.platform == "linux" and torch.cpu._is_amx_tile_supported())
 
 
 def test_advanced_applies_its_eager_optimizations():

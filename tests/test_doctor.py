@@ -137,6 +137,14 @@ def test_fp8_check_says_whether_fp8_matmul_runs(card, torchao, detail, fix):
     assert "fp8" not in {c.name for c in diagnosis.run_checks(MACHINES["no GPU"])}
 
 
+@pytest.mark.parametrize("amx, detail", [(True, "AMX with bf16: half-precision presets run in bfloat16"),
+                                         (False, "no AMX: presets run in float32")])
+def test_cpu_check_says_which_precision_the_presets_run_in(amx, detail):
+    checks = {c.name: c for c in diagnosis.run_checks(machine(cpu_amx_bf16=amx))}
+    assert checks["cpu"].status == "ok" and checks["cpu"].detail.startswith(detail)
+    assert "cpu" not in {c.name for c in diagnosis.run_checks(MACHINES["A100 80 GB"])}
+
+
 def test_missing_required_package_fails_and_offline_uncached_model_warns():
     broken = machine(packages={"diffusers": None}, hf_offline=True)
     checks = {c.name: c for c in diagnosis.run_checks(broken)}

@@ -50,6 +50,7 @@ class BuiltPipeline:
     applied: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     unet_cache: Any = None  # unet_cache.FeatureCache when `feature_cache_interval` is on
+    compiled: bool = False  # torch.compile applied: the first call of each input shape compiles (or loads its cache)
 
     def skip(self, what: str, why: str) -> None:
         self.skipped.append((what, why))
@@ -212,9 +213,14 @@ def _quiet_libraries() -> None:
     if os.environ.get("NITRO_DEBUG"):
         return
     import logging
+    import warnings
 
     for name in IMPORT_TIME_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Compiling a bf16 UNet traces diffusers' cached torch-version check in its upsamplers; dynamo warns about
+    # the cache, which changes nothing for a user (a constant answer).
+    warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`-wrapped function",
+                            category=UserWarning)
     import diffusers
     import transformers
 
@@ -547,6 +553,7 @@ def _apply_compile(built: BuiltPipeline, preset: Preset, machine: hardware.Machi
     elif mode == "max-autotune" and not cuda_graphs:
         built.skip("CUDA graphs (max-autotune)", "no CUDA device: compiled without them")
     built.applied.append(f"compile caches in {use_compile_caches()} (a later process reuses them)")
+    built.compiled = True
     tuning = preset.inductor_tuning
     if tuning:
         built.applied.append("inductor tuning (" + ", ".join(f"{k}={v}" for k, v in INDUCTOR_TUNING.items()) + ")")

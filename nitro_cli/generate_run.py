@@ -130,10 +130,10 @@ def _generate_share(request: GenerateRequest, loaded, built, model_name: str, mi
     cache = PromptCache(built.pipe, built.device, enabled=settings.prompt_cache)
     save = partial(output.save_image, folder=request.out, sampler=SAMPLER_NAMES[settings.scheduler],
                    model=model_name, preset=loaded.name)
-    display = RunDisplay(len(mine), json_output=request.json_output, model=model_name, preset=loaded.name, bars=show)
+    display = RunDisplay(len(mine), json_output=request.json_output, model=model_name, preset=loaded.name, bars=show,
+                         compiled=built.compiled)
     with display:
         # A compiled pipeline is specialised to its batch shape: keep every call at batch_size.
         results = generate_images(built.pipe, cache, built.device, mine, batch_size=settings.batch_size,
-                                  save=save, observer=display,
-                                  fixed_batch_shape=settings.compile != "none" and settings.backend == "pytorch")
+                                  save=save, observer=display, fixed_batch_shape=built.compiled)
     return results, cache.stats(), display

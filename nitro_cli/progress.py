@@ -26,9 +26,11 @@ def image_record(result: ImageResult, *, model: str, preset: str) -> dict:
 
 class RunDisplay(RunObserver):
     """Rich progress bars for images and denoising steps (only on a terminal), one stdout line per image.
-    `bars=False` leaves the bars out: of several processes sharing a terminal, only the main one draws them."""
+    `bars=False` leaves the bars out: of several processes sharing a terminal, only the main one draws them.
+    `compiled`: the pipeline is compiled, so the first batch of each image size waits for the compiler."""
 
-    def __init__(self, total_images: int, *, json_output: bool, model: str, preset: str, bars: bool = True):
+    def __init__(self, total_images: int, *, json_output: bool, model: str, preset: str, bars: bool = True,
+                 compiled: bool = False):
         self.console = Console(stderr=True, soft_wrap=True)
         self._json = json_output
         self._model, self._preset = model, preset
@@ -38,6 +40,8 @@ class RunDisplay(RunObserver):
         self._steps = self._progress.add_task("steps", total=None)
         self._vae_fp32_said = False
         self._total, self._saved = total_images, 0
+        self._announce_compiling = compiled and bars  # by the main process only, like the run's other notes
+        self._compiled_sizes: set[str] = set()  # sizes whose first (compiling) call was announced
 
     def __enter__(self) -> "RunDisplay":
         self._progress.start()
@@ -50,6 +54,12 @@ class RunDisplay(RunObserver):
                                "Repeat the command with --resume to make the rest.", markup=False)
 
     def batch_started(self, batch: list[PlannedImage]) -> None:
+        size = f"{batch[0].job.width}x{batch[0].job.height}"
+        if self._announce_compiling and size not in self._compiled_sizes:
+            # Otherwise the steps bar sits at 0 for a minute and looks hung.
+            self._compiled_sizes.add(size)
+            self.console.print(f"Compiling for {size} (the first call of each image size in a process: up to a "
+                               "few minutes; cached on disk, so later processes load it faster)", markup=False)
         self._progress.reset(self._steps, total=batch[0].job.steps,
                              description=f"steps ({len(batch)} image{'s' if len(batch) > 1 else ''})")
 

@@ -83,6 +83,7 @@ def test_compile_knobs_on_cpu_are_applied_with_the_cache_folder():
     assert any(a.startswith("inductor tuning (conv_1x1_as_mm=True") for a in built.applied)
     for module in (built.pipe.unet, built.pipe.vae.decoder, built.pipe.text_encoder):
         assert module._compiled_call_impl is not None
+    assert built.compiled
 
 
 def test_compile_extras_without_a_compile_mode_are_skipped():
@@ -90,7 +91,7 @@ def test_compile_extras_without_a_compile_mode_are_skipped():
     built = build_pipeline(settings, "random:tiny", "cpu", cpu_machine())
     assert {"compile_vae", "compile_text_encoder", "inductor_tuning"} <= set(skipped_names(built))
     assert built.pipe.vae.decoder._compiled_call_impl is None
-    assert not any("compile" in a for a in built.applied)
+    assert not any("compile" in a for a in built.applied) and not built.compiled
 
 
 def test_compile_options_use_real_inductor_names():
@@ -382,3 +383,20 @@ def test_fp8_matmul_on_an_fp8_gpu_runs_compiled_with_cuda_graphs():
         pytest.skip(f"{torch.cuda.get_device_name()} has no fp8 tensor cores (compute capability 8.9+)")
     pytest.importorskip("torchao", reason="torchao not installed (pip install 'nitro-cli[fp8]')")
     assert _psnr(_first_image(["quantization=fp8_matmul"], "cuda"), _first_image([], "cuda")) >= 30
+
+
+@pytest.mark.parametrize("compiled, main_process, announced", [(True, True, ["64x64", "64x96"]), (False, True, []),
+                                                                (True, False, [])])
+def test_the_first_batch_of_each_size_says_it_compiles(capsys, compiled, main_process, announced):
+    """Else the steps bar sits at 0 during a minute of compiling and looks hung."""
+    from nitro_cli.generation import PlannedImage
+    from nitro_cli.progress import RunDisplay
+    from nitro_cli.prompts import PromptJob
+
+    display = RunDisplay(4, json_output=True, model="random:tiny", preset="expert", bars=main_process,
+                         compiled=compiled)
+    for width, height in ((64, 64), (64, 64), (64, 96), (64, 64)):
+        job = PromptJob(prompt="a castle", negative="", seed=None, steps=2, guidance=7.5, width=width, height=height)
+        display.batch_started([PlannedImage(0, job, 1, "00000-1-a-castle.png")])
+    said = [line.split()[2] for line in capsys.readouterr().err.splitlines() if line.startswith("Compiling for")]
+    assert said == announced

@@ -221,6 +221,8 @@ def _quiet_libraries() -> None:
     # the cache, which changes nothing for a user (a constant answer).
     warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`-wrapped function",
                             category=UserWarning)
+    # Compiling fp8 weights (torchao's Float8Tensor): AOTAutograd's cache hashes them its default way and says so.
+    warnings.filterwarnings("ignore", message=".* does not implement _stable_hash_for_caching", category=UserWarning)
     import diffusers
     import transformers
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -40,6 +42,7 @@ class RunDisplay(RunObserver):
         self._steps = self._progress.add_task("steps", total=None)
         self._vae_fp32_said = False
         self._total, self._saved = total_images, 0
+        self._stdout_gone = False
         self._announce_compiling = compiled and bars  # by the main process only, like the run's other notes
         self._compiled_sizes: set[str] = set()  # sizes whose first (compiling) call was announced
 
@@ -78,9 +81,22 @@ class RunDisplay(RunObserver):
                                "safety checker: not saved. Try another seed or prompt.", markup=False)
         if self._json:
             # ASCII (\u escapes): valid JSON whatever stdout's encoding is.
-            print(json.dumps(image_record(result, model=self._model, preset=self._preset)), flush=True)
+            self._print_stdout(json.dumps(image_record(result, model=self._model, preset=self._preset)))
         elif result.path is not None:
-            print(result.path, flush=True)
+            self._print_stdout(str(result.path))
+
+    def _print_stdout(self, line: str) -> None:
+        if self._stdout_gone:
+            return
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:
+            # The reader went away (`nitro generate ... | head -1`): the images are the work, so the run goes
+            # on. stdout now points at devnull, as Python's docs advise, so no later flush fails again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            self._stdout_gone = True
+            self.console.print("Note: stdout's reader went away; the run goes on, saving images without printing "
+                               "their paths.", markup=False)
 
     def summary(self, results: list[ImageResult], cache: CacheStats, total_seconds: float, device: str,
                 processes: list[int] | None = None) -> None:

@@ -74,3 +74,18 @@ def test_a_stdout_that_cannot_encode_the_prompt_still_gets_every_image(tmp_path,
         assert json.loads(lines[0])["prompt"] == "café ☕"
     else:
         assert sorted(Path(line).name for line in lines) == [name.replace("é", "\\xe9") for name in saved]
+
+
+def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path):
+    """`nitro generate ... --json | head -1`: the images are the work; stdout's loss is only noted."""
+    from tests.conftest import FAST
+
+    process = subprocess.Popen([sys.executable, "-m", "nitro_cli", "generate", "a castle", *FAST, "-n", "4",
+                                "--out", str(tmp_path), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    first = process.stdout.readline()
+    process.stdout.close()  # before the next image's line: each image takes a denoising call
+    _, stderr = process.communicate(timeout=120)
+    assert first.startswith(b'{"path": ') and process.returncode == 0, stderr.decode()
+    assert len(list(tmp_path.glob("*.png"))) == 4
+    assert b"stdout's reader went away" in stderr

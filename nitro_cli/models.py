@@ -190,6 +190,31 @@ def _missing_model_hint(source: ModelSource) -> str:
             "or try --model random:tiny for a dry run")
 
 
+def check_checkpoint_file(path: str) -> None:
+    """A run-time failure unless `path` starts like a checkpoint diffusers can read: a safetensors header, or
+    torch.save's zip (or older pickle) format. diffusers itself reports a damaged file in words that point at
+    the missing-config case."""
+    import zipfile
+
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt"):  # reads the header only
+                return
+        except Exception as exc:  # safetensors raises its own SafetensorsError on a bad header
+            why = first_line(exc)
+    else:
+        with open(path, "rb") as file:
+            pickle_protocol = file.read(1) == b"\x80"
+        if pickle_protocol or zipfile.is_zipfile(path):
+            return
+        why = "neither torch.save's zip format nor a pickle"
+    raise RuntimeFailure(f"model '{path}' failed to load: not a readable checkpoint ({why})",
+                         hint="the file is damaged or incomplete: download it again, or try --model random:tiny "
+                              "for a dry run")
+
+
 def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool, device: str = "cpu",
                   quantization_config=None):
     """The pipeline behind `source`, in `torch_dtype`. A model that can't be had is exit 2 with a hint."""
@@ -210,6 +235,7 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
         kwargs["quantization_config"] = quantization_config
     try:
         if source.kind == "single_file":
+            check_checkpoint_file(source.spec)
             return StableDiffusionPipeline.from_single_file(source.spec, **kwargs)
         return StableDiffusionPipeline.from_pretrained(source.spec, **kwargs)
     except (OSError, ValueError) as exc:

@@ -76,6 +76,29 @@ def test_debug_env_shows_the_traceback(runner, tmp_path, monkeypatch):
     assert result.exit_code == 2 and "Traceback" in result.output
 
 
+@pytest.mark.parametrize("name", ["damaged.safetensors", "damaged.ckpt"])
+def test_damaged_checkpoint_file_is_a_run_time_failure_naming_it(runner, tmp_path, name):
+    (tmp_path / name).write_bytes(b"<html>rate limited</html>" * 40)  # what a failed download can leave
+    args = [a for a in FAST if a not in ("--model", "random:tiny")]
+    result = runner.invoke(app, ["generate", "castle", "--model", str(tmp_path / name), "--out", str(tmp_path / "o"),
+                                 *args])
+    assert result.exit_code == 1, result.output
+    assert "not a readable checkpoint" in result.output and "damaged or incomplete" in result.output
+
+
+def test_readable_checkpoint_files_pass_the_check(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from nitro_cli.models import check_checkpoint_file
+
+    save_file({"w": torch.zeros(2)}, tmp_path / "model.safetensors")
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "model.ckpt")  # zip format
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "legacy.ckpt", _use_new_zipfile_serialization=False)
+    for name in ("model.safetensors", "model.ckpt", "legacy.ckpt"):
+        check_checkpoint_file(str(tmp_path / name))
+
+
 def test_damaged_model_folder_is_a_run_time_failure(runner, tiny_model_dir, tmp_path):
     import shutil
 

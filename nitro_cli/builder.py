@@ -156,11 +156,12 @@ def fuse_qkv_blocker(preset: Preset) -> str | None:
 SCHEDULERS_WITHOUT_STEP_INDEX = ("pndm", "ddim")
 
 
-def feature_cache_blocker(preset: Preset) -> str | None:
-    """Why `feature_cache_interval` can't run with these settings (the UNet's layout is checked at build)."""
+def feature_cache_blocker(preset: Preset, device: str) -> str | None:
+    """Why `feature_cache_interval` can't run with these settings on `device` (the UNet's layout is checked at
+    build)."""
     if preset.scheduler in SCHEDULERS_WITHOUT_STEP_INDEX:
         return f"scheduler {preset.scheduler} has no step index to count steps by (DPM++, Euler, LMS, UniPC have)"
-    if preset.offload != "none":
+    if preset.offload != "none" and offload_blocker(device) is None:  # on a CPU, offloading is skipped
         return "CPU offload wraps the UNet's forward, which the cached steps go around"
     return None
 
@@ -436,7 +437,7 @@ def _apply_feature_cache(built: BuiltPipeline, preset: Preset) -> None:
 
     interval = preset.feature_cache_interval
     pipe = built.pipe
-    why = feature_cache_blocker(preset) or unet_cache.feature_cache_blocker(pipe.unet)
+    why = feature_cache_blocker(preset, built.device) or unet_cache.feature_cache_blocker(pipe.unet)
     if why:
         built.skip(f"feature_cache_interval {interval}", why)
         return

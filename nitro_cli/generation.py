@@ -6,7 +6,8 @@ call encodes again. Either way the encoding time is measured apart from denoisin
 
 A run is planned image by image in prompt order (`plan_images`), then images that share size, steps
 and CFG scale are grouped into pipeline calls of up to `batch_size` (`group_batches`), across prompts.
-Each image has its own generator, so grouping never changes its pixels.
+Each image has its own generator, so grouping never changes what it depicts; only kernel rounding,
+which varies with the batch size, moves a few values by a level or two out of 255.
 
 For throughput (the deploy tier), finished images are encoded and written by `ImageWriter`, a thread
 of its own, while the next batch denoises; and with a compiled pipeline a smaller last batch is filled
@@ -127,9 +128,9 @@ def run_batch(pipe, cache: PromptCache, prompts: list[str], negatives: list[str]
               steps: int, guidance: float, width: int, height: int,
               on_step_end: Callable | None = None) -> BatchResult:
     """Denoise and decode one batch. Each image gets its own generator, so image i depends only on its
-    own seed: batched and one-by-one runs give the same pixels. The generators live on the execution
-    device: ancestral samplers (Euler a) draw noise at every step, and noise drawn on the CPU is a
-    blocking copy, a host-device sync per step in a launch-bound loop. So a seed's image is the same
+    own seed: batched and one-by-one runs give the same pixels but for kernel rounding. The generators
+    live on the execution device: ancestral samplers (Euler a) draw noise at every step, and noise drawn
+    on the CPU is a blocking copy, a host-device sync per step in a launch-bound loop. So a seed's image is the same
     on every run of one machine, not across CPU and GPU. `on_step_end` is
     diffusers' `callback_on_step_end(pipe, step, timestep, tensors) -> tensors`.
 

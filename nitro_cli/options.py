@@ -31,6 +31,10 @@ MaxVramOption = Annotated[Optional[float], typer.Option(
     help="GPU memory budget in GiB: without --preset, the fastest preset expected to fit; with one, the "
          "settings it needs to fit (CPU offload, VAE tiling, smaller weights). Estimated from measured peaks "
          "(nitro_cli/vram.py); says on stderr what it chose.")]
+BenchMaxVramOption = Annotated[Optional[float], typer.Option(
+    "--max-vram", metavar="GIB",
+    help="GPU memory budget in GiB: each preset gets the settings it needs to fit (CPU offload, VAE tiling, "
+         "smaller weights); one that can't fit is a failed row. Estimated from measured peaks (nitro_cli/vram.py).")]
 
 
 def check_max_vram(value: float | None) -> None:

@@ -81,7 +81,7 @@ def _availability(key: str, value: Any, preset: Preset, device: str, machine: Ma
     elif key == "fuse_qkv" and value:
         why = builder.fuse_qkv_blocker(preset)
     elif key == "feature_cache_interval" and value > 1:
-        why = builder.feature_cache_blocker(preset)
+        why = builder.feature_cache_blocker(preset, device)
     elif (key == "cudnn_benchmark" and value) or (key == "sdpa_backend" and value != "auto"):
         why = builder.cuda_only_blocker(device)
     else:

@@ -270,8 +270,11 @@ def test_schedulers_without_step_index_are_the_ones_diffusers_has():
 
 
 def test_feature_cache_with_offload_is_refused_by_the_rule_checklist_shares():
-    assert "CPU offload" in builder.feature_cache_blocker(load_preset("lowvram", ["feature_cache_interval=2",
-                                                                                "scheduler=euler"]).settings)
+    settings = load_preset("lowvram", ["feature_cache_interval=2", "scheduler=euler"]).settings
+    assert "CPU offload" in builder.feature_cache_blocker(settings, "cuda")
+    assert builder.feature_cache_blocker(settings, "cpu") is None  # offloading is skipped there, so no conflict
+    built = build_pipeline(settings, "random:tiny", "cpu", cpu_machine())
+    assert built.unet_cache is not None and "feature_cache_interval 2" not in skipped_names(built)
 
 
 def test_compile_with_feature_cache_compiles_each_path_not_the_unet():

@@ -98,7 +98,7 @@ def bench(
     width: options.WidthOption = None,
     height: options.HeightOption = None,
     device: options.DeviceOption = options.Device.auto,
-    max_vram: options.MaxVramOption = None,
+    max_vram: options.BenchMaxVramOption = None,
     json_file: Annotated[Optional[Path], typer.Option("--json", metavar="FILE",
                                                       help="Write the report as JSON.")] = None,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", metavar="FILE",

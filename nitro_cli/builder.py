@@ -396,12 +396,13 @@ def _apply_fp8_matmul(built: BuiltPipeline, machine: hardware.Machine) -> None:
     """A speed setting, unlike the other quantizations: fp8 tensor cores do twice the fp16 matmul work per
     cycle. A machine without them degrades (skip); a capable one without torchao is a fixable error.
     After fuse_qkv, so the fused projections are quantized too."""
-    if why := fp8_matmul_hardware_blocker(built.device, machine):
+    why = quantization_blocker("fp8_matmul", built.device, machine)
+    if why == TORCHAO_MISSING:
+        raise UsageError(f"quantization=fp8_matmul: {why}",
+                         hint="pip install 'nitro-cli[fp8]'  (or --set quantization=none)")
+    if why:
         built.skip("fp8_matmul quantization", f"{why}: {built.dtype} matmuls used")
         return
-    if machine.packages.get("torchao") is None:
-        raise UsageError(f"quantization=fp8_matmul: {TORCHAO_MISSING}",
-                         hint="pip install 'nitro-cli[fp8]'  (or --set quantization=none)")
     count, scales = quantize_unet_matmuls_fp8(built.pipe.unet, built.dtype)
     built.applied.append(f"fp8 matmuls in the UNet's {count} attention and feed-forward Linear layers "
                          f"(torchao, dynamic {scales} scales; changes the picture)")

@@ -130,9 +130,9 @@ def run_batch(pipe, cache: PromptCache, prompts: list[str], negatives: list[str]
     """Denoise and decode one batch. Each image gets its own generator, so image i depends only on its
     own seed: batched and one-by-one runs give the same pixels but for kernel rounding. The generators
     live on the execution device: ancestral samplers (Euler a) draw noise at every step, and noise drawn
-    on the CPU is a blocking copy, a host-device sync per step in a launch-bound loop. So a seed's image is the same
-    on every run of one machine, not across CPU and GPU. `on_step_end` is
-    diffusers' `callback_on_step_end(pipe, step, timestep, tensors) -> tensors`.
+    on the CPU is a blocking copy, a host-device sync per step in a launch-bound loop. So a seed's image
+    is the same on every run of one machine, not across CPU and GPU. `on_step_end` is diffusers'
+    `callback_on_step_end(pipe, step, timestep, tensors) -> tensors`.
 
     The pipeline stops at latents so that decoding can be checked (`decode_latents`); the safety
     checker then runs as the pipeline would run it, blacking out what it flags."""

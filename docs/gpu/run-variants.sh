@@ -2,7 +2,9 @@
 # GPU measurement still open (one device call, at most 9.5 minutes on an H100/H200; the most wanted first,
 # each step under its own timeout so a slow one leaves the rest their time):
 #  1. expert beside its two opt-in levers, the feature cache and fp8 matmuls (issue 6: their speed and PSNR
-#     against expert), then expert's first image in a second process (issue 6: at most 15 s);
+#     against expert), and beside expert without the compiled VAE decoder; then the first image of a second
+#     process (issue 6: at most 15 s), with and without the compiled VAE decoder (on a CPU its tracing was a
+#     quarter of a second process's compile time: docs/benchmarks.md);
 #  2. deploy sustained over 200 prompts with `nitro generate` (issue 8: images/s);
 #  3. minvram beside beginner (issue 7: peak VRAM <= 1 GiB, time), when time is left.
 # Then, in a second call within the machine's idle window, the GPU-only tests (about 5 minutes: no
@@ -17,18 +19,23 @@ rm -rf /tmp/second-process /tmp/deploy-200  # fresh output folders: the counts b
 
 # expert's own code path is unchanged since its H200 row (11.63x baseline): compare the two levers with it
 # (the grep shows whether fp8 matmuls were applied or skipped, and why).
-timeout 330 $nitro bench --model random:sd15 --presets expert,$V/expert-feature-cache.yaml,$V/expert-fp8-matmul.yaml \
+# expert-no-compile-vae last: its UNet graph is expert's, so it loads from the on-disk cache in seconds.
+timeout 345 $nitro bench --model random:sd15 \
+  --presets expert,$V/expert-feature-cache.yaml,$V/expert-fp8-matmul.yaml,$V/expert-no-compile-vae.yaml \
   --baseline expert --json "$OUT/expert.json" > "$OUT/expert.log" 2>&1
 row "$OUT/expert.log"; grep -i "fp8" "$OUT/expert.log"
 # A second process, same model/preset/shape: its first image with the caches the bench just filled, and
 # where its compile time went (dynamo's phases, the largest first).
-timeout 45 python3 docs/gpu/second_process.py generate "arcane style warrior" --model random:sd15 --preset expert \
-  --seed 1 -n 2 --out /tmp/second-process --json > "$OUT/second-process.jsonl" 2> "$OUT/second-process.log"
-echo "second process: exit $?, per image:" $(grep -o "\"seconds\": [0-9.]*" "$OUT/second-process.jsonl")
-awk -F', ' 'NF == 2 && $1 !~ / / && $2 + 0 >= 0.3' "$OUT/second-process.log" | sort -t, -k2 -nr | head -8
+for preset in expert $V/expert-no-compile-vae.yaml; do
+  name=$(basename "$preset" .yaml)
+  timeout 45 python3 docs/gpu/second_process.py generate "arcane style warrior" --model random:sd15 --preset "$preset" \
+    --seed 1 -n 2 --out "/tmp/second-process/$name" --json > "$OUT/second-process-$name.jsonl" 2> "$OUT/second-process-$name.log"
+  echo "second process, $name: exit $?, per image:" $(grep -o "\"seconds\": [0-9.]*" "$OUT/second-process-$name.jsonl")
+  awk -F', ' 'NF == 2 && $1 !~ / / && $2 + 0 >= 0.3' "$OUT/second-process-$name.log" | sort -t, -k2 -nr | head -8
+done
 
 for i in $(seq 1 200); do echo "--prompt \"arcane style city number $i\" --seed $i"; done > /tmp/prompts-200.txt
-timeout 140 $nitro generate --model random:sd15 --preset deploy --prompts-file /tmp/prompts-200.txt \
+timeout 130 $nitro generate --model random:sd15 --preset deploy --prompts-file /tmp/prompts-200.txt \
   --out /tmp/deploy-200 --json > "$OUT/deploy-200.jsonl" 2> "$OUT/deploy-200.log"
 echo "deploy 200 prompts: exit $?, $(ls /tmp/deploy-200/*.png 2>/dev/null | wc -l) PNG files"; tail -2 "$OUT/deploy-200.log"
 # Sustained rate: the images after the first batch (which compiles), by their batches' own time and by

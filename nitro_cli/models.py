@@ -265,7 +265,7 @@ def check_text_to_image_unet(pipe, spec: str) -> None:
     latent_channels = pipe.vae.config.latent_channels
     extra = unet.get("addition_embed_type") or unet.get("class_embed_type")
     if extra:
-        why = f"its UNet needs extra conditioning ({extra}; SDXL's is text_time)"
+        why = f"its UNet needs extra conditioning ({extra}): an SDXL or other later model"
     elif unet.get("in_channels") != latent_channels:
         why = (f"its UNet takes {unet.get('in_channels')} input channels, not the {latent_channels} latent channels "
                "of text-to-image (an inpainting or depth model?)")

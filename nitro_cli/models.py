@@ -58,6 +58,10 @@ def resolve_model(spec: str | None) -> ModelSource:
         if not path.is_file():
             raise UsageError(f"model file not found: {spec}", hint="check the path, or try --model random:tiny for a dry run")
         return ModelSource(str(path), "single_file")
+    if path.is_file():
+        raise UsageError(f"{spec} is a file, but not a .safetensors or .ckpt checkpoint",
+                         hint="give a single-file SD 1.x checkpoint (.safetensors/.ckpt), a diffusers folder, "
+                              "owner/name, or random:tiny")
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise UsageError(f"{spec} is a folder but not a diffusers pipeline (no model_index.json)",
@@ -236,8 +240,9 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
     try:
         if source.kind == "single_file":
             check_checkpoint_file(source.spec)
-            return StableDiffusionPipeline.from_single_file(source.spec, **kwargs)
-        return StableDiffusionPipeline.from_pretrained(source.spec, **kwargs)
+            pipe = StableDiffusionPipeline.from_single_file(source.spec, **kwargs)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(source.spec, **kwargs)
     except (OSError, ValueError) as exc:
         # Not downloadable or not cached (hub ids; the SD config a single file needs): bad input, exit 2.
         # huggingface_hub's not-found and offline errors are OSError subclasses. A model that is here
@@ -248,3 +253,23 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
         raise RuntimeFailure(f"model '{source.spec}' failed to load: {first_line(exc)}",
                              hint="check that the files are complete (re-download or re-save them), "
                                   "or try --model random:tiny for a dry run") from exc
+    check_text_to_image_unet(pipe, source.spec)
+    return pipe
+
+
+def check_text_to_image_unet(pipe, spec: str) -> None:
+    """A usage error unless the UNet takes only what SD 1.x text-to-image gives it: latents, a timestep and
+    text embeddings. diffusers loads an SDXL or inpainting model into StableDiffusionPipeline without a word,
+    and it then fails in the first denoising step."""
+    unet = pipe.unet.config
+    latent_channels = pipe.vae.config.latent_channels
+    extra = unet.get("addition_embed_type") or unet.get("class_embed_type")
+    if extra:
+        why = f"its UNet needs extra conditioning ({extra}): an SDXL or other later model"
+    elif unet.get("in_channels") != latent_channels:
+        why = (f"its UNet takes {unet.get('in_channels')} input channels, not the {latent_channels} latent channels "
+               "of text-to-image (an inpainting or depth model?)")
+    else:
+        return
+    raise UsageError(f"model '{spec}' is not a Stable Diffusion 1.x text-to-image model: {why}",
+                     hint="give an SD 1.x model such as nitrosocke/Nitro-Diffusion, or --model random:tiny for a dry run")

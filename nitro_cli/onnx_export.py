@@ -19,6 +19,7 @@ starting noise as the PyTorch pipeline on a CPU (and so nearly the same pixels).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -184,6 +185,14 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
     if source.kind == "folder" and is_onnx_folder(source.spec):
         raise UsageError(f"{source.spec} is already an ONNX export", hint="use it directly: --model "
                                                                            f"{source.spec} --set backend=onnx")
+    # Checked before the model loads (minutes for SD 1.x), and so not blamed on the exporter later.
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: the folder can't be created ({exc.strerror or exc})",
+                         hint="give a folder you can write to") from None
+    if not os.access(out, os.W_OK):
+        raise UsageError(f"--out {out}: the folder is not writable", hint="give a folder you can write to")
     import torch
     from diffusers import OnnxRuntimeModel, OnnxStableDiffusionPipeline
 

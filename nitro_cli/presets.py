@@ -12,13 +12,14 @@ import difflib
 import math
 import re
 from dataclasses import dataclass, field
+from collections.abc import Hashable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from nitro_cli.errors import UsageError
+from nitro_cli.errors import UsageError, first_line
 
 PRECISIONS = ("float32", "float16", "bfloat16")
 ATTENTIONS = ("sdpa", "xformers", "sliced")
@@ -122,9 +123,13 @@ def resolve_path(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     looks_like_path = path.suffix in (".yaml", ".yml") or "/" in name_or_path or path.exists()
     if looks_like_path:
+        if path.is_dir():
+            raise UsageError(f"{name_or_path} is a folder, not a preset file", hint="give a .yaml file in it")
         if not path.is_file():
+            shipped = path.stem if path.parent == Path(".") and path.stem in shipped_names() else None
+            guess = f"did you mean the shipped preset (--preset {shipped})? " if shipped else ""
             raise UsageError(f"preset file not found: {name_or_path}",
-                             hint=f"shipped presets: {', '.join(shipped_names())}")
+                             hint=f"{guess}shipped presets: {', '.join(shipped_names())}")
         return path
     candidate = shipped_dir() / f"{name_or_path}.yaml"
     if candidate.is_file():
@@ -134,6 +139,24 @@ def resolve_path(name_or_path: str) -> Path:
     hint = f"did you mean '{close}'? " if close else ""
     raise UsageError(f"unknown preset '{name_or_path}'",
                      hint=f"{hint}shipped presets: {', '.join(names)}; or give a path to a .yaml file")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (YAML forbids it; PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden by later keys
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # the safe loader itself refuses an unhashable key
+            if key in seen:
+                raise yaml.constructor.ConstructorError(problem=f"key {key!r} is given twice",
+                                                        problem_mark=key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 # A float in YAML 1.2's core schema: unlike YAML 1.1 it needs no dot before an exponent.
@@ -266,9 +289,13 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Loaded
     """Read, merge `--set` overrides into, and validate one preset."""
     path = resolve_path(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        raise UsageError(f"preset {path} is not valid YAML (line {mark.line + 1}, column {mark.column + 1}): "
+                         f"{exc.problem}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UsageError(f"preset {path} is not valid YAML: {exc}") from None
+        raise UsageError(f"preset {path} is not valid YAML: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise UsageError(f"preset {path} must be a mapping of keys to values, not {type(data).__name__}")
     try:

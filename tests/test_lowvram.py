@@ -153,13 +153,18 @@ def test_quantized_random_model_loads_from_its_cached_folder(monkeypatch, tmp_pa
 
     monkeypatch.setenv("NITRO_CACHE_DIR", str(tmp_path))
     calls = []
-    monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_pretrained",
-                        classmethod(lambda cls, path, **kwargs: calls.append((path, kwargs)) or "pipe"))
+    load_unquantized = diffusers.StableDiffusionPipeline.from_pretrained
+
+    def record_and_load(path, **kwargs):
+        calls.append((path, kwargs))
+        return load_unquantized(path)  # load_pipeline checks the architecture of what it loaded
+
+    monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_pretrained", record_and_load)
     marker = object()  # stands in for a PipelineQuantizationConfig: bitsandbytes can't load on a CPU
     pipe = models.load_pipeline(models.resolve_model("random:tiny"), torch_dtype=torch.float16,
                                 with_safety_checker=False, quantization_config=marker)
     (path, kwargs), = calls
-    assert pipe == "pipe" and path == str(tmp_path / "models" / "random-tiny-cpu")
+    assert isinstance(pipe, diffusers.StableDiffusionPipeline) and path == str(tmp_path / "models" / "random-tiny-cpu")
     assert kwargs["quantization_config"] is marker and kwargs["dtype"] == torch.float16
     assert kwargs["safety_checker"] is None
 

@@ -113,3 +113,58 @@ def test_damaged_model_folder_is_a_run_time_failure(runner, tiny_model_dir, tmp_
     # No "Traceback" check here: under CliRunner, diffusers' log handler may still hold an earlier test's
     # closed stderr and print logging's own "--- Logging error ---" traceback. A real process prints
     # diffusers' one-line "An error occurred..." and then our Error/Hint lines (checked by hand).
+
+
+@pytest.mark.parametrize("name", ["model.bin", "model.pt", "MODEL.SAFETENSORS"])
+def test_an_existing_file_of_another_kind_is_not_called_missing(tmp_path, name):
+    from nitro_cli.errors import UsageError
+
+    (tmp_path / name).write_bytes(b"weights")
+    with pytest.raises(UsageError) as error:
+        resolve_model(str(tmp_path / name))
+    assert "not found" not in error.value.message and "is a file" in error.value.message
+    assert ".safetensors" in error.value.hint
+
+
+def _tiny_sdxl_folder(folder):
+    """A few-KB SDXL pipeline (two text encoders, a UNet conditioned on text embeddings and time ids)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=32, norm_num_groups=8,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=4,
+                                addition_embed_type="text_time", addition_time_embed_dim=8,
+                                projection_class_embeddings_input_dim=80, cross_attention_dim=64)
+    vae = AutoencoderKL(block_out_channels=(8, 16), norm_num_groups=4, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    text = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=1,
+                          projection_dim=32)
+    StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(text), text_encoder_2=CLIPTextModelWithProjection(text),
+                              tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(), unet=unet,
+                              scheduler=EulerDiscreteScheduler()).save_pretrained(folder)
+
+
+def test_a_model_of_another_architecture_is_a_clear_error(runner, tmp_path):
+    _tiny_sdxl_folder(tmp_path / "sdxl")
+    args = [a for a in FAST if a not in ("--model", "random:tiny")]
+    result = runner.invoke(app, ["generate", "castle", "--model", str(tmp_path / "sdxl"), "--out", str(tmp_path / "o"),
+                                 "--preset", "baseline", *args])
+    assert result.exit_code == 2, result.output
+    assert "not a Stable Diffusion 1.x" in result.stderr and "Hint:" in result.stderr
+    assert not list((tmp_path / "o").glob("*.png"))
+
+
+def test_an_inpainting_unet_is_a_clear_error(runner, tiny_model_dir, tmp_path):
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    inpainting = tmp_path / "inpainting"
+    shutil.copytree(tiny_model_dir, inpainting)
+    config = dict(UNet2DConditionModel.load_config(inpainting / "unet"), in_channels=9)  # latents, mask, masked image
+    UNet2DConditionModel.from_config(config).save_pretrained(inpainting / "unet")
+    args = [a for a in FAST if a not in ("--model", "random:tiny")]
+    result = runner.invoke(app, ["generate", "castle", "--model", str(inpainting), "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2, result.output
+    assert "9 input channels" in result.stderr

@@ -186,3 +186,13 @@ def test_export_out_that_is_a_file_is_a_usage_error(runner, tmp_path):
     result = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(not_a_folder)])
     assert result.exit_code == 2, result.output
     assert "is a file, not a folder" in result.stderr
+
+
+def test_export_out_that_cannot_be_created_is_a_usage_error_before_loading(runner, tmp_path, monkeypatch):
+    from nitro_cli import models
+
+    monkeypatch.setattr(models, "load_pipeline", lambda *a, **k: pytest.fail("loaded the model before checking --out"))
+    (tmp_path / "taken").write_text("x", encoding="utf-8")
+    result = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(tmp_path / "taken" / "sub")])
+    assert result.exit_code == 2, result.output
+    assert "Error: --out" in result.stderr and "opset" not in result.stderr

@@ -116,3 +116,33 @@ def test_unknown_preset_name_suggests_the_closest(runner, tmp_path):
 def test_cli_flag_out_of_range_is_a_usage_error():
     with pytest.raises(UsageError, match="multiple of 8"):
         load_preset("beginner", ["height=100"])
+
+
+def test_a_key_given_twice_in_a_preset_file_is_an_error_naming_key_and_line(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("steps: 5\nvae:\n  tiling: true\n  tiling: false\n")
+    with pytest.raises(UsageError) as error:
+        load_preset(str(twice))
+    assert "'tiling'" in error.value.message and "line 4" in error.value.message and str(twice) in error.value.message
+
+
+def test_yaml_syntax_error_is_one_line_with_file_and_line(runner, tmp_path):
+    tabbed = tmp_path / "tabbed.yaml"
+    tabbed.write_text("steps: 5\nvae:\n\ttiling: true\n")
+    result = runner.invoke(app, ["generate", "x", "--preset", str(tabbed), "--out", str(tmp_path / "o"), *FAST])
+    assert result.exit_code == 2
+    error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and str(tabbed) in error[0] and "line 3" in error[0], result.stderr
+    assert "<unicode string>" not in result.stderr
+
+
+def test_a_folder_given_as_preset_is_named_a_folder(tmp_path):
+    with pytest.raises(UsageError, match="is a folder, not a preset file"):
+        load_preset(str(tmp_path))
+
+
+def test_a_shipped_name_with_yaml_appended_suggests_the_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no advanced.yaml here
+    with pytest.raises(UsageError) as error:
+        load_preset("advanced.yaml")
+    assert "--preset advanced" in error.value.hint

@@ -12,7 +12,6 @@ import difflib
 import math
 import re
 from dataclasses import dataclass, field
-from collections.abc import Hashable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -141,22 +140,22 @@ def resolve_path(name_or_path: str) -> Path:
                      hint=f"{hint}shipped presets: {', '.join(names)}; or give a path to a .yaml file")
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping (YAML forbids it; PyYAML keeps the last)."""
-
-    def construct_mapping(self, node, deep=False):
+def check_unique_keys(node) -> None:
+    """Refuse a key given twice in one mapping of a composed YAML document (YAML forbids it; PyYAML's
+    loaders keep the last one silently, so a second `compile:` at the end of a copied preset would win)."""
+    if isinstance(node, yaml.MappingNode):
         seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden by later keys
-                continue
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, Hashable):
-                continue  # the safe loader itself refuses an unhashable key
-            if key in seen:
-                raise yaml.constructor.ConstructorError(problem=f"key {key!r} is given twice",
-                                                        problem_mark=key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
+        for key_node, value_node in node.value:
+            # `<<: *defaults` merges may be overridden by later keys; scalar keys are the only ones presets have.
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    raise yaml.MarkedYAMLError(problem=f"key {key_node.value!r} is given twice",
+                                               problem_mark=key_node.start_mark)
+                seen.add(key_node.value)
+            check_unique_keys(value_node)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            check_unique_keys(item)
 
 
 # A float in YAML 1.2's core schema: unlike YAML 1.1 it needs no dot before an exponent.
@@ -289,11 +288,13 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Loaded
     """Read, merge `--set` overrides into, and validate one preset."""
     path = resolve_path(name_or_path)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
+        text = path.read_text(encoding="utf-8")
+        check_unique_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+        data = yaml.safe_load(text) or {}
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
-        raise UsageError(f"preset {path} is not valid YAML (line {mark.line + 1}, column {mark.column + 1}): "
-                         f"{exc.problem}") from None
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise UsageError(f"preset {path} is not valid YAML{where}: {exc.problem}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UsageError(f"preset {path} is not valid YAML: {first_line(exc)}") from None
     if not isinstance(data, dict):

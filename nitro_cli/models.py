@@ -248,7 +248,9 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
         # huggingface_hub's not-found and offline errors are OSError subclasses. A model that is here
         # but breaks while loading (a damaged folder, a wrong checkpoint) is a run-time failure, exit 1.
         if source.kind in ("hub", "single_file") and isinstance(exc, OSError):
-            raise UsageError(f"model '{source.spec}' could not be loaded: {first_line(exc)}",
+            # diffusers ends its not-cached error pointing at a traceback the user is not shown.
+            reason = first_line(exc).replace(" Please check out the root cause in the stacktrace above.", "")
+            raise UsageError(f"model '{source.spec}' could not be loaded: {reason}",
                              hint=_missing_model_hint(source)) from exc
         raise RuntimeFailure(f"model '{source.spec}' failed to load: {first_line(exc)}",
                              hint="check that the files are complete (re-download or re-save them), "

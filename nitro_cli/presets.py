@@ -29,9 +29,10 @@ COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
 BACKENDS = ("pytorch", "onnx")  # onnx: an exported fp32 graph run by ONNX Runtime (CPU/edge)
 
-# Scheduler key -> the sampler name AUTOMATIC1111 writes in its infotext (and users know).
+# Scheduler key -> the sampler name AUTOMATIC1111 writes in its infotext (and users know). PNDM with
+# skip_prk_steps, as SD ships it, is PLMS: A1111 has no sampler named PNDM.
 SAMPLER_NAMES = {
-    "pndm": "PNDM",
+    "pndm": "PLMS",
     "euler_a": "Euler a",
     "euler": "Euler",
     "dpmpp_2m": "DPM++ 2M",

@@ -158,14 +158,17 @@ def read_prompts_file(path: Path, defaults: PromptJob, styles: list[str]) -> lis
 
 def truncation_warnings(tokenizer, jobs: list[PromptJob]) -> list[str]:
     """One warning per distinct prompt or negative prompt longer than the text encoder reads (77 tokens
-    for CLIP), showing the part that is dropped."""
+    for CLIP), quoting the part that is dropped as the user wrote it (decoded tokens would read
+    `number 1 0 ,` for `number 10,`)."""
     limit = tokenizer.model_max_length
     warnings = []
-    texts = dict.fromkeys(text for job in jobs for text in (job.prompt, job.negative) if text)
-    for text in texts:
-        ids = tokenizer(text).input_ids  # with the start and end tokens the limit counts
-        if len(ids) > limit:
-            dropped = tokenizer.decode(ids[limit - 1:-1]).strip()
-            warnings.append(f"prompt longer than {limit} tokens; this end of it is ignored: \"{dropped}\" "
+    texts = dict.fromkeys((text, label) for job in jobs
+                          for text, label in ((job.prompt, "prompt"), (job.negative, "negative prompt")) if text)
+    for text, label in texts:
+        # Offsets of each token in `text`; the start and end tokens count towards the limit.
+        offsets = tokenizer(text, return_offsets_mapping=True).offset_mapping
+        if len(offsets) > limit:
+            dropped = text[offsets[limit - 1][0]:].strip()
+            warnings.append(f"{label} longer than {limit} tokens; this end of it is ignored: \"{dropped}\" "
                             f"(in \"{text[:40]}...\")")
     return warnings

@@ -101,6 +101,22 @@ def test_truncation_warning_shows_the_dropped_end_once_per_prompt():
     assert "lighthouse at the end" in warnings[0] and "77 tokens" in warnings[0]
 
 
+def test_truncation_warning_names_the_negative_prompt():
+    from nitro_cli.models import clip_tokenizer
+
+    long = " ".join(f"word{i}" for i in range(60)) + " lighthouse at the end"
+    [warning] = truncation_warnings(clip_tokenizer(), [PromptJob("short castle", long, None, 2, 7.5, 64, 64)])
+    assert warning.startswith("negative prompt longer than 77 tokens")
+
+
+def test_truncation_warning_quotes_the_dropped_end_as_written():
+    from nitro_cli.models import clip_tokenizer
+
+    long = ", ".join(f"tower number {i}" for i in range(30))
+    [warning] = truncation_warnings(clip_tokenizer(), [PromptJob(long, "", None, 2, 7.5, 64, 64)])
+    assert "tower number 28, tower number 29\"" in warning
+
+
 def test_plan_seeds_and_names_in_prompt_order():
     a = PromptJob("a", "", None, 2, 7.5, 64, 64)
     b = PromptJob("b", "", 100, 2, 7.5, 64, 64)  # a line with --seed 100

@@ -95,6 +95,14 @@ def test_metadata_parses_back_like_a1111(runner, tmp_path):
         "Model": "random:tiny", "Preset": "beginner"}
 
 
+def test_pndm_is_written_as_a1111s_plms(runner, tmp_path):
+    # diffusers' PNDM with skip_prk_steps (as SD ships it) is PLMS; A1111 has no sampler named PNDM.
+    assert runner.invoke(app, ["generate", "castle", "--set", "scheduler=pndm", "--out", str(tmp_path),
+                               *FAST]).exit_code == 0
+    [name] = pngs(tmp_path)
+    assert parse_infotext(Image.open(tmp_path / name).text["parameters"])[2]["Sampler"] == "PLMS"
+
+
 def test_json_lines_are_the_only_stdout(runner, tmp_path):
     result = runner.invoke(app, ["generate", "castle", "-n", "2", "--batch-size", "2", "--json", "--out", str(tmp_path), *FAST])
     assert result.exit_code == 0

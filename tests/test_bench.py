@@ -231,3 +231,27 @@ def test_a_report_file_that_fails_to_write_keeps_the_history_copy(runner, tmp_pa
     assert f"Error: could not write {tmp_path / 'bench.json'}: No space left on device" in result.stderr
     saved = list(paths.bench_dir().glob("bench-*.json"))
     assert len(saved) == 1 and f"Hint: the report is saved in {saved[0]}" in result.stderr
+
+
+def test_two_rows_with_one_name_are_a_usage_error_before_any_preset_runs(runner, tmp_path):
+    """Rows are named by preset or file stem; two alike would make --baseline and checklist pick one by chance."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    same_stem = [write_preset(tmp_path / folder, "fast", steps=2) for folder in ("a", "b")]
+    for presets, name in (("baseline,beginner,baseline", "baseline"), (",".join(map(str, same_stem)), "fast")):
+        result = runner.invoke(app, ["bench", "--presets", presets, *FAST, "--runs", "1"])
+        assert result.exit_code == 2, result.output
+        assert f"Error: --presets names the row {name} twice" in result.stderr
+    assert not paths.bench_dir().exists()
+
+
+def test_an_unusable_cache_folder_still_writes_the_report_files(runner, tmp_path, monkeypatch):
+    not_a_folder = tmp_path / "cache-file"
+    not_a_folder.write_text("", encoding="utf-8")
+    monkeypatch.setenv("NITRO_CACHE_DIR", str(not_a_folder))
+    report_file = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", "--presets", "beginner", *FAST, "--runs", "1", "--warmup", "0",
+                                 "--json", str(report_file)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(report_file.read_text())["results"][0]["median_s"] > 0
+    assert f"Warning: could not save the report in {not_a_folder / 'bench'}" in result.stderr.replace("\n", "")

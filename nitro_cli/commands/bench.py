@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from nitro_cli import benchmark, options
+from nitro_cli import benchmark, options, paths
 from nitro_cli.errors import RuntimeFailure, UsageError
 
 DEFAULT_PRESETS = ",".join(benchmark.DEFAULT_PRESETS)
@@ -118,6 +118,11 @@ def bench(
     if not entries:
         raise UsageError("--presets is empty", hint=f"e.g. --presets {DEFAULT_PRESETS}")
     rows = [benchmark.preset_label(entry) for entry in entries]
+    twice = next((row for index, row in enumerate(rows) if row in rows[:index]), None)
+    if twice is not None:  # --baseline and checklist find a row by its name
+        raise UsageError(f"--presets names the row {twice} twice",
+                         hint="give each preset once; copy a YAML file under another name to bench it beside one "
+                              "with the same stem")
     if baseline != benchmark.BASELINE and baseline not in rows:
         raise UsageError(f"--baseline {baseline} is not one of the rows: {', '.join(rows)}",
                          hint="name a preset given to --presets (a YAML file by its stem)")
@@ -131,15 +136,21 @@ def bench(
         progress=lambda message: console.print(message, markup=False),
     )
     _print_report(console, report)
-    history = benchmark.save_to_history(report)  # first: a full disk at --json/--csv loses no measurement
-    console.print(f"Report saved: {history}", markup=False)
+    try:  # first: a full disk at --json/--csv loses no measurement
+        history = benchmark.save_to_history(report)
+        console.print(f"Report saved: {history}", markup=False)
+    except OSError as exc:  # the cache copy is for `nitro checklist`: --json/--csv are still written
+        history = None
+        console.print(f"Warning: could not save the report in {paths.bench_dir()}: {exc.strerror or exc} "
+                      "(set NITRO_CACHE_DIR to a writable folder)", markup=False)
     for path, save in ((json_file, benchmark.save_json), (csv_file, benchmark.save_csv)):
         if path:
             try:
                 save(report, path)
             except OSError as exc:
                 raise RuntimeFailure(f"could not write {path}: {exc.strerror or exc}",
-                                     hint=f"the report is saved in {history}; copy it from there") from None
+                                     hint=f"the report is saved in {history}; copy it from there" if history
+                                     else "write it to another folder") from None
     if report.failed:
         names = ", ".join(r.preset for r in report.failed)
         raise RuntimeFailure(f"{len(report.failed)} of {len(report.results)} presets failed: {names}",

@@ -149,14 +149,21 @@ def read_bench_report(path: Path) -> dict[str, Any]:
 MEASURED_FIELDS = ("median_s", "speedup_vs_baseline", "peak_vram_mib", "images_per_min", "psnr_vs_baseline_db")
 
 
+def _number(value: Any) -> float | int | str | None:
+    """A report's figure, or None for what is not one (an old or hand-edited file); "inf" is bench's infinite PSNR."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return value if is_number or value == "inf" else None
+
+
 def measured_for(report: dict[str, Any] | None, source: Path | None, tier: str) -> dict[str, Any] | None:
     if report is None:
         return None
     entry = next((r for r in report["results"] if isinstance(r, dict) and r.get("preset") == tier), None)
-    if entry is None or entry.get("median_s") is None:
+    if entry is None or not isinstance(_number(entry.get("median_s")), (int, float)):
         return None
-    environment = report.get("environment") or {}
-    measured = {name: entry.get(name) for name in MEASURED_FIELDS}
+    environment = report.get("environment")
+    environment = environment if isinstance(environment, dict) else {}
+    measured = {name: _number(entry.get(name)) for name in MEASURED_FIELDS}
     if environment.get("baseline", BASELINE) != BASELINE:  # `bench --baseline`: compared with another row
         measured.update(speedup_vs_baseline=None, psnr_vs_baseline_db=None)
     measured.update(device=environment.get("device"), model=environment.get("model"), file=str(source))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
@@ -75,7 +76,16 @@ def checklist(
     if markdown and json_output:
         raise UsageError("--markdown and --json both print on stdout: choose one")
     report_path = bench or newest_bench_report()
-    report = read_bench_report(report_path) if report_path else None
+    report = None
+    if report_path:
+        try:
+            report = read_bench_report(report_path)
+        except UsageError as exc:
+            if bench:  # the user's own file: their mistake to fix
+                raise
+            # A damaged file in the cache must not take the checklist down: its tiers are not measured.
+            print(f"Warning: {exc.message}: skipped, so nothing is measured", file=sys.stderr)
+            report_path = None
     machine = hardware.probe(deep=True)
     tiers = build_checklist(machine, [tier] if tier else tier_names(), report, report_path)
 

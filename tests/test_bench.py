@@ -255,3 +255,41 @@ def test_an_unusable_cache_folder_still_writes_the_report_files(runner, tmp_path
     assert result.exit_code == 0, result.output
     assert json.loads(report_file.read_text())["results"][0]["median_s"] > 0
     assert f"Warning: could not save the report in {not_a_folder / 'bench'}" in result.stderr.replace("\n", "")
+
+
+def test_ctrl_c_keeps_the_finished_rows_and_exits_130(runner, tmp_path, monkeypatch):
+    import nitro_cli.builder
+
+    real_build = nitro_cli.builder.build_pipeline
+
+    def interrupted_at_advanced(settings, *args, **kwargs):  # the user presses Ctrl-C while advanced loads
+        if not settings.safety_checker:
+            raise KeyboardInterrupt
+        return real_build(settings, *args, **kwargs)
+
+    monkeypatch.setattr(nitro_cli.builder, "build_pipeline", interrupted_at_advanced)
+    report_file, csv_file = tmp_path / "bench.json", tmp_path / "bench.csv"
+    result = runner.invoke(app, ["bench", "--presets", "baseline,beginner,advanced", *FAST, "--runs", "1",
+                                 "--warmup", "0", "--json", str(report_file), "--csv", str(csv_file)])
+    assert result.exit_code == 130, result.output
+    assert "Interrupted: 2 of 3 presets finished" in result.stderr
+    report = json.loads(report_file.read_text())
+    assert report["environment"]["interrupted"] is True
+    assert [(r["preset"], r["error"]) for r in report["results"]] == [("baseline", None), ("beginner", None)]
+    assert report["results"][1]["speedup_vs_baseline"] > 0
+    assert len(csv_file.read_text().splitlines()) == 3
+    (saved,) = paths.bench_dir().glob("bench-*.json")
+    assert json.loads(saved.read_text()) == report
+
+
+def test_ctrl_c_before_any_preset_finished_saves_nothing(runner, tmp_path, monkeypatch):
+    import nitro_cli.builder
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nitro_cli.builder, "build_pipeline", interrupted)
+    report_file = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", "--presets", "baseline,beginner", *FAST, "--json", str(report_file)])
+    assert result.exit_code == 130 and "Interrupted." in result.stderr
+    assert not report_file.exists() and not paths.bench_dir().exists()

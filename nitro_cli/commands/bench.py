@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from nitro_cli import benchmark, options, paths
-from nitro_cli.errors import RuntimeFailure, UsageError
+from nitro_cli.errors import EXIT_INTERRUPTED, RuntimeFailure, UsageError
 
 DEFAULT_PRESETS = ",".join(benchmark.DEFAULT_PRESETS)
 
@@ -151,6 +151,10 @@ def bench(
                 raise RuntimeFailure(f"could not write {path}: {exc.strerror or exc}",
                                      hint=f"the report is saved in {history}; copy it from there" if history
                                      else "write it to another folder") from None
+    if report.interrupted:
+        console.print(f"Interrupted: {len(report.results)} of {len(entries)} presets finished; the report keeps "
+                      "them", markup=False)
+        raise typer.Exit(EXIT_INTERRUPTED)
     if report.failed:
         names = ", ".join(r.preset for r in report.failed)
         raise RuntimeFailure(f"{len(report.failed)} of {len(report.results)} presets failed: {names}",

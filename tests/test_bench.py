@@ -78,10 +78,13 @@ def test_baseline_option_compares_with_another_row(runner, tmp_path):
     assert "compare with advanced (--baseline)" in result.stderr.replace("\n", " ")
 
 
-def test_baseline_option_must_name_a_row(runner):
-    result = runner.invoke(app, ["bench", "--presets", "beginner,advanced", "--baseline", "expert", *FAST])
+@pytest.mark.parametrize("name", ["expert", "baseline"])
+def test_baseline_option_must_name_a_row(runner, name):
+    """Given, even as the default's own name, it must be among the rows; left out, baseline is used if it runs."""
+    result = runner.invoke(app, ["bench", "--presets", "beginner,advanced", "--baseline", name, *FAST])
     assert result.exit_code == 2
-    assert "Error: --baseline expert is not one of the rows: beginner, advanced" in result.stderr
+    assert f"Error: --baseline {name} is not one of the rows: beginner, advanced" in result.stderr
+    assert not paths.bench_dir().exists()
 
 
 def test_failing_presets_become_error_rows_and_exit_1(runner, tmp_path, monkeypatch):

@@ -103,10 +103,11 @@ def bench(
                                                       help="Write the report as JSON.")] = None,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", metavar="FILE",
                                                      help="Write one CSV row per preset.")] = None,
-    baseline: Annotated[str, typer.Option(
+    baseline: Annotated[Optional[str], typer.Option(
         "--baseline", metavar="NAME", help="The row the others are compared with ('vs base', PSNR): a preset "
-                                           "name or file stem among --presets, e.g. a tier beside its variant.")
-    ] = benchmark.BASELINE,
+                                           "name or file stem among --presets, e.g. a tier beside its variant. "
+                                           "Default: baseline, when it is among them.")
+    ] = None,
 ) -> None:
     """Measure presets side by side on one model, prompt, seed and size: speed, memory and fidelity."""
     from rich.console import Console
@@ -123,7 +124,7 @@ def bench(
         raise UsageError(f"--presets names the row {twice} twice",
                          hint="give each preset once; copy a YAML file under another name to bench it beside one "
                               "with the same stem")
-    if baseline != benchmark.BASELINE and baseline not in rows:
+    if baseline is not None and baseline not in rows:  # left out, a run without baseline compares with nothing
         raise UsageError(f"--baseline {baseline} is not one of the rows: {', '.join(rows)}",
                          hint="name a preset given to --presets (a YAML file by its stem)")
     console = Console(stderr=True)
@@ -132,7 +133,7 @@ def bench(
     report = benchmark.run_bench(
         benchmark.BenchOptions(presets=entries, model=model, runs=runs, warmup=warmup, steps=steps,
                                batch_size=batch_size, width=width, height=height, device=device.value,
-                               max_vram_gib=max_vram, baseline=baseline),
+                               max_vram_gib=max_vram, baseline=baseline or benchmark.BASELINE),
         progress=lambda message: console.print(message, markup=False),
     )
     _print_report(console, report)

@@ -199,3 +199,20 @@ def test_fields_of_the_wrong_type_in_a_report_are_not_measurements(runner, fake_
     human = runner.invoke(app, ["checklist", "--bench", str(report)])
     assert human.exit_code == 0, human.output
     assert "0.5 s/image" in human.stderr
+
+
+def test_infinity_and_nan_in_an_old_report_stay_valid_json(runner, fake_probe, tmp_path):
+    """Python's json reads NaN and Infinity, which are not JSON: `checklist --json` must not write them back."""
+    fake_probe(MACHINES["no GPU"])
+    report = tmp_path / "old.json"
+    report.write_text('{"results": [{"preset": "advanced", "median_s": 0.5, "peak_vram_mib": NaN, '
+                      '"psnr_vs_baseline_db": Infinity, "speedup_vs_baseline": Infinity}, '
+                      '{"preset": "beginner", "median_s": Infinity}]}')
+    result = runner.invoke(app, ["checklist", "--json", "--bench", str(report)])
+    tiers = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the output"))
+    measured = {tier["tier"]: tier["measured"] for tier in tiers}
+    assert measured["advanced"]["psnr_vs_baseline_db"] == "inf" and measured["advanced"]["peak_vram_mib"] is None
+    assert measured["beginner"] is None
+    assert measured["advanced"]["speedup_vs_baseline"] is None  # only PSNR is infinite when images are equal
+    human = runner.invoke(app, ["checklist", "--tier", "advanced", "--bench", str(report)])
+    assert human.exit_code == 0, human.output

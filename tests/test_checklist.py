@@ -216,3 +216,14 @@ def test_infinity_and_nan_in_an_old_report_stay_valid_json(runner, fake_probe, t
     assert measured["advanced"]["speedup_vs_baseline"] is None  # only PSNR is infinite when images are equal
     human = runner.invoke(app, ["checklist", "--tier", "advanced", "--bench", str(report)])
     assert human.exit_code == 0, human.output
+
+
+def test_human_tables_print_brackets_as_text(runner, fake_probe, tmp_path, monkeypatch):
+    """rich reads `[xformers]` as markup: the printed reason must still name the extra to install."""
+    monkeypatch.setenv("COLUMNS", "400")  # no cell wraps
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("tier: mine\nscenario: '[red]x[/red] test'\nattention: xformers\n", encoding="utf-8")
+    fake_probe(machine(RTX_3060))
+    result = runner.invoke(app, ["checklist", "--tier", str(mine)])
+    assert result.exit_code == 0, result.output
+    assert "nitro-cli[xformers]" in result.stderr and "[red]x[/red] test" in result.stderr

@@ -209,3 +209,11 @@ def test_a_torch_that_does_not_import_is_a_failed_check_not_a_traceback(tmp_path
     (packages,) = [c for c in report["checks"] if c["name"] == "packages"]
     assert packages["status"] == "fail" and "torch does not import: OSError: libcudnn.so.9" in packages["detail"]
     assert report["cuda_available"] is False and report["devices"] == []
+
+
+def test_human_report_prints_brackets_as_text(runner, fake_probe, monkeypatch):
+    """rich reads `[fp8]` as markup: the printed fix must still name the extra to install."""
+    monkeypatch.setenv("COLUMNS", "400")  # no cell wraps
+    fake_probe(machine(gpu("NVIDIA L4", (8, 9), 22478), packages={"torchao": None}))
+    result = runner.invoke(app, ["doctor"])
+    assert "pip install 'nitro-cli[fp8]'" in result.stderr

@@ -39,20 +39,22 @@ def _markdown(tiers, source_line: str, machine_line: str) -> str:
 
 def _show(tiers, source_line: str, machine_line: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from nitro_cli.tier_checklist import measured_text
 
     console = Console(stderr=True)
-    console.print(f"Machine: {machine_line}")
+    console.print(f"Machine: {machine_line}", markup=False)
     for tier in tiers:
-        table = Table(title=f"{tier.tier}: {tier.scenario}",
-                      caption=f"claimed: {tier.claimed or '-'} | measured: {measured_text(tier.measured)}")
+        # Text, not markup: a reason's `pip install 'nitro-cli[xformers]'` must keep its [xformers].
+        table = Table(title=escape(f"{tier.tier}: {tier.scenario}"),
+                      caption=escape(f"claimed: {tier.claimed or '-'} | measured: {measured_text(tier.measured)}"))
         for column in ("item", "setting", "here", "why / instead", "article claims"):
             table.add_column(column, overflow="fold")
         for item in tier.items:
-            table.add_row(item.name, item.setting, "[green]yes[/]" if item.available else "[yellow]no[/]",
-                          item.reason, item.claimed)
+            here = "[green]yes[/]" if item.available else "[yellow]no[/]"
+            table.add_row(escape(item.name), escape(item.setting), here, escape(item.reason), escape(item.claimed))
         if not tier.items:
             table.add_row("(none)", "the reference", "", "every tier is measured against it", "")
         console.print(table)

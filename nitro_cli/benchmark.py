@@ -271,7 +271,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda me
             progress(f"[{number}/{len(options.presets)}] {result.preset}")
             try:
                 images[len(results)] = _measure_preset(entry, result, options, device, machine)
-            except Exception as exc:  # out of memory, missing package, failed load: this row fails, the rest run
+            except Exception as exc:  # out of memory, a missing package, a failed load: this row fails
                 result.error = _describe(exc)
                 progress(f"{result.preset} failed: {result.error}")
             results.append(result)

@@ -113,7 +113,8 @@ def _check_packages(machine: Machine) -> list[Check]:
         return [Check("packages", FAIL, f"not installed: {', '.join(missing)}", "pip install nitro-cli")]
     if machine.torch_error:
         return [Check("packages", FAIL, f"torch does not import: {machine.torch_error}",
-                      "reinstall torch, the build for this machine's CUDA (https://pytorch.org/get-started/locally/)")]
+                      "reinstall torch, the build for this machine's CUDA "
+                      "(https://pytorch.org/get-started/locally/)")]
     return [Check("packages", OK, ", ".join(f"{name} {machine.packages[name]}" for name in REQUIRED))]
 
 

@@ -251,7 +251,7 @@ def probe(deep: bool = False, outputs: Path = Path("outputs")) -> Machine:
     """
     try:
         import torch
-    except Exception as exc:  # ImportError, or OSError from a CUDA build missing its libraries: doctor says which
+    except Exception as exc:  # ImportError, or OSError from a CUDA build without its libraries: doctor says
         torch = None
         torch_error = describe(exc)
     gpus = []

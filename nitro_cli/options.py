@@ -38,8 +38,8 @@ BenchMaxVramOption = Annotated[Optional[float], typer.Option(
 
 
 def check_max_vram(value: float | None) -> None:
-    """A budget must be a positive number of GiB (click's FloatRange has no open lower bound in typer); nan and inf
-    would also reach the JSON report, where they are not JSON."""
+    """A budget must be a positive number of GiB (click's FloatRange has no open lower bound in typer); nan
+    and inf would also reach the JSON report, where they are not JSON."""
     import math
 
     from nitro_cli.errors import UsageError

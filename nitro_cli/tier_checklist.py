@@ -152,7 +152,8 @@ MEASURED_FIELDS = ("median_s", "speedup_vs_baseline", "peak_vram_mib", "images_p
 
 def _figure(name: str, value: Any) -> float | int | str | None:
     """A report's figure, or None for what is not one (an old or hand-edited file). Only PSNR may be infinite,
-    written "inf" as bench does: json reads Infinity and NaN, but they are not JSON, so none is written back."""
+    written "inf" as bench does: json reads Infinity and NaN, but they are not JSON, so neither is written
+    back."""
     if name == "psnr_vs_baseline_db" and value in ("inf", math.inf):
         return "inf"
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -105,8 +105,8 @@ def bench(
                                                      help="Write one CSV row per preset.")] = None,
     baseline: Annotated[Optional[str], typer.Option(
         "--baseline", metavar="NAME", help="The row the others are compared with ('vs base', PSNR): a preset "
-                                           "name or file stem among --presets, e.g. a tier beside its variant. "
-                                           "Default: baseline, when it is among them.")
+                                           "name or file stem among --presets, e.g. a tier beside its "
+                                           "variant. Default: baseline, when it is among them.")
     ] = None,
 ) -> None:
     """Measure presets side by side on one model, prompt, seed and size: speed, memory and fidelity."""
@@ -122,9 +122,9 @@ def bench(
     twice = next((row for index, row in enumerate(rows) if row in rows[:index]), None)
     if twice is not None:  # --baseline and checklist find a row by its name
         raise UsageError(f"--presets names the row {twice} twice",
-                         hint="give each preset once; copy a YAML file under another name to bench it beside one "
-                              "with the same stem")
-    if baseline is not None and baseline not in rows:  # left out, a run without baseline compares with nothing
+                         hint="give each preset once; copy a YAML file under another name to bench it beside "
+                              "one with the same stem")
+    if baseline is not None and baseline not in rows:  # left out: baseline if it runs, else nothing
         raise UsageError(f"--baseline {baseline} is not one of the rows: {', '.join(rows)}",
                          hint="name a preset given to --presets (a YAML file by its stem)")
     console = Console(stderr=True)
@@ -153,8 +153,8 @@ def bench(
                                      hint=f"the report is saved in {history}; copy it from there" if history
                                      else "write it to another folder") from None
     if report.interrupted:
-        console.print(f"Interrupted: {len(report.results)} of {len(entries)} presets finished; the report keeps "
-                      "them", markup=False)
+        console.print(f"Interrupted: {len(report.results)} of {len(entries)} presets finished; the report "
+                      "keeps them", markup=False)
         raise typer.Exit(EXIT_INTERRUPTED)
     if report.failed:
         names = ", ".join(r.preset for r in report.failed)

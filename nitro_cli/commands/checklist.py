@@ -49,12 +49,14 @@ def _show(tiers, source_line: str, machine_line: str) -> None:
     for tier in tiers:
         # Text, not markup: a reason's `pip install 'nitro-cli[xformers]'` must keep its [xformers].
         table = Table(title=escape(f"{tier.tier}: {tier.scenario}"),
-                      caption=escape(f"claimed: {tier.claimed or '-'} | measured: {measured_text(tier.measured)}"))
+                      caption=escape(f"claimed: {tier.claimed or '-'} | "
+                                     f"measured: {measured_text(tier.measured)}"))
         for column in ("item", "setting", "here", "why / instead", "article claims"):
             table.add_column(column, overflow="fold")
         for item in tier.items:
             here = "[green]yes[/]" if item.available else "[yellow]no[/]"
-            table.add_row(escape(item.name), escape(item.setting), here, escape(item.reason), escape(item.claimed))
+            table.add_row(escape(item.name), escape(item.setting), here, escape(item.reason),
+                          escape(item.claimed))
         if not tier.items:
             table.add_row("(none)", "the reference", "", "every tier is measured against it", "")
         console.print(table)

@@ -83,7 +83,8 @@ def _show(machine, checks, recommendation) -> None:
         for column in ("#", "name", "compute capability", "VRAM total / free (MiB)", "bf16", "fast fp16", "SDPA kernels"):
             gpus.add_column(column)
         for g in machine.gpus:
-            gpus.add_row(str(g.index), escape(g.name), g.capability, f"{g.total_vram_mib} / {g.free_vram_mib}",
+            gpus.add_row(str(g.index), escape(g.name), g.capability,
+                         f"{g.total_vram_mib} / {g.free_vram_mib}",
                          "yes" if g.bf16 else "no", "yes" if g.fast_fp16 else "[yellow]no[/]",
                          ", ".join(g.sdpa_kernels) or "not tested")
         console.print(gpus)
@@ -93,7 +94,8 @@ def _show(machine, checks, recommendation) -> None:
     for check in checks:
         style = STATUS_STYLE[check.status]
         # Details and fixes are text, not markup: `pip install 'nitro-cli[fp8]'` must keep its [fp8].
-        table.add_row(escape(check.name), f"[{style}]{check.status}[/]", escape(check.detail), escape(check.fix))
+        table.add_row(escape(check.name), f"[{style}]{check.status}[/]", escape(check.detail),
+                      escape(check.fix))
     console.print(table)
     notes = "".join(f"\nNote: {escape(note)}" for note in recommendation.notes)
     console.print(Panel(f"[bold]--preset {recommendation.preset}[/]: {escape(recommendation.reason)}{notes}",

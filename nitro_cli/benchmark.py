@@ -5,7 +5,8 @@ Each preset is built with the pipeline builder and called through the same batch
 `warmup` calls not counted (the first of them is reported apart: torch.compile pays there), then
 `runs` timed calls. Every number comes from `measure`, which synchronizes the device around each
 call. Each pipeline is freed before the next preset loads, so one preset's memory can't raise the
-next one's peak. A preset that fails becomes a result with its error; the others still run.
+next one's peak. A preset that fails becomes a result with its error; the others still run. Ctrl-C
+ends the run with the presets finished so far as the report (`interrupted`).
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ class PresetResult:
 class BenchReport:
     environment: dict[str, Any]
     results: list[PresetResult]
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.environment.get("interrupted"))
 
     @property
     def failed(self) -> list[PresetResult]:
@@ -239,6 +244,7 @@ def _environment(options: BenchOptions, device: str, machine: hardware.Machine,
         "size_override": [options.width, options.height],
         "max_vram_gib": options.max_vram_gib,
         "baseline": options.baseline,
+        "interrupted": False,
         "it_per_s_definition": "denoising steps per second of a whole pipeline call (a step covers the batch)",
     }
 
@@ -259,16 +265,21 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda me
 
     results: list[PresetResult] = []
     images: dict[int, Any] = {}
-    for number, entry in enumerate(options.presets, start=1):
-        result = PresetResult(preset=preset_label(entry))
-        progress(f"[{number}/{len(options.presets)}] {result.preset}")
-        try:
-            images[len(results)] = _measure_preset(entry, result, options, device, machine)
-        except Exception as exc:  # out of memory, missing package, failed load: this row fails, the rest run
-            result.error = _describe(exc)
-            progress(f"{result.preset} failed: {result.error}")
-        results.append(result)
-        _release(device)  # after the except block, so no traceback still holds the pipeline
+    try:
+        for number, entry in enumerate(options.presets, start=1):
+            result = PresetResult(preset=preset_label(entry))
+            progress(f"[{number}/{len(options.presets)}] {result.preset}")
+            try:
+                images[len(results)] = _measure_preset(entry, result, options, device, machine)
+            except Exception as exc:  # out of memory, a missing package, a failed load: this row fails
+                result.error = _describe(exc)
+                progress(f"{result.preset} failed: {result.error}")
+            results.append(result)
+            _release(device)  # after the except block, so no traceback still holds the pipeline
+    except KeyboardInterrupt:  # Ctrl-C: the finished rows are the report; the preset it stopped is left out
+        if not results:
+            raise
+        environment["interrupted"] = True
     _compare_with_baseline(results, images, options.baseline)
     return BenchReport(environment=environment, results=results)
 

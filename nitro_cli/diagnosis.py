@@ -111,10 +111,16 @@ def _check_packages(machine: Machine) -> list[Check]:
     missing = [name for name in REQUIRED if not machine.packages.get(name)]
     if missing:
         return [Check("packages", FAIL, f"not installed: {', '.join(missing)}", "pip install nitro-cli")]
+    if machine.torch_error:
+        return [Check("packages", FAIL, f"torch does not import: {machine.torch_error}",
+                      "reinstall torch, the build for this machine's CUDA "
+                      "(https://pytorch.org/get-started/locally/)")]
     return [Check("packages", OK, ", ".join(f"{name} {machine.packages[name]}" for name in REQUIRED))]
 
 
 def _check_gpu(machine: Machine) -> list[Check]:
+    if machine.torch_error:
+        return [Check("cuda", WARN, "unknown: torch does not import (see the packages check)")]
     if machine.has_gpu:
         names = ", ".join(f"{g.name} ({g.total_vram_mib} MiB)" for g in machine.gpus)
         return [Check("cuda", OK, f"CUDA {machine.torch_cuda}: {names}")]

@@ -77,6 +77,8 @@ class Machine:
     outputs_dir: str = "outputs"
     free_disk_mib: int | None = None
     compile_cache_dir: str = ""
+    # Why `import torch` failed (a missing package, a CUDA build without its libraries); None when it imports.
+    torch_error: str | None = None
 
     @property
     def has_gpu(self) -> bool:
@@ -247,10 +249,13 @@ def probe(deep: bool = False, outputs: Path = Path("outputs")) -> Machine:
     `deep` also runs what doctor and checklist need and a pipeline build does not: tiny xformers and
     SDPA calls, bitsandbytes' library check, NVML, the Hugging Face cache scan and free disk.
     """
-    import torch
-
+    try:
+        import torch
+    except Exception as exc:  # ImportError, or OSError from a CUDA build without its libraries: doctor says
+        torch = None
+        torch_error = describe(exc)
     gpus = []
-    cuda = torch.cuda.is_available()
+    cuda = torch is not None and torch.cuda.is_available()
     if cuda:
         for index in probed_gpu_indices(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
@@ -269,11 +274,12 @@ def probe(deep: bool = False, outputs: Path = Path("outputs")) -> Machine:
         os=f"{platform.system()} {platform.release()} ({platform.machine()})",
         packages={name: package_version(name) for name in PACKAGES},
         cuda_available=cuda,
-        torch_cuda=torch.version.cuda,
+        torch_cuda=torch.version.cuda if torch else None,
         gpus=tuple(gpus),
         compiler_available=_compiler_available(cuda),
         cpu_amx_bf16=cpu_has_amx_bf16(),
-        torch_cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        torch_cudnn=torch.backends.cudnn.version() if torch and torch.backends.cudnn.is_available() else None,
+        torch_error=None if torch else torch_error,
         hf_offline=_hf_offline(),
         outputs_dir=str(outputs),
         compile_cache_dir=str(paths.compile_cache_dir()),

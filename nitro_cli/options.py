@@ -38,10 +38,13 @@ BenchMaxVramOption = Annotated[Optional[float], typer.Option(
 
 
 def check_max_vram(value: float | None) -> None:
-    """A budget must be a positive number of GiB (click's FloatRange has no open lower bound in typer)."""
+    """A budget must be a positive number of GiB (click's FloatRange has no open lower bound in typer); nan
+    and inf would also reach the JSON report, where they are not JSON."""
+    import math
+
     from nitro_cli.errors import UsageError
 
-    if value is not None and value <= 0:
+    if value is not None and not (math.isfinite(value) and value > 0):
         raise UsageError(f"--max-vram must be a positive number of GiB, not {value:g}", hint="e.g. --max-vram 6")
 
 

@@ -8,6 +8,7 @@ and what each tier really gains from the newest `nitro bench` report.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,14 +150,25 @@ def read_bench_report(path: Path) -> dict[str, Any]:
 MEASURED_FIELDS = ("median_s", "speedup_vs_baseline", "peak_vram_mib", "images_per_min", "psnr_vs_baseline_db")
 
 
+def _figure(name: str, value: Any) -> float | int | str | None:
+    """A report's figure, or None for what is not one (an old or hand-edited file). Only PSNR may be infinite,
+    written "inf" as bench does: json reads Infinity and NaN, but they are not JSON, so neither is written
+    back."""
+    if name == "psnr_vs_baseline_db" and value in ("inf", math.inf):
+        return "inf"
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return value if is_number and math.isfinite(value) else None
+
+
 def measured_for(report: dict[str, Any] | None, source: Path | None, tier: str) -> dict[str, Any] | None:
     if report is None:
         return None
     entry = next((r for r in report["results"] if isinstance(r, dict) and r.get("preset") == tier), None)
-    if entry is None or entry.get("median_s") is None:
+    if entry is None or _figure("median_s", entry.get("median_s")) is None:  # a row that failed, or junk
         return None
-    environment = report.get("environment") or {}
-    measured = {name: entry.get(name) for name in MEASURED_FIELDS}
+    environment = report.get("environment")
+    environment = environment if isinstance(environment, dict) else {}
+    measured = {name: _figure(name, entry.get(name)) for name in MEASURED_FIELDS}
     if environment.get("baseline", BASELINE) != BASELINE:  # `bench --baseline`: compared with another row
         measured.update(speedup_vs_baseline=None, psnr_vs_baseline_db=None)
     measured.update(device=environment.get("device"), model=environment.get("model"), file=str(source))

@@ -78,10 +78,13 @@ def test_baseline_option_compares_with_another_row(runner, tmp_path):
     assert "compare with advanced (--baseline)" in result.stderr.replace("\n", " ")
 
 
-def test_baseline_option_must_name_a_row(runner):
-    result = runner.invoke(app, ["bench", "--presets", "beginner,advanced", "--baseline", "expert", *FAST])
+@pytest.mark.parametrize("name", ["expert", "baseline"])
+def test_baseline_option_must_name_a_row(runner, name):
+    """Given, even as the default's own name, it must be among the rows; left out, baseline is used if it runs."""
+    result = runner.invoke(app, ["bench", "--presets", "beginner,advanced", "--baseline", name, *FAST])
     assert result.exit_code == 2
-    assert "Error: --baseline expert is not one of the rows: beginner, advanced" in result.stderr
+    assert f"Error: --baseline {name} is not one of the rows: beginner, advanced" in result.stderr
+    assert not paths.bench_dir().exists()
 
 
 def test_failing_presets_become_error_rows_and_exit_1(runner, tmp_path, monkeypatch):
@@ -231,3 +234,65 @@ def test_a_report_file_that_fails_to_write_keeps_the_history_copy(runner, tmp_pa
     assert f"Error: could not write {tmp_path / 'bench.json'}: No space left on device" in result.stderr
     saved = list(paths.bench_dir().glob("bench-*.json"))
     assert len(saved) == 1 and f"Hint: the report is saved in {saved[0]}" in result.stderr
+
+
+def test_two_rows_with_one_name_are_a_usage_error_before_any_preset_runs(runner, tmp_path):
+    """Rows are named by preset or file stem; two alike would make --baseline and checklist pick one by chance."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    same_stem = [write_preset(tmp_path / folder, "fast", steps=2) for folder in ("a", "b")]
+    for presets, name in (("baseline,beginner,baseline", "baseline"), (",".join(map(str, same_stem)), "fast")):
+        result = runner.invoke(app, ["bench", "--presets", presets, *FAST, "--runs", "1"])
+        assert result.exit_code == 2, result.output
+        assert f"Error: --presets names the row {name} twice" in result.stderr
+    assert not paths.bench_dir().exists()
+
+
+def test_an_unusable_cache_folder_still_writes_the_report_files(runner, tmp_path, monkeypatch):
+    not_a_folder = tmp_path / "cache-file"
+    not_a_folder.write_text("", encoding="utf-8")
+    monkeypatch.setenv("NITRO_CACHE_DIR", str(not_a_folder))
+    report_file = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", "--presets", "beginner", *FAST, "--runs", "1", "--warmup", "0",
+                                 "--json", str(report_file)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(report_file.read_text())["results"][0]["median_s"] > 0
+    assert f"Warning: could not save the report in {not_a_folder / 'bench'}" in result.stderr.replace("\n", "")
+
+
+def test_ctrl_c_keeps_the_finished_rows_and_exits_130(runner, tmp_path, monkeypatch):
+    import nitro_cli.builder
+
+    real_build = nitro_cli.builder.build_pipeline
+
+    def interrupted_at_advanced(settings, *args, **kwargs):  # the user presses Ctrl-C while advanced loads
+        if not settings.safety_checker:
+            raise KeyboardInterrupt
+        return real_build(settings, *args, **kwargs)
+
+    monkeypatch.setattr(nitro_cli.builder, "build_pipeline", interrupted_at_advanced)
+    report_file, csv_file = tmp_path / "bench.json", tmp_path / "bench.csv"
+    result = runner.invoke(app, ["bench", "--presets", "baseline,beginner,advanced", *FAST, "--runs", "1",
+                                 "--warmup", "0", "--json", str(report_file), "--csv", str(csv_file)])
+    assert result.exit_code == 130, result.output
+    assert "Interrupted: 2 of 3 presets finished" in result.stderr
+    report = json.loads(report_file.read_text())
+    assert report["environment"]["interrupted"] is True
+    assert [(r["preset"], r["error"]) for r in report["results"]] == [("baseline", None), ("beginner", None)]
+    assert report["results"][1]["speedup_vs_baseline"] > 0
+    assert len(csv_file.read_text().splitlines()) == 3
+    (saved,) = paths.bench_dir().glob("bench-*.json")
+    assert json.loads(saved.read_text()) == report
+
+
+def test_ctrl_c_before_any_preset_finished_saves_nothing(runner, tmp_path, monkeypatch):
+    import nitro_cli.builder
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nitro_cli.builder, "build_pipeline", interrupted)
+    report_file = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", "--presets", "baseline,beginner", *FAST, "--json", str(report_file)])
+    assert result.exit_code == 130 and "Interrupted." in result.stderr
+    assert not report_file.exists() and not paths.bench_dir().exists()

@@ -167,3 +167,63 @@ def test_a_report_compared_with_another_row_gives_no_speed_up_against_baseline(r
     chosen = write_bench(tmp_path, "mine.json", 1.4, baseline="advanced")  # `nitro bench --baseline advanced`
     (tier,) = json.loads(runner.invoke(app, ["checklist", "--json", "--tier", "advanced", "--bench", str(chosen)]).stdout)
     assert tier["measured"]["median_s"] == 1.4 and tier["measured"]["speedup_vs_baseline"] is None
+
+
+@pytest.mark.parametrize("content", ["{broken", '{"results": 3}', "[]"], ids=["not-json", "no-results", "a-list"])
+def test_an_unreadable_report_in_the_cache_is_a_warning_not_an_error(runner, fake_probe, content):
+    fake_probe(MACHINES["no GPU"])
+    paths.bench_dir().mkdir(parents=True)
+    broken = paths.bench_dir() / "bench-20261126-100000.json"
+    broken.write_text(content, encoding="utf-8")
+    result = runner.invoke(app, ["checklist", "--json", "--tier", "advanced"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["measured"] is None
+    assert f"Warning: bench report {broken}" in result.stderr.replace("\n", "")
+    human = runner.invoke(app, ["checklist", "--tier", "advanced"])
+    assert human.exit_code == 0 and "not measured" in human.stderr
+
+
+def test_fields_of_the_wrong_type_in_a_report_are_not_measurements(runner, fake_probe, tmp_path):
+    """An old or hand-edited report: what is not a number is null, and a row without a median is not measured."""
+    fake_probe(MACHINES["no GPU"])
+    report = tmp_path / "old.json"
+    report.write_text(json.dumps({"environment": ["H200"], "results": [
+        {"preset": "advanced", "median_s": 0.5, "speedup_vs_baseline": "4x", "peak_vram_mib": [1],
+         "psnr_vs_baseline_db": "inf"},
+        {"preset": "beginner", "median_s": "fast"}]}), encoding="utf-8")
+    tiers = json.loads(runner.invoke(app, ["checklist", "--json", "--bench", str(report)]).stdout)
+    measured = {tier["tier"]: tier["measured"] for tier in tiers}
+    assert measured["advanced"]["median_s"] == 0.5 and measured["advanced"]["psnr_vs_baseline_db"] == "inf"
+    assert measured["advanced"]["speedup_vs_baseline"] is None and measured["advanced"]["peak_vram_mib"] is None
+    assert measured["advanced"]["device"] is None and measured["beginner"] is None
+    human = runner.invoke(app, ["checklist", "--bench", str(report)])
+    assert human.exit_code == 0, human.output
+    assert "0.5 s/image" in human.stderr
+
+
+def test_infinity_and_nan_in_an_old_report_stay_valid_json(runner, fake_probe, tmp_path):
+    """Python's json reads NaN and Infinity, which are not JSON: `checklist --json` must not write them back."""
+    fake_probe(MACHINES["no GPU"])
+    report = tmp_path / "old.json"
+    report.write_text('{"results": [{"preset": "advanced", "median_s": 0.5, "peak_vram_mib": NaN, '
+                      '"psnr_vs_baseline_db": Infinity, "speedup_vs_baseline": Infinity}, '
+                      '{"preset": "beginner", "median_s": Infinity}]}')
+    result = runner.invoke(app, ["checklist", "--json", "--bench", str(report)])
+    tiers = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the output"))
+    measured = {tier["tier"]: tier["measured"] for tier in tiers}
+    assert measured["advanced"]["psnr_vs_baseline_db"] == "inf" and measured["advanced"]["peak_vram_mib"] is None
+    assert measured["beginner"] is None
+    assert measured["advanced"]["speedup_vs_baseline"] is None  # only PSNR is infinite when images are equal
+    human = runner.invoke(app, ["checklist", "--tier", "advanced", "--bench", str(report)])
+    assert human.exit_code == 0, human.output
+
+
+def test_human_tables_print_brackets_as_text(runner, fake_probe, tmp_path, monkeypatch):
+    """rich reads `[xformers]` as markup: the printed reason must still name the extra to install."""
+    monkeypatch.setenv("COLUMNS", "400")  # no cell wraps
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("tier: mine\nscenario: '[red]x[/red] test'\nattention: xformers\n", encoding="utf-8")
+    fake_probe(machine(RTX_3060))
+    result = runner.invoke(app, ["checklist", "--tier", str(mine)])
+    assert result.exit_code == 0, result.output
+    assert "nitro-cli[xformers]" in result.stderr and "[red]x[/red] test" in result.stderr

@@ -187,3 +187,33 @@ def test_a_failed_check_is_an_error_line_naming_it(runner, fake_probe):
     assert result.exit_code == 1
     assert "Error: 1 check(s) failed: xformers" in result.stderr
     json.loads(result.stdout)  # stdout still holds only the report
+
+
+def test_a_torch_that_does_not_import_is_a_failed_check_not_a_traceback(tmp_path):
+    """A CUDA build missing its libraries raises OSError at import: doctor is where that must show."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('raise OSError("libcudnn.so.9: cannot open shared object file")\n')
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}  # after the repo root, before site-packages
+    result = subprocess.run([sys.executable, "-m", "nitro_cli", "doctor", "--json"], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "Error: 1 check(s) failed: packages" in result.stderr
+    report = json.loads(result.stdout)
+    (packages,) = [c for c in report["checks"] if c["name"] == "packages"]
+    assert packages["status"] == "fail" and "torch does not import: OSError: libcudnn.so.9" in packages["detail"]
+    assert report["cuda_available"] is False and report["devices"] == []
+
+
+def test_human_report_prints_brackets_as_text(runner, fake_probe, monkeypatch):
+    """rich reads `[fp8]` as markup: the printed fix must still name the extra to install."""
+    monkeypatch.setenv("COLUMNS", "400")  # no cell wraps
+    fake_probe(machine(gpu("NVIDIA L4", (8, 9), 22478), packages={"torchao": None}))
+    result = runner.invoke(app, ["doctor"])
+    assert "pip install 'nitro-cli[fp8]'" in result.stderr

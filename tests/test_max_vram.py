@@ -2,7 +2,9 @@
 
 import json
 
-from nitro_cli import vram
+import pytest
+
+from nitro_cli import paths, vram
 from nitro_cli.cli import app
 from nitro_cli.presets import load_preset
 from tests.conftest import FAST
@@ -69,3 +71,14 @@ def test_bench_fits_each_preset_and_fails_the_one_that_cannot(runner, tmp_path):
     assert plan.fits and plan.overrides
     assert beginner["error"] is None and beginner["vram_plan"] == vram.describe_choice(3.0, "beginner", plan)
     assert "each preset ran with what it needs to fit" in result.stderr.replace("\n", " ")
+
+
+@pytest.mark.parametrize("command", ["generate", "bench"])
+@pytest.mark.parametrize("budget", ["nan", "inf"])
+def test_a_budget_that_is_not_a_finite_number_is_a_usage_error(runner, tmp_path, command, budget):
+    """nan fits nothing and inf everything; both would reach the JSON report as NaN/Infinity, which is not JSON."""
+    args = ["castle", "--out", str(tmp_path)] if command == "generate" else ["--presets", "beginner"]
+    result = runner.invoke(app, [command, *args, *FAST, "--max-vram", budget])
+    assert result.exit_code == 2, result.output
+    assert f"--max-vram must be a positive number of GiB, not {budget}" in result.stderr
+    assert not paths.bench_dir().exists() and not list(tmp_path.glob("*.png"))

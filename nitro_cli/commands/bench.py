@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from nitro_cli import benchmark, options
-from nitro_cli.errors import RuntimeFailure, UsageError
+from nitro_cli import benchmark, options, paths
+from nitro_cli.errors import EXIT_INTERRUPTED, RuntimeFailure, UsageError
 
 DEFAULT_PRESETS = ",".join(benchmark.DEFAULT_PRESETS)
 
@@ -103,10 +103,11 @@ def bench(
                                                       help="Write the report as JSON.")] = None,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", metavar="FILE",
                                                      help="Write one CSV row per preset.")] = None,
-    baseline: Annotated[str, typer.Option(
+    baseline: Annotated[Optional[str], typer.Option(
         "--baseline", metavar="NAME", help="The row the others are compared with ('vs base', PSNR): a preset "
-                                           "name or file stem among --presets, e.g. a tier beside its variant.")
-    ] = benchmark.BASELINE,
+                                           "name or file stem among --presets, e.g. a tier beside its "
+                                           "variant. Default: baseline, when it is among them.")
+    ] = None,
 ) -> None:
     """Measure presets side by side on one model, prompt, seed and size: speed, memory and fidelity."""
     from rich.console import Console
@@ -118,7 +119,12 @@ def bench(
     if not entries:
         raise UsageError("--presets is empty", hint=f"e.g. --presets {DEFAULT_PRESETS}")
     rows = [benchmark.preset_label(entry) for entry in entries]
-    if baseline != benchmark.BASELINE and baseline not in rows:
+    twice = next((row for index, row in enumerate(rows) if row in rows[:index]), None)
+    if twice is not None:  # --baseline and checklist find a row by its name
+        raise UsageError(f"--presets names the row {twice} twice",
+                         hint="give each preset once; copy a YAML file under another name to bench it beside "
+                              "one with the same stem")
+    if baseline is not None and baseline not in rows:  # left out: baseline if it runs, else nothing
         raise UsageError(f"--baseline {baseline} is not one of the rows: {', '.join(rows)}",
                          hint="name a preset given to --presets (a YAML file by its stem)")
     console = Console(stderr=True)
@@ -127,19 +133,29 @@ def bench(
     report = benchmark.run_bench(
         benchmark.BenchOptions(presets=entries, model=model, runs=runs, warmup=warmup, steps=steps,
                                batch_size=batch_size, width=width, height=height, device=device.value,
-                               max_vram_gib=max_vram, baseline=baseline),
+                               max_vram_gib=max_vram, baseline=baseline or benchmark.BASELINE),
         progress=lambda message: console.print(message, markup=False),
     )
     _print_report(console, report)
-    history = benchmark.save_to_history(report)  # first: a full disk at --json/--csv loses no measurement
-    console.print(f"Report saved: {history}", markup=False)
+    try:  # first: a full disk at --json/--csv loses no measurement
+        history = benchmark.save_to_history(report)
+        console.print(f"Report saved: {history}", markup=False)
+    except OSError as exc:  # the cache copy is for `nitro checklist`: --json/--csv are still written
+        history = None
+        console.print(f"Warning: could not save the report in {paths.bench_dir()}: {exc.strerror or exc} "
+                      "(set NITRO_CACHE_DIR to a writable folder)", markup=False)
     for path, save in ((json_file, benchmark.save_json), (csv_file, benchmark.save_csv)):
         if path:
             try:
                 save(report, path)
             except OSError as exc:
                 raise RuntimeFailure(f"could not write {path}: {exc.strerror or exc}",
-                                     hint=f"the report is saved in {history}; copy it from there") from None
+                                     hint=f"the report is saved in {history}; copy it from there" if history
+                                     else "write it to another folder") from None
+    if report.interrupted:
+        console.print(f"Interrupted: {len(report.results)} of {len(entries)} presets finished; the report "
+                      "keeps them", markup=False)
+        raise typer.Exit(EXIT_INTERRUPTED)
     if report.failed:
         names = ", ".join(r.preset for r in report.failed)
         raise RuntimeFailure(f"{len(report.failed)} of {len(report.results)} presets failed: {names}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
@@ -38,20 +39,24 @@ def _markdown(tiers, source_line: str, machine_line: str) -> str:
 
 def _show(tiers, source_line: str, machine_line: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from nitro_cli.tier_checklist import measured_text
 
     console = Console(stderr=True)
-    console.print(f"Machine: {machine_line}")
+    console.print(f"Machine: {machine_line}", markup=False)
     for tier in tiers:
-        table = Table(title=f"{tier.tier}: {tier.scenario}",
-                      caption=f"claimed: {tier.claimed or '-'} | measured: {measured_text(tier.measured)}")
+        # Text, not markup: a reason's `pip install 'nitro-cli[xformers]'` must keep its [xformers].
+        table = Table(title=escape(f"{tier.tier}: {tier.scenario}"),
+                      caption=escape(f"claimed: {tier.claimed or '-'} | "
+                                     f"measured: {measured_text(tier.measured)}"))
         for column in ("item", "setting", "here", "why / instead", "article claims"):
             table.add_column(column, overflow="fold")
         for item in tier.items:
-            table.add_row(item.name, item.setting, "[green]yes[/]" if item.available else "[yellow]no[/]",
-                          item.reason, item.claimed)
+            here = "[green]yes[/]" if item.available else "[yellow]no[/]"
+            table.add_row(escape(item.name), escape(item.setting), here, escape(item.reason),
+                          escape(item.claimed))
         if not tier.items:
             table.add_row("(none)", "the reference", "", "every tier is measured against it", "")
         console.print(table)
@@ -75,7 +80,16 @@ def checklist(
     if markdown and json_output:
         raise UsageError("--markdown and --json both print on stdout: choose one")
     report_path = bench or newest_bench_report()
-    report = read_bench_report(report_path) if report_path else None
+    report = None
+    if report_path:
+        try:
+            report = read_bench_report(report_path)
+        except UsageError as exc:
+            if bench:  # the user's own file: their mistake to fix
+                raise
+            # A damaged file in the cache must not take the checklist down: its tiers are not measured.
+            print(f"Warning: {exc.message}: skipped, so nothing is measured", file=sys.stderr)
+            report_path = None
     machine = hardware.probe(deep=True)
     tiers = build_checklist(machine, [tier] if tier else tier_names(), report, report_path)
 

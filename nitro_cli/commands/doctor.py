@@ -61,6 +61,7 @@ def report(machine, checks, recommendation) -> dict[str, Any]:
 
 def _show(machine, checks, recommendation) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table
 
@@ -75,14 +76,15 @@ def _show(machine, checks, recommendation) -> None:
     info.add_row("packages", ", ".join(f"{name} {version or '-'}" for name, version in packages.items()
                                        if name != "torch"))
     info.add_row("HF_HUB_OFFLINE", "set" if machine.hf_offline else "not set")
-    info.add_row("compile cache", machine.compile_cache_dir)
+    info.add_row("compile cache", escape(machine.compile_cache_dir))
     console.print(info)
     if machine.gpus:
         gpus = Table(title="CUDA devices")
         for column in ("#", "name", "compute capability", "VRAM total / free (MiB)", "bf16", "fast fp16", "SDPA kernels"):
             gpus.add_column(column)
         for g in machine.gpus:
-            gpus.add_row(str(g.index), g.name, g.capability, f"{g.total_vram_mib} / {g.free_vram_mib}",
+            gpus.add_row(str(g.index), escape(g.name), g.capability,
+                         f"{g.total_vram_mib} / {g.free_vram_mib}",
                          "yes" if g.bf16 else "no", "yes" if g.fast_fp16 else "[yellow]no[/]",
                          ", ".join(g.sdpa_kernels) or "not tested")
         console.print(gpus)
@@ -91,10 +93,12 @@ def _show(machine, checks, recommendation) -> None:
         table.add_column(column, overflow="fold")
     for check in checks:
         style = STATUS_STYLE[check.status]
-        table.add_row(check.name, f"[{style}]{check.status}[/]", check.detail, check.fix)
+        # Details and fixes are text, not markup: `pip install 'nitro-cli[fp8]'` must keep its [fp8].
+        table.add_row(escape(check.name), f"[{style}]{check.status}[/]", escape(check.detail),
+                      escape(check.fix))
     console.print(table)
-    notes = "".join(f"\nNote: {note}" for note in recommendation.notes)
-    console.print(Panel(f"[bold]--preset {recommendation.preset}[/]: {recommendation.reason}{notes}",
+    notes = "".join(f"\nNote: {escape(note)}" for note in recommendation.notes)
+    console.print(Panel(f"[bold]--preset {recommendation.preset}[/]: {escape(recommendation.reason)}{notes}",
                         title="Recommended preset", expand=False))
     console.print("For bug reports:", style="dim")
     console.print(summary_line(machine, checks, recommendation), soft_wrap=True, markup=False, highlight=False)

@@ -249,11 +249,11 @@ def probe(deep: bool = False, outputs: Path = Path("outputs")) -> Machine:
     `deep` also runs what doctor and checklist need and a pipeline build does not: tiny xformers and
     SDPA calls, bitsandbytes' library check, NVML, the Hugging Face cache scan and free disk.
     """
+    torch_error = None
     try:
         import torch
     except Exception as exc:  # ImportError, or OSError from a CUDA build without its libraries: doctor says
-        torch = None
-        torch_error = describe(exc)
+        torch, torch_error = None, describe(exc)
     gpus = []
     cuda = torch is not None and torch.cuda.is_available()
     if cuda:
@@ -279,7 +279,7 @@ def probe(deep: bool = False, outputs: Path = Path("outputs")) -> Machine:
         compiler_available=_compiler_available(cuda),
         cpu_amx_bf16=cpu_has_amx_bf16(),
         torch_cudnn=torch.backends.cudnn.version() if torch and torch.backends.cudnn.is_available() else None,
-        torch_error=None if torch else torch_error,
+        torch_error=torch_error,
         hf_offline=_hf_offline(),
         outputs_dir=str(outputs),
         compile_cache_dir=str(paths.compile_cache_dir()),

@@ -405,7 +405,7 @@ def _apply_fp8_matmul(built: BuiltPipeline, machine: hardware.Machine) -> None:
         return
     count, scales = quantize_unet_matmuls_fp8(built.pipe.unet, built.dtype)
     built.applied.append(f"fp8 matmuls in the UNet's {count} attention and feed-forward Linear layers "
-                         f"(torchao, dynamic {scales} scales; changes the picture)")
+                         f"(torchao, dynamic {scales} scales, changes the picture)")
 
 
 def quantize_unet_matmuls_fp8(unet, dtype: str) -> tuple[int, str]:
@@ -466,7 +466,7 @@ def _apply_sdpa_backend(built: BuiltPipeline, choice: str, attention: str) -> No
     if choice == "auto":
         return
     if why := cuda_only_blocker(built.device):
-        built.skip(f"sdpa_backend {choice}", f"{why}; the CPU keeps torch's own pick")
+        built.skip(f"sdpa_backend {choice}", f"{why}: the CPU keeps torch's own pick")
     elif attention != "sdpa":
         built.skip(f"sdpa_backend {choice}", f"the UNet uses {attention} attention, not SDPA")
     else:
@@ -565,10 +565,10 @@ def _apply_compile(built: BuiltPipeline, preset: Preset, machine: hardware.Machi
     if built.unet_cache is not None:
         # Compiling the UNet's forward would trace the cache's step choice: each path compiles on its own.
         built.unet_cache.compile(_compile_options(mode, tuning, cuda_graphs))
-        built.applied.append(f"torch.compile unet, full and shallow paths ({mode}); the first call of each compiles")
+        built.applied.append(f"torch.compile unet, full and shallow paths ({mode}): the first call of each compiles")
     else:
         pipe.unet.compile(fullgraph=True, options=_compile_options(mode, tuning, cuda_graphs))
-        built.applied.append(f"torch.compile unet ({mode}); the first call compiles")
+        built.applied.append(f"torch.compile unet ({mode}): the first call compiles")
     if preset.compile_vae:
         # A CUDA graph's output is overwritten by its next replay; sliced or tiled decoding calls the
         # decoder several times and concatenates the outputs afterwards, so it runs without graphs.

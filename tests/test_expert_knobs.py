@@ -280,7 +280,7 @@ def test_feature_cache_with_offload_is_refused_by_the_rule_checklist_shares():
 def test_compile_with_feature_cache_compiles_each_path_not_the_unet():
     settings = load_preset("expert", ["feature_cache_interval=3"]).settings
     built = build_pipeline(settings, "random:tiny", "cpu", cpu_machine())
-    assert "torch.compile unet, full and shallow paths (default); the first call of each compiles" in built.applied
+    assert "torch.compile unet, full and shallow paths (default): the first call of each compiles" in built.applied
     assert built.pipe.unet._compiled_call_impl is None  # tracing the forward would trace the step choice
 
 

@@ -48,6 +48,8 @@ class ModelSource:
 
 def resolve_model(spec: str | None) -> ModelSource:
     """Classify `--model` without loading anything; a bad local path is a usage error (exit 2)."""
+    if spec is not None and not spec.strip():  # a script's unset "$MODEL": never fall back to a 2 GB download
+        raise UsageError("--model is empty", hint=f"leave it out for {DEFAULT_MODEL}, or name a model")
     spec = spec or DEFAULT_MODEL
     if spec.startswith("random:"):
         if spec not in RANDOM_MODELS:

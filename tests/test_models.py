@@ -55,6 +55,7 @@ def test_saved_folder_loads_as_a_real_model(runner, tiny_model_dir, tmp_path):
     ("./no/such/folder", "not found"),
     ("missing.safetensors", "model file not found"),
     ("random:huge", "unknown built-in model"),
+    ("", "--model is empty"),  # a script's unset "$MODEL" must not fall back to the default model's download
 ])
 def test_model_that_cannot_be_had_is_exit_2_without_traceback(runner, tmp_path, model, expected):
     args = [a for a in FAST if a not in ("--model", "random:tiny")]

@@ -196,3 +196,17 @@ def test_pil_conversion_on_the_device_gives_diffusers_pixels(dtype):
     assert [image.size for image in images] == [(16, 24)] * 3
     for got, want in zip(images, expected):
         assert got.mode == want.mode == "RGB" and np.array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_numbers_past_99999_are_seen_so_a_new_run_never_reuses_them(runner, tmp_path):
+    """A big prompt file can take a folder past five digits: `100000-...` must count for the next run's first
+    number, or that run starts at 100000 again (and with the same seed and prompt overwrites the image)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("99999-4-castle.png", "100000-5-castle.png"):
+        Image.new("RGB", (8, 8)).save(out / name)
+    before = (out / "100000-5-castle.png").read_bytes()
+    result = runner.invoke(app, ["generate", "castle", "--seed", "5", "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    assert pngs(out) == ["100000-5-castle.png", "100001-5-castle.png", "99999-4-castle.png"]
+    assert (out / "100000-5-castle.png").read_bytes() == before

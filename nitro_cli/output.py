@@ -29,7 +29,8 @@ from nitro_cli.errors import UsageError
 MANIFEST_NAME = ".nitro-run.json"
 SEED_LIMIT = 2**32  # drawn seeds stay in A1111's range, so they can be typed back into it
 
-NAME_PATTERN = re.compile(r"^(\d{5})-(\d+)-.*\.png$")
+# Five digits at least: past 99999 the numbers simply grow (`100000-...`), and still count.
+NAME_PATTERN = re.compile(r"^(\d{5,})-(\d+)-.*\.png$")
 
 
 def slug(prompt: str, limit: int = 48) -> str:

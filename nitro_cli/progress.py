@@ -89,7 +89,10 @@ class RunDisplay(RunObserver):
         if self._stdout_gone:
             return
         try:
-            print(line, flush=True)
+            # One write, newline included: print() writes the line and its newline apart, and with PYTHONUNBUFFERED
+            # each is a system call, between which another process sharing stdout (torchrun) can write its own.
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
         except BrokenPipeError:
             # The reader went away (`nitro generate ... | head -1`): the images are the work, so the run goes
             # on. stdout now points at devnull, as Python's docs advise, so no later flush fails again.

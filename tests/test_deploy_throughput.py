@@ -196,3 +196,49 @@ def test_pil_conversion_on_the_device_gives_diffusers_pixels(dtype):
     assert [image.size for image in images] == [(16, 24)] * 3
     for got, want in zip(images, expected):
         assert got.mode == want.mode == "RGB" and np.array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_numbers_past_99999_are_seen_so_a_new_run_never_reuses_them(runner, tmp_path):
+    """A big prompt file can take a folder past five digits: `100000-...` must count for the next run's first
+    number, or that run starts at 100000 again (and with the same seed and prompt overwrites the image)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("99999-4-castle.png", "100000-5-castle.png"):
+        Image.new("RGB", (8, 8)).save(out / name)
+    before = (out / "100000-5-castle.png").read_bytes()
+    result = runner.invoke(app, ["generate", "castle", "--seed", "5", "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    assert pngs(out) == ["100000-5-castle.png", "100001-5-castle.png", "99999-4-castle.png"]
+    assert (out / "100000-5-castle.png").read_bytes() == before
+
+
+@pytest.mark.parametrize("json_output", [True, False])
+def test_each_stdout_line_reaches_the_os_in_one_write(monkeypatch, tmp_path, json_output):
+    """Several processes (torchrun) share one stdout pipe; a line written in two pieces lets another process's
+    line land between them, and `--json` readers get a broken line. With PYTHONUNBUFFERED=1 (common in
+    containers) stdout writes through: each `write` call is a system call, so a line must be one call."""
+    import io
+
+    from nitro_cli.measure import Measurement
+    from nitro_cli.progress import RunDisplay
+
+    class RecordingPipe(io.RawIOBase):
+        def __init__(self):
+            self.writes: list[bytes] = []
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            self.writes.append(bytes(data))
+            return len(data)
+
+    pipe = RecordingPipe()
+    # What Python builds for stdout under PYTHONUNBUFFERED=1: a write-through text layer on the raw file.
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(pipe, encoding="utf-8", write_through=True))
+    display = RunDisplay(2, json_output=json_output, model="random:tiny", preset="deploy", bars=False)
+    for planned in tiny_plan(["castle", "dragon"]):
+        display.image_done(generation.ImageResult(planned, tmp_path / planned.name, 0.1, 20.0, 2, Measurement()))
+    assert len(pipe.writes) == 2
+    for write, planned in zip(pipe.writes, tiny_plan(["castle", "dragon"])):
+        assert write.endswith(b"\n") and write.count(b"\n") == 1 and planned.name.encode() in write

@@ -41,7 +41,7 @@ def run(request: GenerateRequest) -> None:
     from nitro_cli import distributed, hardware, vram
     from nitro_cli.builder import resolve_device
     from nitro_cli.generation import CacheStats, check_seeds, group_batches
-    from nitro_cli.models import DEFAULT_MODEL
+    from nitro_cli.models import DEFAULT_MODEL, resolve_model
     from nitro_cli.presets import load_preset
 
     # Probed once, when first needed: a --max-vram estimate depends on the GPU (fp32 where fp16 is slow),
@@ -56,6 +56,7 @@ def run(request: GenerateRequest) -> None:
     jobs = _read_jobs(request, loaded.settings)
     check_seeds(jobs, request.num_images, request.seed)
     model_name = request.model or DEFAULT_MODEL
+    resolve_model(request.model)  # a mistyped path or built-in name fails before the run record is replaced
     run_device = resolve_device(request.device, machine())
 
     with distributed.processes(cpu=run_device == "cpu") as processes:

@@ -149,6 +149,29 @@ def test_resume_makes_exactly_the_missing_images(runner, tmp_path, monkeypatch):
     assert changed.exit_code == 2 and "different request" in changed.stderr
 
 
+def test_a_mistyped_model_leaves_the_run_record_to_resume_from(runner, tmp_path):
+    out = tmp_path / "out"
+    args = ["generate", "castle", "-n", "2", "--out", str(out), *FAST]
+    assert runner.invoke(app, args).exit_code == 0
+    (out / pngs(out)[1]).unlink()  # as if the run had been stopped before its last image
+    record = (out / ".nitro-run.json").read_bytes()
+    typo = runner.invoke(app, [*[a if a != "random:tiny" else "random:tiyn" for a in args]])
+    assert typo.exit_code == 2 and (out / ".nitro-run.json").read_bytes() == record
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0 and "1 of 2 images already" in resumed.stderr and len(pngs(out)) == 2
+
+
+def test_the_summary_of_a_big_run_shows_its_first_and_last_images(runner, tmp_path):
+    result = runner.invoke(app, ["generate", "castle", "-n", "23", "--batch-size", "23", "--out", str(tmp_path), *FAST],
+                           env={"COLUMNS": "200"})  # wide enough for whole names in the table
+    assert result.exit_code == 0, result.output
+    names = pngs(tmp_path)
+    assert len(names) == 23
+    shown = [name for name in names if name in result.stderr]
+    assert shown == [*names[:10], *names[-10:]]
+    assert "... 3 more (every image: --json)" in result.stderr and "Total:" in result.stderr
+
+
 def test_sigint_leaves_no_partial_file_and_exits_130(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NITRO_CACHE_DIR": str(tmp_path / "cache")}

@@ -162,14 +162,19 @@ def _quantization_override(bitsandbytes_installed: bool) -> tuple[str, str]:
 
 
 def plan_for_vram(max_vram_gib: float, *, width: int = 512, height: int = 512, batch_size: int = 1,
-                  bitsandbytes_installed: bool = True, fp16_runs_as_fp32: bool = False) -> VramPlan:
-    """The fastest preset expected to fit in `max_vram_gib`, with the overrides it needs here."""
+                  bitsandbytes_installed: bool = True, fp16_runs_as_fp32: bool = False,
+                  user_overrides: tuple[str, ...] = ()) -> VramPlan:
+    """The fastest preset expected to fit in `max_vram_gib`, with the overrides it needs here.
+
+    `user_overrides` (the user's --set, applied after the plan's) count in the estimate: `precision=float32`
+    doubles it whichever preset is chosen.
+    """
     from nitro_cli.presets import load_preset
 
     _check_budget(max_vram_gib)
     job = f"{width}x{height}, batch {batch_size}"
     for preset in FASTEST_FIRST:
-        layout = MemoryLayout.of(load_preset(preset).settings, fp16_runs_as_fp32)
+        layout = MemoryLayout.of(load_preset(preset, list(user_overrides)).settings, fp16_runs_as_fp32)
         peak = estimate_peak_gib(layout, width, height, batch_size)
         if fits(peak, max_vram_gib):
             break
@@ -259,7 +264,8 @@ def fit_request(max_vram_gib: float, preset: str | None, overrides: list[str], *
     facts = machine_facts(machine, machine.gpus[0] if device == "cuda" and machine.has_gpu else None)
     if preset is None:
         job = load_preset(default_preset, overrides).settings
-        plan = plan_for_vram(max_vram_gib, width=job.width, height=job.height, batch_size=job.batch_size, **facts)
+        plan = plan_for_vram(max_vram_gib, width=job.width, height=job.height, batch_size=job.batch_size,
+                             user_overrides=tuple(overrides), **facts)
         chosen, final = plan.preset, list(plan.overrides) + list(overrides)
     else:
         plan = plan_for_preset(preset, load_preset(preset, overrides).settings, max_vram_gib, **facts)

@@ -100,3 +100,18 @@ def test_without_a_preset_the_plan_counts_the_users_own_set():
     assert plan.expected_peak_gib == round(_run_peak_gib(preset, overrides), 2) and plan.fits
     with pytest.raises(UsageError, match="--max-vram 3.4"):
         vram.fit_request(3.4, None, ["offload=none"], default_preset="beginner", machine=rtx, device="cuda")
+
+
+def test_the_plan_is_made_for_the_largest_image_of_a_prompts_file(runner, tmp_path):
+    """A prompts file's line may ask for its own size: --max-vram must fit that image too, not only the command
+    line's size (1024x1024 needs more than 2 GiB even with minvram; 64x64 does not)."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("small castle\n--prompt big castle --width 1024 --height 1024\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["generate", "--prompts-file", str(prompts), *FAST, "--max-vram", "2",
+                                 "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "Error: --max-vram 2: minvram for 1024x1024" in result.stderr and not list(out.glob("*.png"))
+    preset, _, plan = vram.fit_request(4.5, None, [], default_preset="beginner", machine=machine(RTX_3060),
+                                       device="cuda", largest_image=(1024, 1024))
+    assert preset == "lowvram" and plan.fits  # advanced fits 4.5 GiB at 512x512, not at 1024x1024

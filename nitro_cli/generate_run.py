@@ -49,8 +49,12 @@ def run(request: GenerateRequest) -> None:
     machine = functools.cache(hardware.probe)
     preset, overrides = request.preset, request.overrides
     if request.max_vram is not None:
+        # A prompts file's lines may ask for their own sizes (the plan never changes a size): fit the largest.
+        sizes = [(job.width, job.height) for job in _read_jobs(request, load_preset(preset or DEFAULT_PRESET,
+                                                                                    overrides).settings)]
         preset, overrides, plan = vram.fit_request(request.max_vram, preset, overrides, default_preset=DEFAULT_PRESET,
-                                                   machine=machine(), device=resolve_device(request.device, machine()))
+                                                   machine=machine(), device=resolve_device(request.device, machine()),
+                                                   largest_image=max(sizes, key=lambda size: size[0] * size[1]))
         print(vram.describe_choice(request.max_vram, preset, plan), file=sys.stderr)
     loaded = load_preset(preset or DEFAULT_PRESET, overrides)
     jobs = _read_jobs(request, loaded.settings)

@@ -16,9 +16,8 @@ class Device(str, Enum):
 
 
 ModelOption = Annotated[Optional[str], typer.Option(
-    "--model", "-m", metavar="MODEL",
-    help="Hub id (owner/name), diffusers folder, .safetensors/.ckpt file, or random:tiny / random:sd15. "
-         "[default: nitrosocke/Nitro-Diffusion]")]
+    "--model", "-m", metavar="MODEL", show_default="nitrosocke/Nitro-Diffusion",
+    help="Hub id (owner/name), diffusers folder, .safetensors/.ckpt file, or random:tiny / random:sd15.")]
 SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE", help="Override one preset field (repeatable; dotted keys for groups, e.g. vae.tiling=true).")]
 DeviceOption = Annotated[Device, typer.Option("--device", help="Where to run: the first CUDA GPU if any (auto), or force one.")]

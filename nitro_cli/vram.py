@@ -162,14 +162,19 @@ def _quantization_override(bitsandbytes_installed: bool) -> tuple[str, str]:
 
 
 def plan_for_vram(max_vram_gib: float, *, width: int = 512, height: int = 512, batch_size: int = 1,
-                  bitsandbytes_installed: bool = True, fp16_runs_as_fp32: bool = False) -> VramPlan:
-    """The fastest preset expected to fit in `max_vram_gib`, with the overrides it needs here."""
+                  bitsandbytes_installed: bool = True, fp16_runs_as_fp32: bool = False,
+                  user_overrides: tuple[str, ...] = ()) -> VramPlan:
+    """The fastest preset expected to fit in `max_vram_gib`, with the overrides it needs here.
+
+    `user_overrides` (the user's --set, applied after the plan's) count in the estimate: `precision=float32`
+    doubles it whichever preset is chosen.
+    """
     from nitro_cli.presets import load_preset
 
     _check_budget(max_vram_gib)
     job = f"{width}x{height}, batch {batch_size}"
     for preset in FASTEST_FIRST:
-        layout = MemoryLayout.of(load_preset(preset).settings, fp16_runs_as_fp32)
+        layout = MemoryLayout.of(load_preset(preset, list(user_overrides)).settings, fp16_runs_as_fp32)
         peak = estimate_peak_gib(layout, width, height, batch_size)
         if fits(peak, max_vram_gib):
             break
@@ -245,24 +250,29 @@ def machine_facts(machine: Any, gpu: Any = None) -> dict[str, bool]:
 
 
 def fit_request(max_vram_gib: float, preset: str | None, overrides: list[str], *, default_preset: str,
-                machine: Any, device: str) -> tuple[str, list[str], VramPlan]:
+                machine: Any, device: str, largest_image: tuple[int, int] | None = None
+                ) -> tuple[str, list[str], VramPlan]:
     """`--max-vram`: the preset and overrides to run with, and the plan that chose them.
 
     No preset given: the fastest preset expected to fit (`plan_for_vram`) at the size and batch the
     request asks for, with the user's overrides after the plan's. A preset given: that preset plus
     what it needs to fit (`plan_for_preset`), added after the user's overrides. Nothing fits: a usage
-    error saying why, before anything loads.
+    error saying why, before anything loads. `largest_image` (width, height): the largest image the
+    run makes, where a prompts file's line asks for its own size; the plan is made for that one.
     """
     from nitro_cli.errors import UsageError
     from nitro_cli.presets import load_preset
 
     facts = machine_facts(machine, machine.gpus[0] if device == "cuda" and machine.has_gpu else None)
+    # Only for the estimate: the run itself keeps each image's own size.
+    sized = list(overrides) + ([f"width={largest_image[0]}", f"height={largest_image[1]}"] if largest_image else [])
     if preset is None:
-        job = load_preset(default_preset, overrides).settings
-        plan = plan_for_vram(max_vram_gib, width=job.width, height=job.height, batch_size=job.batch_size, **facts)
+        job = load_preset(default_preset, sized).settings
+        plan = plan_for_vram(max_vram_gib, width=job.width, height=job.height, batch_size=job.batch_size,
+                             user_overrides=tuple(sized), **facts)
         chosen, final = plan.preset, list(plan.overrides) + list(overrides)
     else:
-        plan = plan_for_preset(preset, load_preset(preset, overrides).settings, max_vram_gib, **facts)
+        plan = plan_for_preset(preset, load_preset(preset, sized).settings, max_vram_gib, **facts)
         chosen, final = preset, list(overrides) + list(plan.overrides)
     if not plan.fits:
         raise UsageError(f"--max-vram {max_vram_gib:g}: {plan.explanation}",

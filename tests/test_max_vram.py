@@ -6,10 +6,11 @@ import pytest
 
 from nitro_cli import paths, vram
 from nitro_cli.cli import app
+from nitro_cli.errors import UsageError
 from nitro_cli.presets import load_preset
 from tests.conftest import FAST
 
-from fake_machines import GTX_1060, machine
+from fake_machines import GTX_1060, RTX_3060, machine
 
 
 
@@ -82,3 +83,35 @@ def test_a_budget_that_is_not_a_finite_number_is_a_usage_error(runner, tmp_path,
     assert result.exit_code == 2, result.output
     assert f"--max-vram must be a positive number of GiB, not {budget}" in result.stderr
     assert not paths.bench_dir().exists() and not list(tmp_path.glob("*.png"))
+
+
+def _run_peak_gib(preset, overrides):
+    settings = load_preset(preset, overrides).settings
+    return vram.estimate_peak_gib(vram.MemoryLayout.of(settings), settings.width, settings.height, settings.batch_size)
+
+
+def test_without_a_preset_the_plan_counts_the_users_own_set():
+    """The user's --set is applied after the plan's choice, so the plan is made with it. As shipped, lowvram fits
+    3.4 GiB (1.99 GiB expected); in fp32 it does not (3.93 GiB), and with its weights kept on the GPU nothing does."""
+    rtx = machine(RTX_3060)
+    preset, overrides, plan = vram.fit_request(3.4, None, ["precision=float32"], default_preset="beginner",
+                                               machine=rtx, device="cuda")
+    assert preset == "minvram"
+    assert plan.expected_peak_gib == round(_run_peak_gib(preset, overrides), 2) and plan.fits
+    with pytest.raises(UsageError, match="--max-vram 3.4"):
+        vram.fit_request(3.4, None, ["offload=none"], default_preset="beginner", machine=rtx, device="cuda")
+
+
+def test_the_plan_is_made_for_the_largest_image_of_a_prompts_file(runner, tmp_path):
+    """A prompts file's line may ask for its own size: --max-vram must fit that image too, not only the command
+    line's size (1024x1024 needs more than 2 GiB even with minvram; 64x64 does not)."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("small castle\n--prompt big castle --width 1024 --height 1024\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["generate", "--prompts-file", str(prompts), *FAST, "--max-vram", "2",
+                                 "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "Error: --max-vram 2: minvram for 1024x1024" in result.stderr and not list(out.glob("*.png"))
+    preset, _, plan = vram.fit_request(4.5, None, [], default_preset="beginner", machine=machine(RTX_3060),
+                                       device="cuda", largest_image=(1024, 1024))
+    assert preset == "lowvram" and plan.fits  # advanced fits 4.5 GiB at 512x512, not at 1024x1024

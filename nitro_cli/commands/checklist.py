@@ -67,7 +67,7 @@ def _show(tiers, source_line: str, machine_line: str) -> None:
 
 def checklist(
     tier: Annotated[Optional[str], typer.Option("--tier", help="One tier (a shipped preset name or YAML path); default: all.")] = None,
-    bench: Annotated[Optional[Path], typer.Option("--bench", metavar="FILE", help="`nitro bench --json` report to take measured numbers from [default: newest in the bench cache folder].")] = None,
+    bench: Annotated[Optional[Path], typer.Option("--bench", metavar="FILE", show_default="newest in the bench cache folder", help="`nitro bench --json` report to take measured numbers from.")] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print Markdown tables on stdout.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON list of tiers on stdout.")] = False,
 ) -> None:

@@ -24,8 +24,8 @@ def generate(
         "--prompts-file", "-f", help="UTF-8 file, one prompt per line (# comments); lines may carry A1111-style "
                                      "overrides: --prompt --negative_prompt --seed --steps --cfg_scale --width --height --style.")] = None,
     style: Annotated[Optional[list[Style]], typer.Option("--style", help="Add a Nitro-Diffusion style token (repeatable: mixed styles).")] = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Shipped preset name or path to a YAML file. "
-                                                                        "[default: beginner]")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", "-p", show_default="beginner",
+                                                            help="Shipped preset name or path to a YAML file.")] = None,
     set_: options.SetOption = None,
     model: options.ModelOption = None,
     negative: Annotated[str, typer.Option("--negative", help="Negative prompt.")] = "",

@@ -71,7 +71,8 @@ RECOMMENDATION_RULES = (
          lambda m: len(m.gpus) > 1 and _deploy_fits_every_gpu(m), "deploy",
          "several GPUs: the throughput tier; run one nitro process per GPU (CUDA_VISIBLE_DEVICES=i) to use them all"),
     Rule("vram.py's rule picks minvram for the first GPU", lambda m: vram_plan(m).preset == "minvram", "minvram",
-         "only the smallest-memory settings are expected to fit this GPU"),
+         "the smallest-memory settings: the faster presets are not expected to fit this GPU (the VRAM note "
+         "says whether these do)"),
     Rule("vram.py's rule picks lowvram for the first GPU", lambda m: vram_plan(m).preset == "lowvram", "lowvram",
          "the faster presets are not expected to fit this GPU: the memory-saving settings"),
     Rule("16 GB or more, compute capability 8.0+, torch.compile available", _large_modern_gpu, "expert",

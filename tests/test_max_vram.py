@@ -20,7 +20,7 @@ def test_generate_without_preset_picks_the_fastest_that_fits(runner, tmp_path):
     # The plan is made for the requested size (64x64 here), so compare with the same request.
     small = vram.plan_for_vram(2.8, width=64, height=64, bitsandbytes_installed=False)
     assert small.preset == "lowvram" and small.fits  # advanced needs 2.65 GiB before headroom
-    assert f"--max-vram 2.8 GiB: --preset lowvram. lowvram for 64x64, batch 1" in result.stderr
+    assert "--max-vram 2.8 GiB: --preset lowvram. lowvram for 64x64, batch 1" in result.stderr
     assert json.loads(result.stdout.splitlines()[0])["preset"] == "lowvram"
 
 

@@ -153,8 +153,10 @@ def _flag_overrides(options: BenchOptions) -> list[str]:
 
 
 def _measure_preset(entry: str, result: PresetResult, options: BenchOptions, device: str,
-                    machine: hardware.Machine):
-    """Fill `result` step by step (so a failure keeps what was measured) and return the first image."""
+                    machine: hardware.Machine, progress: Callable[[str], None]):
+    """Fill `result` step by step (so a failure keeps what was measured) and return the first image.
+    `progress` gets a line after the build and after each call: outside the timed calls, and no thread that
+    would compete with a launch-bound loop for the GIL."""
     from nitro_cli.builder import build_pipeline
     from nitro_cli.generation import PromptCache, run_batch
     from nitro_cli.measure import measure
@@ -177,6 +179,8 @@ def _measure_preset(entry: str, result: PresetResult, options: BenchOptions, dev
     result.precision = built.dtype
     result.applied = list(built.applied)
     result.skipped = [f"{what}: {why}" for what, why in built.skipped]
+    progress(f"{result.preset}: built in {loading.seconds:.1f} s"
+             + ("; its first call compiles (a minute or more)" if built.compiled else ""))
 
     cache = PromptCache(built.pipe, built.device, enabled=settings.prompt_cache)
     seeds = [BENCH_SEED + i for i in range(settings.batch_size)]
@@ -189,6 +193,8 @@ def _measure_preset(entry: str, result: PresetResult, options: BenchOptions, dev
         calls.append(call)
         if index >= options.warmup:
             timed.append(call.seconds)
+        kind = "warm-up" if index < options.warmup else "timed"
+        progress(f"{result.preset}: {kind} call {index + 1}/{options.warmup + options.runs}: {call.seconds:.2f} s")
 
     per_image = [seconds / settings.batch_size for seconds in timed]
     result.runs = len(timed)
@@ -270,7 +276,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda me
             result = PresetResult(preset=preset_label(entry))
             progress(f"[{number}/{len(options.presets)}] {result.preset}")
             try:
-                images[len(results)] = _measure_preset(entry, result, options, device, machine)
+                images[len(results)] = _measure_preset(entry, result, options, device, machine, progress)
             except Exception as exc:  # out of memory, a missing package, a failed load: this row fails
                 result.error = _describe(exc)
                 progress(f"{result.preset} failed: {result.error}")

@@ -63,6 +63,14 @@ def test_json_csv_and_history_copy(runner, tmp_path):
     assert len(copies) == 1 and json.loads(copies[0].read_text()) == report
 
 
+def test_progress_shows_the_build_and_each_call(runner):
+    result = runner.invoke(app, ["bench", "--presets", "baseline", "--runs", "2", "--warmup", "1", *FAST])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("baseline: ")]
+    assert len(lines) == 4 and lines[0].startswith("baseline: built in ") and "compiles" not in lines[0]
+    assert [line.split(":")[1] for line in lines[1:]] == [" warm-up call 1/3", " timed call 2/3", " timed call 3/3"]
+
+
 def test_baseline_option_compares_with_another_row(runner, tmp_path):
     variant = write_preset(tmp_path, "advanced-cached", scheduler="dpmpp_2m_karras", feature_cache_interval=2,
                            safety_checker="false", prompt_cache="true")

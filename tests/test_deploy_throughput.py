@@ -242,3 +242,15 @@ def test_each_stdout_line_reaches_the_os_in_one_write(monkeypatch, tmp_path, jso
     assert len(pipe.writes) == 2
     for write, planned in zip(pipe.writes, tiny_plan(["castle", "dragon"])):
         assert write.endswith(b"\n") and write.count(b"\n") == 1 and planned.name.encode() in write
+
+
+def test_deploy_is_expert_at_batch_8():
+    """docs/gpu-variants measures deploy's levers as the expert variants at --batch-size 8: that holds while
+    deploy differs from expert by its batch size alone."""
+    import dataclasses
+
+    from nitro_cli.presets import load_preset
+
+    expert, deploy = load_preset("expert").settings, load_preset("deploy").settings
+    differ = [f.name for f in dataclasses.fields(expert) if getattr(expert, f.name) != getattr(deploy, f.name)]
+    assert sorted(differ) == ["batch_size", "claimed", "scenario", "tier"] and deploy.batch_size == 8

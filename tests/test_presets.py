@@ -126,6 +126,15 @@ def test_a_key_given_twice_in_a_preset_file_is_an_error_naming_key_and_line(tmp_
     assert "'tiling'" in error.value.message and "line 4" in error.value.message and str(twice) in error.value.message
 
 
+def test_a_mapping_that_holds_itself_is_a_usage_error_not_a_recursion(tmp_path):
+    """YAML lets an anchor's alias sit inside the anchored mapping; the duplicate-key walk must not follow it
+    forever (a RecursionError traceback)."""
+    looped = tmp_path / "looped.yaml"
+    looped.write_text("steps: 5\nvae: &v\n  tiling: true\n  again: *v\n")
+    with pytest.raises(UsageError, match="unknown key 'vae.again'"):
+        load_preset(str(looped))
+
+
 def test_yaml_syntax_error_is_one_line_with_file_and_line(runner, tmp_path):
     tabbed = tmp_path / "tabbed.yaml"
     tabbed.write_text("steps: 5\nvae:\n\ttiling: true\n")

@@ -299,7 +299,9 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Loaded
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise UsageError(f"preset {path} is not valid YAML{where}: {exc.problem}") from None
+        # The context is half of some messages: "expected a single document in the stream, but found another".
+        what = ", ".join(part for part in (exc.context, exc.problem) if part)
+        raise UsageError(f"preset {path} is not valid YAML{where}: {what}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UsageError(f"preset {path} is not valid YAML: {first_line(exc)}") from None
     if not isinstance(data, dict):

@@ -145,6 +145,13 @@ def test_yaml_syntax_error_is_one_line_with_file_and_line(runner, tmp_path):
     assert "<unicode string>" not in result.stderr
 
 
+def test_two_documents_in_a_preset_file_are_named_as_such(tmp_path):
+    two = tmp_path / "two.yaml"
+    two.write_text("steps: 5\n---\nsteps: 6\n")
+    with pytest.raises(UsageError, match="line 2, column 1.*single document.*another document"):
+        load_preset(str(two))
+
+
 def test_a_folder_given_as_preset_is_named_a_folder(tmp_path):
     with pytest.raises(UsageError, match="is a folder, not a preset file"):
         load_preset(str(tmp_path))

@@ -191,9 +191,10 @@ def _measure_preset(entry: str, result: PresetResult, options: BenchOptions, dev
                               steps=settings.steps, guidance=settings.guidance,
                               width=settings.width, height=settings.height)
         calls.append(call)
-        if index >= options.warmup:
+        counted = index >= options.warmup
+        if counted:
             timed.append(call.seconds)
-        kind = "warm-up" if index < options.warmup else "timed"
+        kind = "timed" if counted else "warm-up"
         progress(f"{result.preset}: {kind} call {index + 1}/{options.warmup + options.runs}: {call.seconds:.2f} s")
 
     per_image = [seconds / settings.batch_size for seconds in timed]

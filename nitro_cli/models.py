@@ -265,15 +265,15 @@ def check_text_to_image_unet(pipe, spec: str) -> None:
     """A usage error unless the UNet takes only what SD 1.x text-to-image gives it: latents, a timestep and
     text embeddings. diffusers loads an SDXL or inpainting model into StableDiffusionPipeline without a word,
     and it then fails in the first denoising step."""
-    unet = pipe.unet.config
+    unet_config = pipe.unet.config
     latent_channels = pipe.vae.config.latent_channels
-    extra = unet.get("addition_embed_type") or unet.get("class_embed_type")
+    extra = unet_config.get("addition_embed_type") or unet_config.get("class_embed_type")
     if extra:
         why = f"its UNet needs extra conditioning ({extra}): an SDXL or other later model"
-    elif unet.get("in_channels") != latent_channels:
-        why = (f"its UNet takes {unet.get('in_channels')} input channels, not the {latent_channels} latent channels "
-               "of text-to-image (an inpainting or depth model?)")
+    elif unet_config.get("in_channels") != latent_channels:
+        why = (f"its UNet takes {unet_config.get('in_channels')} input channels, not the {latent_channels} "
+               "latent channels of text-to-image (an inpainting or depth model?)")
     else:
         return
     raise UsageError(f"model '{spec}' is not a Stable Diffusion 1.x text-to-image model: {why}",
-                     hint="give an SD 1.x model such as nitrosocke/Nitro-Diffusion, or --model random:tiny for a dry run")
+                     hint=f"give an SD 1.x model such as {DEFAULT_MODEL}, or --model random:tiny for a dry run")

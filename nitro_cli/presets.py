@@ -141,9 +141,13 @@ def resolve_path(name_or_path: str) -> Path:
                      hint=f"{hint}shipped presets: {', '.join(names)}; or give a path to a .yaml file")
 
 
-def check_unique_keys(node) -> None:
+def check_unique_keys(node, walked: set[int] | None = None) -> None:
     """Refuse a key given twice in one mapping of a composed YAML document (YAML forbids it; PyYAML's
     loaders keep the last one silently, so a second `compile:` at the end of a copied preset would win)."""
+    walked = set() if walked is None else walked
+    if id(node) in walked:  # an alias: its node is checked once, and may hold itself (`a: &x {b: *x}`)
+        return
+    walked.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen = set()
         for key_node, value_node in node.value:
@@ -153,10 +157,10 @@ def check_unique_keys(node) -> None:
                     raise yaml.MarkedYAMLError(problem=f"key {key_node.value!r} is given twice",
                                                problem_mark=key_node.start_mark)
                 seen.add(key_node.value)
-            check_unique_keys(value_node)
+            check_unique_keys(value_node, walked)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            check_unique_keys(item)
+            check_unique_keys(item, walked)
 
 
 # A float in YAML 1.2's core schema: unlike YAML 1.1 it needs no dot before an exponent.
@@ -295,7 +299,9 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Loaded
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise UsageError(f"preset {path} is not valid YAML{where}: {exc.problem}") from None
+        # The context is half of some messages: "expected a single document in the stream, but found another".
+        what = ", ".join(part for part in (exc.context, exc.problem) if part)
+        raise UsageError(f"preset {path} is not valid YAML{where}: {what}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UsageError(f"preset {path} is not valid YAML: {first_line(exc)}") from None
     if not isinstance(data, dict):

@@ -45,9 +45,9 @@ def feature_cache_blocker(unet) -> str | None:
     if unet.class_embedding is not None:
         return "the UNet has a class embedding (not SD 1.x)"
     if unet.config.addition_embed_type is not None:
-        return f"the UNet has an addition embedding ({unet.config.addition_embed_type}; not SD 1.x)"
+        return f"the UNet has an addition embedding ({unet.config.addition_embed_type}, not SD 1.x)"
     if unet.encoder_hid_proj is not None:
-        return "the UNet projects its encoder states (encoder_hid_proj; not SD 1.x)"
+        return "the UNet projects its encoder states (encoder_hid_proj, not SD 1.x)"
     if _freeu_enabled(unet):
         return "FreeU is enabled"
     first = unet.down_blocks[0]

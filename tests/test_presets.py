@@ -126,6 +126,15 @@ def test_a_key_given_twice_in_a_preset_file_is_an_error_naming_key_and_line(tmp_
     assert "'tiling'" in error.value.message and "line 4" in error.value.message and str(twice) in error.value.message
 
 
+def test_a_mapping_that_holds_itself_is_a_usage_error_not_a_recursion(tmp_path):
+    """YAML lets an anchor's alias sit inside the anchored mapping; the duplicate-key walk must not follow it
+    forever (a RecursionError traceback)."""
+    looped = tmp_path / "looped.yaml"
+    looped.write_text("steps: 5\nvae: &v\n  tiling: true\n  again: *v\n")
+    with pytest.raises(UsageError, match="unknown key 'vae.again'"):
+        load_preset(str(looped))
+
+
 def test_yaml_syntax_error_is_one_line_with_file_and_line(runner, tmp_path):
     tabbed = tmp_path / "tabbed.yaml"
     tabbed.write_text("steps: 5\nvae:\n\ttiling: true\n")
@@ -134,6 +143,13 @@ def test_yaml_syntax_error_is_one_line_with_file_and_line(runner, tmp_path):
     error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(error) == 1 and str(tabbed) in error[0] and "line 3" in error[0], result.stderr
     assert "<unicode string>" not in result.stderr
+
+
+def test_two_documents_in_a_preset_file_are_named_as_such(tmp_path):
+    two = tmp_path / "two.yaml"
+    two.write_text("steps: 5\n---\nsteps: 6\n")
+    with pytest.raises(UsageError, match="line 2, column 1.*single document.*another document"):
+        load_preset(str(two))
 
 
 def test_a_folder_given_as_preset_is_named_a_folder(tmp_path):

@@ -168,6 +168,11 @@ def test_blocker_accepts_sd_layouts_and_names_what_it_cannot_cache(tiny_pipe):
     assert feature_cache_blocker(sd_like_unet()) is None
 
     assert "class embedding" in feature_cache_blocker(sd_like_unet(class_embed_type="timestep"))
+    # Reasons become builder skip texts, which bench's CSV joins with '; ': none may hold one.
+    text_embedding = feature_cache_blocker(sd_like_unet(addition_embed_type="text", addition_embed_type_num_heads=4))
+    projected = feature_cache_blocker(sd_like_unet(encoder_hid_dim=CROSS_DIM, encoder_hid_dim_type="text_proj"))
+    assert "addition embedding (text" in text_embedding and "encoder_hid_proj" in projected
+    assert "; " not in text_embedding + projected
     one_layer = sd_like_unet()
     one_layer.up_blocks[-1].resnets = one_layer.up_blocks[-1].resnets[:1]
     assert "fewer than 2 layers" in feature_cache_blocker(one_layer)

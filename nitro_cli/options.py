@@ -44,7 +44,7 @@ def check_max_vram(value: float | None) -> None:
     from nitro_cli.errors import UsageError
 
     if value is not None and not (math.isfinite(value) and value > 0):
-        raise UsageError(f"--max-vram must be a positive number of GiB, not {value:g}", hint="e.g. --max-vram 6")
+        raise UsageError(f"--max-vram must be a positive, finite number of GiB, not {value:g}", hint="e.g. --max-vram 6")
 
 
 def check_report_file(path: Path | None, option: str) -> None:

@@ -13,6 +13,8 @@ measured rows, so the estimate gives back every measured row (within a few perce
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,8 +134,8 @@ class VramPlan:
 
 
 def _check_budget(max_vram_gib: float) -> None:
-    if max_vram_gib <= 0:
-        raise ValueError(f"max_vram_gib must be positive, not {max_vram_gib}")
+    if not (math.isfinite(max_vram_gib) and max_vram_gib > 0):  # nan passes `<= 0`
+        raise ValueError(f"max_vram_gib must be a positive, finite number, not {max_vram_gib}")
 
 
 def _basis(preset: str, width: int, height: int, batch_size: int, fp32: bool) -> str:

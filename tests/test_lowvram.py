@@ -280,8 +280,9 @@ def test_vram_plan_that_cannot_fit_says_so():
     plan = plan_for_vram(1.0, batch_size=4)
     assert plan.preset == "minvram" and not plan.fits
     assert "smaller images or batches" in plan.explanation
-    with pytest.raises(ValueError):
-        plan_for_vram(0)
+    for budget in (0, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            plan_for_vram(budget)
 
 
 def test_every_footprint_is_a_shipped_preset():

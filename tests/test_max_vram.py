@@ -42,7 +42,7 @@ def test_generate_that_cannot_fit_is_a_usage_error_before_loading(runner, tmp_pa
     assert "Error: --max-vram 1.5: baseline with sequential CPU offload" in result.stderr
     assert "safety_checker=false" in result.stderr and not list(tmp_path.glob("*.png"))
     zero = runner.invoke(app, ["generate", "castle", *FAST, "--max-vram", "0"])
-    assert zero.exit_code == 2 and "positive number of GiB" in zero.stderr
+    assert zero.exit_code == 2 and "positive, finite number of GiB" in zero.stderr
 
 
 def test_fit_request_counts_fp32_on_cards_without_fast_fp16():
@@ -81,7 +81,7 @@ def test_a_budget_that_is_not_a_finite_number_is_a_usage_error(runner, tmp_path,
     args = ["castle", "--out", str(tmp_path)] if command == "generate" else ["--presets", "beginner"]
     result = runner.invoke(app, [command, *args, *FAST, "--max-vram", budget])
     assert result.exit_code == 2, result.output
-    assert f"--max-vram must be a positive number of GiB, not {budget}" in result.stderr
+    assert f"--max-vram must be a positive, finite number of GiB, not {budget}" in result.stderr
     assert not paths.bench_dir().exists() and not list(tmp_path.glob("*.png"))
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nitro_cli import hardware, models, onnx_export
-from nitro_cli.errors import UsageError
+from nitro_cli.errors import RuntimeFailure, UsageError
 from nitro_cli.presets import Preset, flatten
 
 LICENSE_REMINDER = ("Safety checker off: Nitro-Diffusion's CreativeML OpenRAIL-M license still forbids "
@@ -59,6 +59,9 @@ class BuiltPipeline:
 
 def resolve_device(requested: str, machine: hardware.Machine) -> str:
     """`auto` is the first CUDA GPU when there is one, else the CPU; `cuda` without one is a usage error."""
+    if machine.torch_error:  # nothing runs without torch: say why, not a traceback from the first import
+        raise RuntimeFailure(f"torch does not import: {machine.torch_error}",
+                             hint=f"{hardware.TORCH_REINSTALL_HINT}; `nitro doctor` checks the rest")
     if requested == "auto":
         return "cuda" if machine.has_gpu else "cpu"
     if requested == "cuda" and not machine.has_gpu:

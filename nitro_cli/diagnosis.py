@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from nitro_cli import builder, vram
-from nitro_cli.hardware import GpuInfo, Machine
+from nitro_cli.hardware import TORCH_REINSTALL_HINT, GpuInfo, Machine
 from nitro_cli.models import DEFAULT_MODEL
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -113,9 +113,7 @@ def _check_packages(machine: Machine) -> list[Check]:
     if missing:
         return [Check("packages", FAIL, f"not installed: {', '.join(missing)}", "pip install nitro-cli")]
     if machine.torch_error:
-        return [Check("packages", FAIL, f"torch does not import: {machine.torch_error}",
-                      "reinstall torch, the build for this machine's CUDA "
-                      "(https://pytorch.org/get-started/locally/)")]
+        return [Check("packages", FAIL, f"torch does not import: {machine.torch_error}", TORCH_REINSTALL_HINT)]
     return [Check("packages", OK, ", ".join(f"{name} {machine.packages[name]}" for name in REQUIRED))]
 
 

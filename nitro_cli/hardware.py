@@ -19,6 +19,11 @@ from nitro_cli.errors import describe
 from nitro_cli.models import DEFAULT_MODEL
 
 
+# What to do when `import torch` fails (Machine.torch_error): doctor reports it, generate, bench and
+# checklist stop on it.
+TORCH_REINSTALL_HINT = "reinstall torch, the build for this machine's CUDA (https://pytorch.org/get-started/locally/)"
+
+
 @dataclass(frozen=True)
 class GpuInfo:
     index: int

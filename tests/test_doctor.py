@@ -209,6 +209,12 @@ def test_a_torch_that_does_not_import_is_a_failed_check_not_a_traceback(tmp_path
     (packages,) = [c for c in report["checks"] if c["name"] == "packages"]
     assert packages["status"] == "fail" and "torch does not import: OSError: libcudnn.so.9" in packages["detail"]
     assert report["cuda_available"] is False and report["devices"] == []
+    # generate stops on it the same way: exit 1 with the reason, no traceback from its first `import torch`.
+    generate = subprocess.run([sys.executable, "-m", "nitro_cli", "generate", "castle", "--model", "random:tiny",
+                               "--out", str(tmp_path / "out")], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=120)
+    assert generate.returncode == 1 and "Traceback" not in generate.stderr, generate.stderr
+    assert "Error: torch does not import: OSError: libcudnn.so.9" in generate.stderr and "Hint:" in generate.stderr
 
 
 def test_human_report_prints_brackets_as_text(runner, fake_probe, monkeypatch):

@@ -407,3 +407,12 @@ def test_the_first_batch_of_each_size_says_it_compiles(capsys, compiled, main_pr
         display.batch_started([PlannedImage(0, job, 1, "00000-1-a-castle.png")])
     said = [line.split()[2] for line in capsys.readouterr().err.splitlines() if line.startswith("Compiling for")]
     assert said == announced
+
+
+@pytest.mark.parametrize("override, message", [
+    ("feature_cache_interval=0", "'feature_cache_interval' must be at least 1, not 0; allowed: 1 to 10"),
+    ("feature_cache_interval=11", "'feature_cache_interval' must be at most 10, not 11; allowed: 1 to 10"),
+])
+def test_out_of_range_values_name_the_whole_range(override, message):
+    with pytest.raises(UsageError, match=message):
+        load_preset("expert", [override])

@@ -144,6 +144,32 @@ def compile_blocker(device: str, machine: hardware.Machine) -> str | None:
     return f"torch.compile needs {'Triton' if device == 'cuda' else 'a C++ compiler'}"
 
 
+def compile_extra_blocker(preset: Preset, device: str, machine: hardware.Machine) -> str | None:
+    """`compile_vae`, `compile_text_encoder`, `inductor_tuning`: they ride on the UNet's compilation."""
+    if preset.compile == "none":
+        return "compile is none: set compile to a mode"
+    return compile_blocker(device, machine)
+
+
+def cuda_graphs_blocker(mode: str, device: str) -> str | None:
+    """What a compile mode with CUDA graphs does instead on a device without them (None: as asked)."""
+    if device == "cuda":
+        return None
+    if mode == "reduce-overhead":
+        return "no CUDA device: default mode, without CUDA graphs"
+    if mode == "max-autotune":
+        return "no CUDA device: max-autotune without CUDA graphs"
+    return None
+
+
+def sdpa_backend_blocker(attention: str, device: str) -> str | None:
+    if why := cuda_only_blocker(device):
+        return f"{why}: the CPU keeps torch's own pick"
+    if attention != "sdpa":
+        return f"the UNet uses {attention} attention, not SDPA"
+    return None
+
+
 def fuse_qkv_blocker(preset: Preset) -> str | None:
     """Fusing rewrites the attention processors: only SDPA's, and not on bitsandbytes weights."""
     if preset.attention == "sdpa" and preset.quantization not in QUANTIZATION_BACKENDS:
@@ -465,10 +491,8 @@ INDUCTOR_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "e
 def _apply_sdpa_backend(built: BuiltPipeline, choice: str, attention: str) -> None:
     if choice == "auto":
         return
-    if why := cuda_only_blocker(built.device):
-        built.skip(f"sdpa_backend {choice}", f"{why}: the CPU keeps torch's own pick")
-    elif attention != "sdpa":
-        built.skip(f"sdpa_backend {choice}", f"the UNet uses {attention} attention, not SDPA")
+    if why := sdpa_backend_blocker(attention, built.device):
+        built.skip(f"sdpa_backend {choice}", why)
     else:
         restrict_unet_sdpa(built.pipe.unet, choice)
         built.applied.append(f"SDPA kernel of the UNet: {choice} only")
@@ -541,7 +565,7 @@ def _apply_compile(built: BuiltPipeline, preset: Preset, machine: hardware.Machi
     if mode == "none":
         for name, wanted in extras.items():
             if wanted:
-                built.skip(name, "compile is none: set compile to a mode")
+                built.skip(name, compile_extra_blocker(preset, built.device, machine))
         return
     why = compile_blocker(built.device, machine)
     if why:
@@ -551,11 +575,9 @@ def _apply_compile(built: BuiltPipeline, preset: Preset, machine: hardware.Machi
     # CUDA graphs (reduce-overhead, max-autotune) only exist on the GPU; on the CPU the same mode
     # without them is the equivalent.
     cuda_graphs = built.device == "cuda"
-    if mode == "reduce-overhead" and not cuda_graphs:
-        built.skip("CUDA graphs (reduce-overhead)", "no CUDA device: torch.compile default mode used")
-        mode = "default"
-    elif mode == "max-autotune" and not cuda_graphs:
-        built.skip("CUDA graphs (max-autotune)", "no CUDA device: compiled without them")
+    if why := cuda_graphs_blocker(mode, built.device):
+        built.skip(f"CUDA graphs ({mode})", why)
+        mode = "default" if mode == "reduce-overhead" else mode
     built.applied.append(f"compile caches in {use_compile_caches()} (a later process reuses them)")
     built.compiled = True
     tuning = preset.inductor_tuning

@@ -77,13 +77,17 @@ def _availability(key: str, value: Any, preset: Preset, device: str, machine: Ma
         why = builder.offload_blocker(device)
     elif key == "compile" and value != "none":
         why = builder.compile_blocker(device, machine)
-        if not why and value == "reduce-overhead" and device != "cuda":
-            return True, "no CUDA device: default mode, without CUDA graphs"
+        if not why and (instead := builder.cuda_graphs_blocker(value, device)):
+            return True, instead
+    elif key in ("compile_vae", "compile_text_encoder", "inductor_tuning") and value:
+        why = builder.compile_extra_blocker(preset, device, machine)
     elif key == "fuse_qkv" and value:
         why = builder.fuse_qkv_blocker(preset)
     elif key == "feature_cache_interval" and value > 1:
         why = builder.feature_cache_blocker(preset, device)
-    elif (key == "cudnn_benchmark" and value) or (key == "sdpa_backend" and value != "auto"):
+    elif key == "sdpa_backend" and value != "auto":
+        why = builder.sdpa_backend_blocker(preset.attention, device)
+    elif key == "cudnn_benchmark" and value:
         why = builder.cuda_only_blocker(device)
     else:
         why = None

@@ -170,12 +170,18 @@ def sdpa_backend_blocker(attention: str, device: str) -> str | None:
     return None
 
 
-def fuse_qkv_blocker(preset: Preset) -> str | None:
-    """Fusing rewrites the attention processors: only SDPA's, and not on bitsandbytes weights."""
-    if preset.attention == "sdpa" and preset.quantization not in QUANTIZATION_BACKENDS:
+def effective_attention(attention: str, device: str, machine: hardware.Machine) -> str:
+    """The attention the UNet runs: xformers falls back to SDPA where it can't run."""
+    return "sdpa" if attention == "xformers" and xformers_blocker(device, machine) else attention
+
+
+def fuse_qkv_blocker(attention: str, quantization: str) -> str | None:
+    """Fusing rewrites the attention processors: only SDPA's (the attention the UNet runs), and not on
+    bitsandbytes weights."""
+    if attention == "sdpa" and quantization not in QUANTIZATION_BACKENDS:
         return None
     return (f"works with SDPA on weights not quantized by bitsandbytes only "
-            f"(attention={preset.attention}, quantization={preset.quantization})")
+            f"(attention={attention}, quantization={quantization})")
 
 
 # Feature caching counts denoising steps by the scheduler's `step_index`, which these lack.
@@ -296,10 +302,10 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     set_scheduler(pipe, preset.scheduler)
     built.applied.append(f"scheduler {preset.scheduler}")
 
-    _apply_attention(built, preset.attention, machine)
+    attention = _apply_attention(built, preset.attention, machine)
     if preset.fuse_qkv:
         # Fusing rewrites the attention processors, so it comes after the attention choice.
-        why = fuse_qkv_blocker(preset)
+        why = fuse_qkv_blocker(attention, preset.quantization)
         if why:
             built.skip("fuse_qkv", why)
         else:
@@ -332,7 +338,7 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     else:
         pipe.to(device)
 
-    _apply_sdpa_backend(built, preset.sdpa_backend, preset.attention)
+    _apply_sdpa_backend(built, preset.sdpa_backend, attention)
     _apply_cudnn_benchmark(built, preset.cudnn_benchmark)
     _apply_compile(built, preset, machine)
     _report_safety_checker_and_prompt_cache(built, preset)
@@ -384,7 +390,8 @@ def _report_safety_checker_and_prompt_cache(built: BuiltPipeline, preset: Preset
         built.applied.append("prompt-embedding cache")
 
 
-def _apply_attention(built: BuiltPipeline, attention: str, machine: hardware.Machine) -> None:
+def _apply_attention(built: BuiltPipeline, attention: str, machine: hardware.Machine) -> str:
+    """Returns the attention the UNet runs (SDPA where xformers falls back)."""
     pipe = built.pipe
     if attention == "xformers":
         why = xformers_blocker(built.device, machine)
@@ -394,14 +401,15 @@ def _apply_attention(built: BuiltPipeline, attention: str, machine: hardware.Mac
             try:
                 pipe.enable_xformers_memory_efficient_attention()
                 built.applied.append("xformers attention")
-                return
+                return attention
             except Exception as exc:  # a broken xformers build raises many kinds of errors
                 built.skip("xformers", f"failed to start ({type(exc).__name__}: {exc}): SDPA used")
     elif attention == "sliced":
         pipe.enable_attention_slicing()
         built.applied.append("sliced attention")
-        return
+        return attention
     built.applied.append("SDPA attention")
+    return "sdpa"
 
 
 def _apply_fp8_storage(built: BuiltPipeline) -> None:

@@ -254,3 +254,17 @@ def test_max_autotune_on_a_cpu_says_it_runs_without_cuda_graphs():
     mine = load_preset("baseline", ["compile=max-autotune"]).settings
     (item,) = tier_items(mine, load_preset("baseline").settings, "cpu", MACHINES["no GPU"])
     assert item.available and "no CUDA device" in item.reason and "CUDA graphs" in item.reason
+
+
+@pytest.mark.parametrize("fake, device, setting", [
+    (MACHINES["no GPU"], "cpu", "fuse_qkv: true"),
+    (MACHINES["RTX 3060 12 GB"], "cuda", "fuse_qkv: true"),
+    (MACHINES["RTX 3060 12 GB"], "cuda", "sdpa_backend: flash"),
+])
+def test_settings_for_sdpa_count_xformers_falling_back_to_sdpa(fake, device, setting):
+    from nitro_cli.tier_checklist import tier_items
+
+    mine = load_preset("baseline", ["attention=xformers", "fuse_qkv=true", "sdpa_backend=flash"]).settings
+    items = {item.setting: item for item in tier_items(mine, load_preset("baseline").settings, device, fake)}
+    assert items["attention: xformers"].available is False
+    assert items[setting].available is True, items[setting].reason

@@ -416,3 +416,11 @@ def test_the_first_batch_of_each_size_says_it_compiles(capsys, compiled, main_pr
 def test_out_of_range_values_name_the_whole_range(override, message):
     with pytest.raises(UsageError, match=message):
         load_preset("expert", [override])
+
+
+def test_fuse_qkv_applies_when_xformers_falls_back_to_sdpa():
+    """No xformers on a CPU: the UNet runs SDPA, so fusing works and is not skipped for xformers' sake."""
+    built = build_pipeline(load_preset("advanced", ["attention=xformers"]).settings, "random:tiny", "cpu",
+                           cpu_machine())
+    assert "xformers" in skipped_names(built) and "fuse_qkv" not in skipped_names(built)
+    assert "fused QKV projections" in built.applied

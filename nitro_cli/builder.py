@@ -175,6 +175,11 @@ def effective_attention(attention: str, device: str, machine: hardware.Machine) 
     return "sdpa" if attention == "xformers" and xformers_blocker(device, machine) else attention
 
 
+def effective_quantization(quantization: str, device: str) -> str:
+    """The quantization the weights get: bitsandbytes' is skipped off CUDA (see _quantization_config)."""
+    return "none" if quantization in QUANTIZATION_BACKENDS and device != "cuda" else quantization
+
+
 def fuse_qkv_blocker(attention: str, quantization: str) -> str | None:
     """Fusing rewrites the attention processors: only SDPA's (the attention the UNet runs), and not on
     bitsandbytes weights."""
@@ -209,7 +214,7 @@ def _quantization_config(preset: Preset, device: str, dtype: str, machine: hardw
     """diffusers' loading-time config for the bitsandbytes back-ends; None for the others (applied after loading)."""
     if preset.quantization not in QUANTIZATION_BACKENDS:
         return None
-    if device != "cuda":
+    if effective_quantization(preset.quantization, device) != preset.quantization:
         # diffusers' bitsandbytes quantizer refuses to load without a GPU ("No GPU found"), whatever bnb's build:
         # the machine can't, so degrade; a GPU without bitsandbytes is fixable, so that is an error below.
         built_skip(f"{preset.quantization} quantization", "bitsandbytes in diffusers needs a CUDA GPU: "
@@ -305,7 +310,7 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     attention = _apply_attention(built, preset.attention, machine)
     if preset.fuse_qkv:
         # Fusing rewrites the attention processors, so it comes after the attention choice.
-        why = fuse_qkv_blocker(attention, preset.quantization)
+        why = fuse_qkv_blocker(attention, effective_quantization(preset.quantization, device))
         if why:
             built.skip("fuse_qkv", why)
         else:

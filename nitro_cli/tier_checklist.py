@@ -66,7 +66,8 @@ class Tier:
 
 def _availability(key: str, value: Any, preset: Preset, device: str, machine: Machine) -> tuple[bool, str]:
     """(can this machine do it, why not or what it does instead), from the builder's rules."""
-    # fuse_qkv and sdpa_backend meet the attention the UNet runs (xformers falls back to SDPA).
+    # fuse_qkv and sdpa_backend meet the attention the UNet runs (xformers falls back to SDPA), fuse_qkv the
+    # weights it has (bitsandbytes is skipped off CUDA).
     attention = builder.effective_attention(preset.attention, device, machine)
     if key == "precision":
         dtype, why = builder.effective_precision(value, device, machine)
@@ -84,7 +85,7 @@ def _availability(key: str, value: Any, preset: Preset, device: str, machine: Ma
     elif key in ("compile_vae", "compile_text_encoder", "inductor_tuning") and value:
         why = builder.compile_extra_blocker(preset, device, machine)
     elif key == "fuse_qkv" and value:
-        why = builder.fuse_qkv_blocker(attention, preset.quantization)
+        why = builder.fuse_qkv_blocker(attention, builder.effective_quantization(preset.quantization, device))
     elif key == "feature_cache_interval" and value > 1:
         why = builder.feature_cache_blocker(preset, device)
     elif key == "sdpa_backend" and value != "auto":

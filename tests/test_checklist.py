@@ -268,3 +268,13 @@ def test_settings_for_sdpa_count_xformers_falling_back_to_sdpa(fake, device, set
     items = {item.setting: item for item in tier_items(mine, load_preset("baseline").settings, device, fake)}
     assert items["attention: xformers"].available is False
     assert items[setting].available is True, items[setting].reason
+
+
+def test_fuse_qkv_counts_bitsandbytes_skipped_on_a_cpu():
+    from nitro_cli.tier_checklist import tier_items
+
+    mine = load_preset("baseline", ["quantization=nf4", "fuse_qkv=true"]).settings
+    items = {item.setting: item for item in tier_items(mine, load_preset("baseline").settings, "cpu",
+                                                       MACHINES["no GPU"])}
+    assert items["quantization: nf4"].available is False
+    assert items["fuse_qkv: true"].available is True, items["fuse_qkv: true"].reason

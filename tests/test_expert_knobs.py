@@ -424,3 +424,11 @@ def test_fuse_qkv_applies_when_xformers_falls_back_to_sdpa():
                            cpu_machine())
     assert "xformers" in skipped_names(built) and "fuse_qkv" not in skipped_names(built)
     assert "fused QKV projections" in built.applied
+
+
+def test_fuse_qkv_applies_when_bitsandbytes_is_skipped_on_a_cpu():
+    """int8 on a CPU loads unquantized weights, which fusing takes: it is not skipped for int8's sake."""
+    built = build_pipeline(load_preset("advanced", ["quantization=int8"]).settings, "random:tiny", "cpu",
+                           cpu_machine())
+    assert "int8 quantization" in skipped_names(built) and "fuse_qkv" not in skipped_names(built)
+    assert "fused QKV projections" in built.applied

@@ -147,12 +147,49 @@ def compile_blocker(device: str, machine: hardware.Machine) -> str | None:
     return f"torch.compile needs {'Triton' if device == 'cuda' else 'a C++ compiler'}"
 
 
-def fuse_qkv_blocker(preset: Preset) -> str | None:
-    """Fusing rewrites the attention processors: only SDPA's, and not on bitsandbytes weights."""
-    if preset.attention == "sdpa" and preset.quantization not in QUANTIZATION_BACKENDS:
+def compile_extra_blocker(preset: Preset, device: str, machine: hardware.Machine) -> str | None:
+    """`compile_vae`, `compile_text_encoder`, `inductor_tuning`: they ride on the UNet's compilation."""
+    if preset.compile == "none":
+        return "compile is none: set compile to a mode"
+    return compile_blocker(device, machine)
+
+
+def cuda_graphs_blocker(mode: str, device: str) -> str | None:
+    """What a compile mode with CUDA graphs does instead on a device without them (None: as asked)."""
+    if device == "cuda":
+        return None
+    if mode == "reduce-overhead":
+        return "no CUDA device: default mode, without CUDA graphs"
+    if mode == "max-autotune":
+        return "no CUDA device: max-autotune without CUDA graphs"
+    return None
+
+
+def sdpa_backend_blocker(attention: str, device: str) -> str | None:
+    if why := cuda_only_blocker(device):
+        return f"{why}: the CPU keeps torch's own pick"
+    if attention != "sdpa":
+        return f"the UNet uses {attention} attention, not SDPA"
+    return None
+
+
+def effective_attention(attention: str, device: str, machine: hardware.Machine) -> str:
+    """The attention the UNet runs: xformers falls back to SDPA where it can't run."""
+    return "sdpa" if attention == "xformers" and xformers_blocker(device, machine) else attention
+
+
+def effective_quantization(quantization: str, device: str) -> str:
+    """The quantization the weights get: bitsandbytes' is skipped off CUDA (see _quantization_config)."""
+    return "none" if quantization in QUANTIZATION_BACKENDS and device != "cuda" else quantization
+
+
+def fuse_qkv_blocker(attention: str, quantization: str) -> str | None:
+    """Fusing rewrites the attention processors: only SDPA's (the attention the UNet runs), and not on
+    bitsandbytes weights."""
+    if attention == "sdpa" and quantization not in QUANTIZATION_BACKENDS:
         return None
     return (f"works with SDPA on weights not quantized by bitsandbytes only "
-            f"(attention={preset.attention}, quantization={preset.quantization})")
+            f"(attention={attention}, quantization={quantization})")
 
 
 # Feature caching counts denoising steps by the scheduler's `step_index`, which these lack.
@@ -180,7 +217,7 @@ def _quantization_config(preset: Preset, device: str, dtype: str, machine: hardw
     """diffusers' loading-time config for the bitsandbytes back-ends; None for the others (applied after loading)."""
     if preset.quantization not in QUANTIZATION_BACKENDS:
         return None
-    if device != "cuda":
+    if effective_quantization(preset.quantization, device) != preset.quantization:
         # diffusers' bitsandbytes quantizer refuses to load without a GPU ("No GPU found"), whatever bnb's build:
         # the machine can't, so degrade; a GPU without bitsandbytes is fixable, so that is an error below.
         built_skip(f"{preset.quantization} quantization", "bitsandbytes in diffusers needs a CUDA GPU: "
@@ -273,10 +310,10 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     set_scheduler(pipe, preset.scheduler)
     built.applied.append(f"scheduler {preset.scheduler}")
 
-    _apply_attention(built, preset.attention, machine)
+    attention = _apply_attention(built, preset.attention, machine)
     if preset.fuse_qkv:
         # Fusing rewrites the attention processors, so it comes after the attention choice.
-        why = fuse_qkv_blocker(preset)
+        why = fuse_qkv_blocker(attention, effective_quantization(preset.quantization, device))
         if why:
             built.skip("fuse_qkv", why)
         else:
@@ -309,7 +346,7 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     else:
         pipe.to(device)
 
-    _apply_sdpa_backend(built, preset.sdpa_backend, preset.attention)
+    _apply_sdpa_backend(built, preset.sdpa_backend, attention)
     _apply_cudnn_benchmark(built, preset.cudnn_benchmark)
     _apply_compile(built, preset, machine)
     _report_safety_checker_and_prompt_cache(built, preset)
@@ -361,7 +398,8 @@ def _report_safety_checker_and_prompt_cache(built: BuiltPipeline, preset: Preset
         built.applied.append("prompt-embedding cache")
 
 
-def _apply_attention(built: BuiltPipeline, attention: str, machine: hardware.Machine) -> None:
+def _apply_attention(built: BuiltPipeline, attention: str, machine: hardware.Machine) -> str:
+    """Returns the attention the UNet runs (SDPA where xformers falls back)."""
     pipe = built.pipe
     if attention == "xformers":
         why = xformers_blocker(built.device, machine)
@@ -371,14 +409,15 @@ def _apply_attention(built: BuiltPipeline, attention: str, machine: hardware.Mac
             try:
                 pipe.enable_xformers_memory_efficient_attention()
                 built.applied.append("xformers attention")
-                return
+                return attention
             except Exception as exc:  # a broken xformers build raises many kinds of errors
                 built.skip("xformers", f"failed to start ({type(exc).__name__}: {exc}): SDPA used")
     elif attention == "sliced":
         pipe.enable_attention_slicing()
         built.applied.append("sliced attention")
-        return
+        return attention
     built.applied.append("SDPA attention")
+    return "sdpa"
 
 
 def _apply_fp8_storage(built: BuiltPipeline) -> None:
@@ -468,10 +507,8 @@ INDUCTOR_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "e
 def _apply_sdpa_backend(built: BuiltPipeline, choice: str, attention: str) -> None:
     if choice == "auto":
         return
-    if why := cuda_only_blocker(built.device):
-        built.skip(f"sdpa_backend {choice}", f"{why}: the CPU keeps torch's own pick")
-    elif attention != "sdpa":
-        built.skip(f"sdpa_backend {choice}", f"the UNet uses {attention} attention, not SDPA")
+    if why := sdpa_backend_blocker(attention, built.device):
+        built.skip(f"sdpa_backend {choice}", why)
     else:
         restrict_unet_sdpa(built.pipe.unet, choice)
         built.applied.append(f"SDPA kernel of the UNet: {choice} only")
@@ -544,7 +581,7 @@ def _apply_compile(built: BuiltPipeline, preset: Preset, machine: hardware.Machi
     if mode == "none":
         for name, wanted in extras.items():
             if wanted:
-                built.skip(name, "compile is none: set compile to a mode")
+                built.skip(name, compile_extra_blocker(preset, built.device, machine))
         return
     why = compile_blocker(built.device, machine)
     if why:
@@ -554,11 +591,9 @@ def _apply_compile(built: BuiltPipeline, preset: Preset, machine: hardware.Machi
     # CUDA graphs (reduce-overhead, max-autotune) only exist on the GPU; on the CPU the same mode
     # without them is the equivalent.
     cuda_graphs = built.device == "cuda"
-    if mode == "reduce-overhead" and not cuda_graphs:
-        built.skip("CUDA graphs (reduce-overhead)", "no CUDA device: torch.compile default mode used")
-        mode = "default"
-    elif mode == "max-autotune" and not cuda_graphs:
-        built.skip("CUDA graphs (max-autotune)", "no CUDA device: compiled without them")
+    if why := cuda_graphs_blocker(mode, built.device):
+        built.skip(f"CUDA graphs ({mode})", why)
+        mode = "default" if mode == "reduce-overhead" else mode
     built.applied.append(f"compile caches in {use_compile_caches()} (a later process reuses them)")
     built.compiled = True
     tuning = preset.inductor_tuning

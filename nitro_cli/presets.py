@@ -225,10 +225,12 @@ def _check_value(key: str, value: Any, f: dataclasses.Field) -> Any:
         close = _closest(str(value), list(rules["choices"]))
         guess = f" (did you mean '{close}'?)" if close else ""
         raise ValueError(f"'{key}' is {value!r}{guess}; allowed: {', '.join(rules['choices'])}")
-    if rules.get("min") is not None and value < rules["min"]:
-        raise ValueError(f"'{key}' must be at least {rules['min']}, not {value!r}")
-    if rules.get("max") is not None and value > rules["max"]:
-        raise ValueError(f"'{key}' must be at most {rules['max']}, not {value!r}")
+    low, high = rules.get("min"), rules.get("max")
+    bounds = f"; allowed: {low} to {high}" if low is not None and high is not None else ""
+    if low is not None and value < low:
+        raise ValueError(f"'{key}' must be at least {low}, not {value!r}{bounds}")
+    if high is not None and value > high:
+        raise ValueError(f"'{key}' must be at most {high}, not {value!r}{bounds}")
     if rules.get("multiple_of") and value % rules["multiple_of"]:
         raise ValueError(f"'{key}' must be a multiple of {rules['multiple_of']}, not {value!r}")
     return value

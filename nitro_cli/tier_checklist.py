@@ -66,6 +66,9 @@ class Tier:
 
 def _availability(key: str, value: Any, preset: Preset, device: str, machine: Machine) -> tuple[bool, str]:
     """(can this machine do it, why not or what it does instead), from the builder's rules."""
+    # fuse_qkv and sdpa_backend meet the attention the UNet runs (xformers falls back to SDPA), fuse_qkv the
+    # weights it has (bitsandbytes is skipped off CUDA).
+    attention = builder.effective_attention(preset.attention, device, machine)
     if key == "precision":
         dtype, why = builder.effective_precision(value, device, machine)
         return dtype == value, why or ""
@@ -77,13 +80,17 @@ def _availability(key: str, value: Any, preset: Preset, device: str, machine: Ma
         why = builder.offload_blocker(device)
     elif key == "compile" and value != "none":
         why = builder.compile_blocker(device, machine)
-        if not why and value == "reduce-overhead" and device != "cuda":
-            return True, "no CUDA device: default mode, without CUDA graphs"
+        if not why and (instead := builder.cuda_graphs_blocker(value, device)):
+            return True, instead
+    elif key in ("compile_vae", "compile_text_encoder", "inductor_tuning") and value:
+        why = builder.compile_extra_blocker(preset, device, machine)
     elif key == "fuse_qkv" and value:
-        why = builder.fuse_qkv_blocker(preset)
+        why = builder.fuse_qkv_blocker(attention, builder.effective_quantization(preset.quantization, device))
     elif key == "feature_cache_interval" and value > 1:
         why = builder.feature_cache_blocker(preset, device)
-    elif (key == "cudnn_benchmark" and value) or (key == "sdpa_backend" and value != "auto"):
+    elif key == "sdpa_backend" and value != "auto":
+        why = builder.sdpa_backend_blocker(attention, device)
+    elif key == "cudnn_benchmark" and value:
         why = builder.cuda_only_blocker(device)
     else:
         why = None

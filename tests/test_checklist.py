@@ -227,3 +227,54 @@ def test_human_tables_print_brackets_as_text(runner, fake_probe, tmp_path, monke
     result = runner.invoke(app, ["checklist", "--tier", str(mine)])
     assert result.exit_code == 0, result.output
     assert "nitro-cli[xformers]" in result.stderr and "[red]x[/red] test" in result.stderr
+
+
+@pytest.mark.parametrize("fake, device, overrides, setting, reason", [
+    # The builder skips these (tests/test_expert_knobs.py): the checklist must say the same.
+    (MACHINES["no GPU"], "cpu", ["compile=none", "compile_vae=true"], "compile_vae: true", "compile is none"),
+    (MACHINES["no GPU"], "cpu", ["compile=none", "compile_text_encoder=true"], "compile_text_encoder: true",
+     "compile is none"),
+    (MACHINES["no GPU"], "cpu", ["compile=none", "inductor_tuning=true"], "inductor_tuning: true", "compile is none"),
+    (machine(compiler_available=False), "cpu", ["compile=default", "compile_vae=true"], "compile_vae: true",
+     "a C++ compiler"),
+    (MACHINES["RTX 3060 12 GB"], "cuda", ["attention=sliced", "sdpa_backend=flash"], "sdpa_backend: flash",
+     "sliced attention, not SDPA"),
+])
+def test_checklist_refuses_what_the_builder_skips(fake, device, overrides, setting, reason):
+    from nitro_cli.tier_checklist import tier_items
+
+    mine = load_preset("baseline", overrides).settings
+    items = {item.setting: item for item in tier_items(mine, load_preset("baseline").settings, device, fake)}
+    assert items[setting].available is False and reason in items[setting].reason
+
+
+def test_max_autotune_on_a_cpu_says_it_runs_without_cuda_graphs():
+    from nitro_cli.tier_checklist import tier_items
+
+    mine = load_preset("baseline", ["compile=max-autotune"]).settings
+    (item,) = tier_items(mine, load_preset("baseline").settings, "cpu", MACHINES["no GPU"])
+    assert item.available and "no CUDA device" in item.reason and "CUDA graphs" in item.reason
+
+
+@pytest.mark.parametrize("fake, device, setting", [
+    (MACHINES["no GPU"], "cpu", "fuse_qkv: true"),
+    (MACHINES["RTX 3060 12 GB"], "cuda", "fuse_qkv: true"),
+    (MACHINES["RTX 3060 12 GB"], "cuda", "sdpa_backend: flash"),
+])
+def test_settings_for_sdpa_count_xformers_falling_back_to_sdpa(fake, device, setting):
+    from nitro_cli.tier_checklist import tier_items
+
+    mine = load_preset("baseline", ["attention=xformers", "fuse_qkv=true", "sdpa_backend=flash"]).settings
+    items = {item.setting: item for item in tier_items(mine, load_preset("baseline").settings, device, fake)}
+    assert items["attention: xformers"].available is False
+    assert items[setting].available is True, items[setting].reason
+
+
+def test_fuse_qkv_counts_bitsandbytes_skipped_on_a_cpu():
+    from nitro_cli.tier_checklist import tier_items
+
+    mine = load_preset("baseline", ["quantization=nf4", "fuse_qkv=true"]).settings
+    items = {item.setting: item for item in tier_items(mine, load_preset("baseline").settings, "cpu",
+                                                       MACHINES["no GPU"])}
+    assert items["quantization: nf4"].available is False
+    assert items["fuse_qkv: true"].available is True, items["fuse_qkv: true"].reason

@@ -407,3 +407,28 @@ def test_the_first_batch_of_each_size_says_it_compiles(capsys, compiled, main_pr
         display.batch_started([PlannedImage(0, job, 1, "00000-1-a-castle.png")])
     said = [line.split()[2] for line in capsys.readouterr().err.splitlines() if line.startswith("Compiling for")]
     assert said == announced
+
+
+@pytest.mark.parametrize("override, message", [
+    ("feature_cache_interval=0", "'feature_cache_interval' must be at least 1, not 0; allowed: 1 to 10"),
+    ("feature_cache_interval=11", "'feature_cache_interval' must be at most 10, not 11; allowed: 1 to 10"),
+])
+def test_out_of_range_values_name_the_whole_range(override, message):
+    with pytest.raises(UsageError, match=message):
+        load_preset("expert", [override])
+
+
+def test_fuse_qkv_applies_when_xformers_falls_back_to_sdpa():
+    """No xformers on a CPU: the UNet runs SDPA, so fusing works and is not skipped for xformers' sake."""
+    built = build_pipeline(load_preset("advanced", ["attention=xformers"]).settings, "random:tiny", "cpu",
+                           cpu_machine())
+    assert "xformers" in skipped_names(built) and "fuse_qkv" not in skipped_names(built)
+    assert "fused QKV projections" in built.applied
+
+
+def test_fuse_qkv_applies_when_bitsandbytes_is_skipped_on_a_cpu():
+    """int8 on a CPU loads unquantized weights, which fusing takes: it is not skipped for int8's sake."""
+    built = build_pipeline(load_preset("advanced", ["quantization=int8"]).settings, "random:tiny", "cpu",
+                           cpu_machine())
+    assert "int8 quantization" in skipped_names(built) and "fuse_qkv" not in skipped_names(built)
+    assert "fused QKV projections" in built.applied

@@ -78,7 +78,7 @@ def test_bad_override_is_exit_2_naming_the_problem(runner, tmp_path, override, e
 def test_a_flag_out_of_range_names_the_key_and_the_preset_not_set(runner, tmp_path):
     result = runner.invoke(app, ["generate", "x", "--steps", "0", "--model", "random:tiny", "--out", str(tmp_path)])
     assert result.exit_code == 2
-    assert "'steps' must be at least 1, not 0 (overriding preset" in result.output and "--set" not in result.output
+    assert "'steps' must be at least 1, not 0; allowed: 1 to 1000 (overriding preset" in result.output and "--set" not in result.output
 
 
 @pytest.mark.parametrize("raw, value", [("1e-05", 1e-05), ("2.5E+1", 25.0), ("7.5", 7.5), ("1e5x", "1e5x")])

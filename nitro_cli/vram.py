@@ -267,14 +267,16 @@ def fit_request(max_vram_gib: float, preset: str | None, overrides: list[str], *
 
     facts = machine_facts(machine, machine.gpus[0] if device == "cuda" and machine.has_gpu else None)
     # Only for the estimate: the run itself keeps each image's own size.
-    sized = list(overrides) + ([f"width={largest_image[0]}", f"height={largest_image[1]}"] if largest_image else [])
+    estimate_overrides = list(overrides)
+    if largest_image:
+        estimate_overrides += [f"width={largest_image[0]}", f"height={largest_image[1]}"]
     if preset is None:
-        job = load_preset(default_preset, sized).settings
+        job = load_preset(default_preset, estimate_overrides).settings
         plan = plan_for_vram(max_vram_gib, width=job.width, height=job.height, batch_size=job.batch_size,
-                             user_overrides=tuple(sized), **facts)
+                             user_overrides=tuple(estimate_overrides), **facts)
         chosen, final = plan.preset, list(plan.overrides) + list(overrides)
     else:
-        plan = plan_for_preset(preset, load_preset(preset, sized).settings, max_vram_gib, **facts)
+        plan = plan_for_preset(preset, load_preset(preset, estimate_overrides).settings, max_vram_gib, **facts)
         chosen, final = preset, list(overrides) + list(plan.overrides)
     if not plan.fits:
         raise UsageError(f"--max-vram {max_vram_gib:g}: {plan.explanation}",

@@ -135,10 +135,13 @@ def run_batch(pipe, cache: PromptCache, prompts: list[str], negatives: list[str]
     `callback_on_step_end(pipe, step, timestep, tensors) -> tensors`.
 
     The pipeline stops at latents so that decoding can be checked (`decode_latents`); the safety
-    checker then runs as the pipeline would run it, blacking out what it flags."""
+    checker then runs as the pipeline would run it, blacking out what it flags. Seeds past the last
+    prompt are filling (`generate_images`' fixed batch shape): they reuse the last prompt's embeddings
+    without asking the cache, so its counts stay those of the real images."""
     import torch
 
     pairs = [cache.embeddings(p, n, guidance) for p, n in zip(prompts, negatives)]
+    pairs += [pairs[-1]] * (len(seeds) - len(pairs))
     prompt_embeds = torch.cat([p for p, _ in pairs])
     negative_embeds = torch.cat([n for _, n in pairs]) if pairs[0][1] is not None else None
     kwargs: dict[str, Any] = {}
@@ -349,7 +352,7 @@ def generate_images(pipe, cache: PromptCache, device: str, images: list[PlannedI
             called = batch + [batch[-1]] * (batch_size - len(batch)) if fixed_batch_shape else batch
             try:
                 with measure(device) as taken:
-                    result = run_batch(pipe, cache, [i.job.prompt for i in called], [i.job.negative for i in called],
+                    result = run_batch(pipe, cache, [i.job.prompt for i in batch], [i.job.negative for i in batch],
                                        [i.seed for i in called], steps=job.steps, guidance=job.guidance,
                                        width=job.width, height=job.height, on_step_end=on_step_end)
             except torch.OutOfMemoryError:

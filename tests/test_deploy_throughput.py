@@ -54,11 +54,11 @@ def test_a_filled_last_batch_keeps_every_call_at_batch_size_and_changes_no_pixel
         return real_run_batch(pipe, cache, prompts, negatives, seeds, **kwargs)
 
     monkeypatch.setattr(generation, "run_batch", recording_run_batch)
-    cache = generation.PromptCache(tiny_pipe, "cpu", enabled=True)
     images = tiny_plan(["castle", "dragon", "cat"])
     made = {}
     for fixed in (True, False):
         calls.clear()
+        cache = generation.PromptCache(tiny_pipe, "cpu", enabled=True)
         saved = {}
         results = generate_images(tiny_pipe, cache, "cpu", images, batch_size=2,
                                   save=lambda planned, image: saved.setdefault(planned.name, np.asarray(image)),
@@ -67,6 +67,8 @@ def test_a_filled_last_batch_keeps_every_call_at_batch_size_and_changes_no_pixel
         assert calls == ([[10, 11], [12, 12]] if fixed else [[10, 11], [12]])
         assert [r.planned.name for r in results] == [i.name for i in images]
         assert [r.batch_size for r in results] == [2, 2, 1]
+        # The copy of cat is no prompt of the run: three encodes, and no reuse to report.
+        assert (cache.stats().encodes, cache.stats().hits) == (3, 0)
         made[fixed] = saved
     assert list(made[True]) == list(made[False]) == [i.name for i in images]
     # The filling is invisible: cat made beside its copy is bit for bit cat made beside another image.

@@ -43,21 +43,23 @@ def run(request: GenerateRequest) -> None:
     from nitro_cli.generation import CacheStats, check_seeds, group_batches
     from nitro_cli.models import DEFAULT_MODEL, resolve_model
     from nitro_cli.presets import load_preset
+    from nitro_cli.prompts import read_prompts_text
 
     # Probed once, when first needed: a --max-vram estimate depends on the GPU (fp32 where fp16 is slow),
     # and without one a bad preset or prompts file fails before torch is even imported.
     machine = functools.cache(hardware.probe)
     preset, overrides = request.preset, request.overrides
+    prompts_text = read_prompts_text(request.prompts_file) if request.prompts_file is not None else None
     if request.max_vram is not None:
         # A prompts file's lines may ask for their own sizes (the plan never changes a size): fit the largest.
-        sizes = [(job.width, job.height) for job in _read_jobs(request, load_preset(preset or DEFAULT_PRESET,
-                                                                                    overrides).settings)]
+        sizes = [(job.width, job.height) for job in _read_jobs(request, prompts_text,
+                                                               load_preset(preset or DEFAULT_PRESET, overrides).settings)]
         preset, overrides, plan = vram.fit_request(request.max_vram, preset, overrides, default_preset=DEFAULT_PRESET,
                                                    machine=machine(), device=resolve_device(request.device, machine()),
                                                    largest_image=max(sizes, key=lambda size: size[0] * size[1]))
         print(vram.describe_choice(request.max_vram, preset, plan), file=sys.stderr)
     loaded = load_preset(preset or DEFAULT_PRESET, overrides)
-    jobs = _read_jobs(request, loaded.settings)
+    jobs = _read_jobs(request, prompts_text, loaded.settings)
     check_seeds(jobs, request.num_images, request.seed)
     model_name = request.model or DEFAULT_MODEL
     resolve_model(request.model)  # a mistyped path or built-in name fails before the run record is replaced
@@ -83,14 +85,15 @@ def run(request: GenerateRequest) -> None:
                             processes=[len(part) for part, _ in everyone] if processes.count > 1 else None)
 
 
-def _read_jobs(request: GenerateRequest, settings):
-    """The prompts, each with the preset's values where its line sets none."""
-    from nitro_cli.prompts import PromptJob, apply_styles, read_prompts_file
+def _read_jobs(request: GenerateRequest, prompts_text: str | None, settings):
+    """The prompts (`prompts_text`: the prompts file's, if any), each with the preset's values where its
+    line sets none."""
+    from nitro_cli.prompts import PromptJob, apply_styles, parse_prompts
 
     defaults = PromptJob(prompt="", negative=request.negative, seed=None, steps=settings.steps,
                          guidance=settings.guidance, width=settings.width, height=settings.height)
-    if request.prompts_file is not None:
-        return read_prompts_file(request.prompts_file, defaults, request.styles)
+    if prompts_text is not None:
+        return parse_prompts(prompts_text, request.prompts_file, defaults, request.styles)
     return [replace(defaults, prompt=apply_styles(request.prompt, request.styles))]
 
 

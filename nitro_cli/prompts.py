@@ -127,18 +127,23 @@ def parse_line(text: str, defaults: PromptJob, styles: list[str]) -> PromptJob:
     return dataclasses.replace(defaults, **changes)
 
 
-def read_prompts_file(path: Path, defaults: PromptJob, styles: list[str]) -> list[PromptJob]:
-    """Every prompt in the file, or a UsageError listing each bad line by number."""
+def read_prompts_text(path: Path) -> str:
+    """The prompts file's text, read once: it may be a pipe (`--prompts-file <(...)`), which a second
+    read finds empty."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read prompts file {path}: {exc.strerror or exc}") from None
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise UsageError(f"prompts file {path}: line {line}: not UTF-8 text ({exc.reason})",
                          hint="save the file as UTF-8") from None
+
+
+def parse_prompts(text: str, path: Path, defaults: PromptJob, styles: list[str]) -> list[PromptJob]:
+    """Every prompt in the text of prompts file `path`, or a UsageError listing each bad line by number."""
     jobs, problems = [], []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):

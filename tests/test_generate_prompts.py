@@ -5,7 +5,7 @@ import pytest
 from nitro_cli.cli import app
 from nitro_cli.errors import UsageError
 from nitro_cli.generation import group_batches, plan_images
-from nitro_cli.prompts import PromptJob, read_prompts_file, truncation_warnings
+from nitro_cli.prompts import PromptJob, parse_prompts, read_prompts_text, truncation_warnings
 
 DEFAULTS = PromptJob(prompt="", negative="ugly", seed=None, steps=25, guidance=7.5, width=512, height=512)
 
@@ -16,9 +16,13 @@ def write(tmp_path, text: str, encoding="utf-8"):
     return path
 
 
+def read_jobs(path, defaults, styles):
+    return parse_prompts(read_prompts_text(path), path, defaults, styles)
+
+
 def test_plain_lines_comments_blanks_and_unicode(tmp_path):
     path = write(tmp_path, "\ufeff# my prompts\n\ncastle on a cliff\n   \n  # indented comment\n城堡, 夜晚 ✨\n")
-    jobs = read_prompts_file(path, DEFAULTS, ["arcane"])
+    jobs = read_jobs(path, DEFAULTS, ["arcane"])
     assert [(j.line, j.prompt) for j in jobs] == [(3, "castle on a cliff, arcane style"),
                                                    (6, "城堡, 夜晚 ✨, arcane style")]
     assert all(j.negative == "ugly" and j.seed is None and j.steps == 25 for j in jobs)
@@ -27,7 +31,7 @@ def test_plain_lines_comments_blanks_and_unicode(tmp_path):
 def test_a1111_overrides_on_a_line(tmp_path):
     line = ('--prompt a castle --negative_prompt "blurry, dark" --seed 5 --steps 20 --cfg_scale 6.5 '
             '--width 512 --height 768 --style arcane --style disney --style archer')
-    [job] = read_prompts_file(write(tmp_path, line + "\n"), DEFAULTS, ["archer"])
+    [job] = read_jobs(write(tmp_path, line + "\n"), DEFAULTS, ["archer"])
     assert job == PromptJob(prompt="a castle, archer style, arcane style, modern disney style", negative="blurry, dark",
                             seed=5, steps=20, guidance=6.5, width=512, height=768, line=1)
 
@@ -50,7 +54,7 @@ def test_a1111_overrides_on_a_line(tmp_path):
 def test_each_kind_of_bad_line_names_its_number(tmp_path, line, problem):
     path = write(tmp_path, f"# header\ngood prompt\n{line}\n")
     with pytest.raises(UsageError) as caught:
-        read_prompts_file(path, DEFAULTS, [])
+        read_jobs(path, DEFAULTS, [])
     assert "line 3: " in caught.value.message
     assert problem in caught.value.message
 
@@ -58,18 +62,18 @@ def test_each_kind_of_bad_line_names_its_number(tmp_path, line, problem):
 def test_every_bad_line_is_reported_at_once(tmp_path):
     path = write(tmp_path, "--steps x --prompt a\nfine\n--bogus 1\n")
     with pytest.raises(UsageError) as caught:
-        read_prompts_file(path, DEFAULTS, [])
+        read_jobs(path, DEFAULTS, [])
     assert "line 1: --steps must be a whole number" in caught.value.message
     assert "line 3: unknown option --bogus" in caught.value.message
 
 
 def test_not_utf8_and_empty_files(tmp_path):
     with pytest.raises(UsageError, match="line 2: not UTF-8"):
-        read_prompts_file(write(tmp_path, "castle\ncaf\xe9\n".encode("latin-1")), DEFAULTS, [])
+        read_jobs(write(tmp_path, "castle\ncaf\xe9\n".encode("latin-1")), DEFAULTS, [])
     with pytest.raises(UsageError, match="no prompts"):
-        read_prompts_file(write(tmp_path, "# only a comment\n\n"), DEFAULTS, [])
+        read_jobs(write(tmp_path, "# only a comment\n\n"), DEFAULTS, [])
     with pytest.raises(UsageError, match="cannot read prompts file"):
-        read_prompts_file(tmp_path / "missing.txt", DEFAULTS, [])
+        read_jobs(tmp_path / "missing.txt", DEFAULTS, [])
 
 
 def test_bad_file_exits_2_before_any_model_loads(runner, tmp_path, monkeypatch):

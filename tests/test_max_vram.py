@@ -115,3 +115,20 @@ def test_the_plan_is_made_for_the_largest_image_of_a_prompts_file(runner, tmp_pa
     preset, _, plan = vram.fit_request(4.5, None, [], default_preset="beginner", machine=machine(RTX_3060),
                                        device="cuda", largest_image=(1024, 1024))
     assert preset == "lowvram" and plan.fits  # advanced fits 4.5 GiB at 512x512, not at 1024x1024
+
+
+def test_a_prompts_file_that_is_a_pipe_is_read_once(runner, tmp_path):
+    """`--prompts-file <(...)` names a pipe (/dev/fd/N), which a second read finds empty. --max-vram needs the
+    sizes before the run does, and both must come from the one read."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, "small castle\nsmall dragon\n".encode())
+    os.close(write_end)
+    try:
+        result = runner.invoke(app, ["generate", "--prompts-file", f"/dev/fd/{read_end}", *FAST, "--max-vram", "4",
+                                     "--out", str(tmp_path), "--json"])
+    finally:
+        os.close(read_end)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["prompt"] for line in result.stdout.splitlines()] == ["small castle", "small dragon"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 import traceback
 
@@ -80,7 +81,14 @@ export_app.command("onnx")(guarded(export.onnx))
 app.add_typer(export_app, name="export")
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    # `kill`, `timeout`, Slurm's preemption and torchrun stop a process with SIGTERM: treated as Ctrl-C,
+    # so a run saves its finished images and exits 130, and bench keeps the presets it finished.
+    signal.signal(signal.SIGTERM, _interrupt)
     # Scripts read stdout; one that can't encode a file name (Windows pipes, PYTHONIOENCODING=ascii) gets it
     # backslash-escaped rather than a crash after the image is saved. --json output is ASCII anyway.
     if hasattr(sys.stdout, "reconfigure"):

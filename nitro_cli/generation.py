@@ -214,28 +214,39 @@ def group_batches(images: list[PlannedImage], batch_size: int) -> list[list[Plan
 
 
 class StopAfterStep:
-    """Ctrl-C handling for a run: the first SIGINT only sets a flag, checked after each denoising step
-    and between batches, so the run stops cleanly (KeyboardInterrupt) with every finished image saved;
-    a second SIGINT interrupts at once. Outside the main thread signals can't be caught: a no-op."""
+    """Ctrl-C (and SIGTERM, which `kill`, `timeout` and job schedulers send) for a run: the first signal
+    only sets a flag, checked after each denoising step and between batches, so the run stops cleanly
+    (KeyboardInterrupt) with every finished image saved; a second one acts as it did before the run (for
+    `nitro`: stop at once). Outside the main thread signals can't be caught: a no-op."""
+
+    SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
     def __init__(self):
         self.requested = False
         self._installed = threading.current_thread() is threading.main_thread()
-        self._previous = signal.getsignal(signal.SIGINT)
+        self._previous = {signum: signal.getsignal(signum) for signum in self.SIGNALS}
 
     def __enter__(self) -> "StopAfterStep":
         if self._installed:
-            signal.signal(signal.SIGINT, self._handle)
+            for signum in self.SIGNALS:
+                signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc_info) -> None:
         if self._installed:
-            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
+            self._restore()
+
+    def _restore(self) -> None:
+        for signum, previous in self._previous.items():
+            # None: a handler not set from Python; the interpreter's own default stands in for it.
+            fallback = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+            signal.signal(signum, previous if previous is not None else fallback)
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        print("Stopping after the current step (Ctrl-C again to stop at once)...", file=sys.stderr)
+        self._restore()
+        print(f"{self.SIGNALS[signum]}: stopping after the current step (Ctrl-C again to stop at once)...",
+              file=sys.stderr)
 
     def check(self) -> None:
         if self.requested:

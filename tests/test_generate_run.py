@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from nitro_cli import generation
@@ -172,7 +173,9 @@ def test_the_summary_of_a_big_run_shows_its_first_and_last_images(runner, tmp_pa
     assert "... 3 more (every image: --json)" in result.stderr and "Total:" in result.stderr
 
 
-def test_sigint_leaves_no_partial_file_and_exits_130(tmp_path):
+@pytest.mark.parametrize("signum, said", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_ctrl_c_or_sigterm_saves_finished_images_leaves_no_partial_file_and_exits_130(tmp_path, signum, said):
+    """SIGTERM is what `kill`, `timeout` and job schedulers send: it stops a run as Ctrl-C does."""
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NITRO_CACHE_DIR": str(tmp_path / "cache")}
     process = subprocess.Popen(
@@ -181,12 +184,12 @@ def test_sigint_leaves_no_partial_file_and_exits_130(tmp_path):
     try:
         first_line = process.stdout.readline()  # the first image is saved: generation is under way
         assert first_line, process.stderr.read()
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         rest, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
     assert process.returncode == 130, stderr
-    assert "Stopping after the current step" in stderr
+    assert f"{said}: stopping after the current step" in stderr
     reported = [json.loads(line)["path"] for line in [first_line, *rest.splitlines()]]
     assert sorted(Path(p).name for p in reported) == pngs(out) and 1 <= len(reported) < 200
     assert [p.name for p in out.iterdir() if not p.name.endswith(".png")] == [".nitro-run.json"]

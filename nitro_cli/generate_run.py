@@ -43,12 +43,16 @@ def run(request: GenerateRequest) -> None:
     from nitro_cli.generation import CacheStats, check_seeds, group_batches
     from nitro_cli.models import DEFAULT_MODEL, resolve_model
     from nitro_cli.presets import load_preset
-    from nitro_cli.prompts import read_prompts_text
+    from nitro_cli.errors import UsageError
+    from nitro_cli.prompts import STDIN, read_prompts_text
 
     # Probed once, when first needed: a --max-vram estimate depends on the GPU (fp32 where fp16 is slow),
     # and without one a bad preset or prompts file fails before torch is even imported.
     machine = functools.cache(hardware.probe)
     preset, overrides = request.preset, request.overrides
+    if request.prompts_file == STDIN and distributed.launched():
+        raise UsageError("--prompts-file - (standard input) reaches only one of the processes of this run",
+                         hint="save the prompts to a file and give its path")
     prompts_text = read_prompts_text(request.prompts_file) if request.prompts_file is not None else None
     if request.max_vram is not None:
         # A prompts file's lines may ask for their own sizes (the plan never changes a size): fit the largest.

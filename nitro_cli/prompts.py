@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,18 +128,25 @@ def parse_line(text: str, defaults: PromptJob, styles: list[str]) -> PromptJob:
     return dataclasses.replace(defaults, **changes)
 
 
+STDIN = Path("-")  # `--prompts-file -`: the prompts come from standard input
+
+
+def _named(path: Path) -> str:
+    return "(standard input)" if path == STDIN else str(path)
+
+
 def read_prompts_text(path: Path) -> str:
-    """The prompts file's text, read once: it may be a pipe (`--prompts-file <(...)`), which a second
-    read finds empty."""
+    """The prompts file's text (`STDIN`: standard input's), read once: it may be a pipe (`<(...)`, `-`),
+    which a second read finds empty."""
     try:
-        raw = path.read_bytes()
+        raw = sys.stdin.buffer.read() if path == STDIN else path.read_bytes()
     except OSError as exc:
-        raise UsageError(f"cannot read prompts file {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read prompts file {_named(path)}: {exc.strerror or exc}") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise UsageError(f"prompts file {path}: line {line}: not UTF-8 text ({exc.reason})",
+        raise UsageError(f"prompts file {_named(path)}: line {line}: not UTF-8 text ({exc.reason})",
                          hint="save the file as UTF-8") from None
 
 
@@ -154,10 +162,10 @@ def parse_prompts(text: str, path: Path, defaults: PromptJob, styles: list[str])
             problems.append(f"line {number}: {exc}")
     if problems:
         listed = problems[0] if len(problems) == 1 else f"{len(problems)} bad lines:\n  " + "\n  ".join(problems)
-        raise UsageError(f"prompts file {path}: {listed}",
+        raise UsageError(f"prompts file {_named(path)}: {listed}",
                          hint="fix the lines above; nothing was generated")
     if not jobs:
-        raise UsageError(f"prompts file {path} has no prompts (only blank or # lines)")
+        raise UsageError(f"prompts file {_named(path)} has no prompts (only blank or # lines)")
     return jobs
 
 

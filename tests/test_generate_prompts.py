@@ -1,4 +1,6 @@
-"""Prompts files, seeds plans and batch grouping: no model needed."""
+"""Prompts files (a file or standard input), seed plans and batch grouping."""
+
+import json
 
 import pytest
 
@@ -6,6 +8,7 @@ from nitro_cli.cli import app
 from nitro_cli.errors import UsageError
 from nitro_cli.generation import group_batches, plan_images
 from nitro_cli.prompts import PromptJob, parse_prompts, read_prompts_text, truncation_warnings
+from tests.conftest import FAST
 
 DEFAULTS = PromptJob(prompt="", negative="ugly", seed=None, steps=25, guidance=7.5, width=512, height=512)
 
@@ -136,3 +139,21 @@ def test_batches_cross_prompts_but_never_mix_sizes_or_steps():
     planned = plan_images([small, tall, other], 2, 0, 0)
     batches = group_batches(planned, 3)
     assert [[p.job.prompt for p in batch] for batch in batches] == [["s", "s", "o"], ["o"], ["t", "t"]]
+
+
+def test_prompts_from_standard_input(runner, tmp_path):
+    result = runner.invoke(app, ["generate", "--prompts-file", "-", *FAST, "--out", str(tmp_path), "--json"],
+                           input="# piped in\ncastle\n--prompt dragon --seed 3\n")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(line["prompt"], line["seed"]) for line in lines][1] == ("dragon", 3)
+    assert lines[0]["prompt"] == "castle" and len(list(tmp_path.glob("*.png"))) == 2
+    bad = runner.invoke(app, ["generate", "-f", "-", *FAST, "--out", str(tmp_path)], input="castle\n--bogus 1\n")
+    assert bad.exit_code == 2 and "prompts file (standard input): line 2: unknown option --bogus" in bad.stderr
+
+
+def test_standard_input_is_refused_when_several_processes_share_the_run(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun and accelerate launch set it
+    result = runner.invoke(app, ["generate", "-f", "-", *FAST, "--out", str(tmp_path)], input="castle\n")
+    assert result.exit_code == 2 and "reaches only one of the processes" in result.stderr
+    assert not list(tmp_path.iterdir())

@@ -303,6 +303,8 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     pipe = models.load_pipeline(source, torch_dtype=getattr(torch, built.dtype), device=device,
                                 with_safety_checker=preset.safety_checker, quantization_config=quantization)
     built.pipe = pipe
+    if preset.safety_checker and pipe.safety_checker is None:
+        built.skip("safety checker", models.missing_safety_checker_reason(source))
     built.applied.append(f"precision {built.dtype}")
     if quantization is not None:
         built.applied.append(f"{preset.quantization} quantization of unet and text encoder (bitsandbytes)")

@@ -25,6 +25,8 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 CLIP_MAX_TOKENS = 77
 CLIP_VOCAB_SIZE = 49408
 RANDOM_SEED = 0
+# The SD 1.x safety checker on its own: what diffusers' loaders use for a single-file checkpoint, which has none.
+SAFETY_CHECKER_REPO = "CompVis/stable-diffusion-safety-checker"
 
 # Nitro-Diffusion's scheduler_config.json (PNDM, as its model card ships it).
 NITRO_SCHEDULER_CONFIG = {
@@ -188,12 +190,39 @@ def random_model_folder(name: str, device: str = "cpu") -> Path:
     return folder
 
 
-def _missing_model_hint(source: ModelSource) -> str:
+def write_configs(name: str, folder: Path) -> None:
+    """Built-in model `name`'s diffusers configs in `folder` (model_index.json, each component's config, the
+    CLIP tokenizer), without weights: what `from_single_file` needs beside a checkpoint. random:sd15's are
+    SD 1.x's, so a single file loads offline instead of fetching stable-diffusion-v1-5's."""
+    pipe = build_random_pipeline(name, device="meta")  # shapes only: nothing is allocated
+    pipe.save_config(folder)  # model_index.json
+    for name, component in pipe.components.items():
+        if component is None:  # optional components SD 1.x has not (image_encoder)
+            continue
+        if hasattr(component, "save_config"):  # diffusers models and the scheduler
+            component.save_config(folder / name)
+        elif hasattr(component, "can_generate"):  # transformers models: their config alone
+            component.config.save_pretrained(folder / name)
+        else:  # the tokenizer and the image processor are small files anyway
+            component.save_pretrained(folder / name)
+
+
+def load_safety_checker(torch_dtype):
+    """The SD 1.x safety checker for a pipeline loaded without one, or None where it can't be had (offline
+    and not in the Hugging Face cache)."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+
+    try:
+        return StableDiffusionSafetyChecker.from_pretrained(SAFETY_CHECKER_REPO, dtype=torch_dtype)
+    except OSError:
+        return None
+
+
+def missing_safety_checker_reason(source: ModelSource) -> str:
     if source.kind == "single_file":
-        return ("a single-file checkpoint needs its SD 1.x config: run once online so diffusers caches it, "
-                "or convert the file to a diffusers folder; or try --model random:tiny for a dry run")
-    return (f"download it once while online (`hf download {source.spec}`), unset HF_HUB_OFFLINE if it is set, "
-            "or try --model random:tiny for a dry run")
+        return (f"a single-file checkpoint has none, and {SAFETY_CHECKER_REPO} is not in the Hugging Face cache: "
+                f"`hf download {SAFETY_CHECKER_REPO}` once online")
+    return f"{source.spec} has none"
 
 
 def check_checkpoint_file(path: str) -> None:
@@ -242,21 +271,28 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
     try:
         if source.kind == "single_file":
             check_checkpoint_file(source.spec)
-            pipe = StableDiffusionPipeline.from_single_file(source.spec, **kwargs)
+            with tempfile.TemporaryDirectory(prefix="nitro-sd1-config-") as config:
+                write_configs("random:sd15", Path(config))
+                pipe = StableDiffusionPipeline.from_single_file(source.spec, config=config, **kwargs)
+            # diffusers never loads a checker for a single file (it has none): take the SD 1.x one.
+            if with_safety_checker and (checker := load_safety_checker(torch_dtype)) is not None:
+                pipe.register_modules(safety_checker=checker)
         else:
             pipe = StableDiffusionPipeline.from_pretrained(source.spec, **kwargs)
     except (OSError, ValueError) as exc:
-        # Not downloadable or not cached (hub ids; the SD config a single file needs): bad input, exit 2.
-        # huggingface_hub's not-found and offline errors are OSError subclasses. A model that is here
-        # but breaks while loading (a damaged folder, a wrong checkpoint) is a run-time failure, exit 1.
-        if source.kind in ("hub", "single_file") and isinstance(exc, OSError):
+        # A hub id not downloadable or not cached: bad input, exit 2 (huggingface_hub's not-found and
+        # offline errors are OSError subclasses). A model that is here but breaks while loading (a damaged
+        # folder, a checkpoint of another architecture) is a run-time failure, exit 1.
+        if source.kind == "hub" and isinstance(exc, OSError):
             # diffusers ends its not-cached error pointing at a traceback the user is not shown.
             reason = first_line(exc).replace(" Please check out the root cause in the stacktrace above.", "")
             raise UsageError(f"model '{source.spec}' could not be loaded: {reason}",
-                             hint=_missing_model_hint(source)) from exc
+                             hint=f"download it once while online (`hf download {source.spec}`), unset "
+                                  "HF_HUB_OFFLINE if it is set, or try --model random:tiny for a dry run") from exc
+        hint = ("nitro reads SD 1.x checkpoints; a damaged file needs downloading again"
+                if source.kind == "single_file" else "check that the files are complete (re-download or re-save them)")
         raise RuntimeFailure(f"model '{source.spec}' failed to load: {first_line(exc)}",
-                             hint="check that the files are complete (re-download or re-save them), "
-                                  "or try --model random:tiny for a dry run") from exc
+                             hint=f"{hint}, or try --model random:tiny for a dry run") from exc
     check_text_to_image_unet(pipe, source.spec)
     return pipe
 

@@ -50,6 +50,18 @@ def test_saved_folder_loads_as_a_real_model(runner, tiny_model_dir, tmp_path):
     assert record["model"] == str(tiny_model_dir)
 
 
+def test_a_model_without_safety_checker_says_the_presets_checker_is_skipped(runner, tmp_path):
+    """beginner asks for the checker; a model that has none can't give it, and the run must say so."""
+    pipe = build_random_pipeline("random:tiny")
+    pipe.register_modules(safety_checker=None)
+    pipe.save_pretrained(tmp_path / "model")
+    args = [a for a in FAST if a not in ("--model", "random:tiny")]
+    result = runner.invoke(app, ["generate", "castle", "--model", str(tmp_path / "model"), "--preset", "beginner",
+                                 "--out", str(tmp_path / "out"), *args])
+    assert result.exit_code == 0, result.output
+    assert f"Warning: safety checker skipped: {tmp_path / 'model'} has none" in result.stderr.replace("\n", "")
+
+
 @pytest.mark.parametrize("model, expected", [
     ("nitrosocke/not-a-cached-model", "could not be loaded"),
     ("./no/such/folder", "not found"),

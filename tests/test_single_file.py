@@ -1,0 +1,173 @@
+"""Single-file SD 1.x checkpoints (`--model x.safetensors` / `x.ckpt`) read back by diffusers, offline.
+
+tests/ldm_checkpoint.py writes a `random:` pipeline in the original CompVis/LDM layout; these tests load it
+with `StableDiffusionPipeline.from_single_file` and compare every weight with the pipeline it came from.
+
+What from_single_file needs offline (diffusers 0.42, read from diffusers/loaders/single_file.py):
+- `config=<diffusers folder>` is enough. With it, the pipeline's model_index.json picks the components;
+  the UNet, VAE and text encoder take their configs from the folder and their weights from the file; the
+  tokenizer, scheduler and feature extractor load from the folder. Nothing reaches the hub, the model type
+  is never inferred (so a 32-wide cross attention is no problem) and no `original_config` is needed.
+- `safety_checker=None, requires_safety_checker=False` only keep the pipeline from warning about its absence:
+  from_single_file never loads a safety checker from the file.
+- Without `config=`, diffusers infers "v1" from the keys and downloads stable-diffusion-v1-5's configs,
+  which fails offline (LocalEntryNotFoundError, an OSError): the case models.load_pipeline reports as a
+  usage error with a hint.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ldm_checkpoint import ldm_state_dict, save_single_file
+
+COMPONENTS = ("unet", "vae", "text_encoder")
+
+
+@pytest.fixture(autouse=True)
+def hub_offline(monkeypatch):
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: make sure any hub access fails now, fast.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """random:tiny and its diffusers folder, the `config=` of from_single_file."""
+    from nitro_cli.models import build_random_pipeline
+
+    pipe = build_random_pipeline("random:tiny")
+    folder = tmp_path_factory.mktemp("tiny_config")
+    pipe.save_pretrained(folder)
+    return pipe, folder
+
+
+def load_single_file(path, folder):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_single_file(str(path), config=str(folder), safety_checker=None,
+                                                    requires_safety_checker=False)
+
+
+def differing_weights(original, loaded) -> list[str]:
+    """The diffusers keys whose loaded tensor is not exactly the original one. A weight the file lacks makes
+    the UNet and VAE loaders fail (moving a meta tensor), but the text encoder keeps it on the meta device
+    without a word: meta counts as differing."""
+    before, after = original.state_dict(), loaded.state_dict()
+    assert before.keys() == after.keys()
+
+    def same(old, new):
+        return not new.is_meta and new.dtype == old.dtype and torch.equal(new, old)
+    return sorted(key for key, tensor in before.items() if not same(tensor, after[key]))
+
+
+def assert_round_trip(pipe, folder, path):
+    save_single_file(pipe, path)
+    loaded = load_single_file(path, folder)
+    for name in COMPONENTS:
+        assert differing_weights(getattr(pipe, name), getattr(loaded, name)) == [], name
+    return loaded
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_single_file_round_trip_tiny(tiny, tmp_path, suffix):
+    pipe, folder = tiny
+    loaded = assert_round_trip(pipe, folder, tmp_path / f"tiny{suffix}")
+    assert loaded.safety_checker is None
+    assert type(loaded.tokenizer) is type(pipe.tokenizer) and type(loaded.scheduler) is type(pipe.scheduler)
+
+
+def test_single_file_comparison_catches_a_wrong_mapping(tiny, tmp_path):
+    """The round trip has teeth: two same-shaped tensors swapped in the file, or one left out, show up as
+    exactly those diffusers weights."""
+    from safetensors.torch import save_file
+
+    pipe, folder = tiny
+    state = ldm_state_dict(pipe)
+    unet, vae = "model.diffusion_model.", "first_stage_model.encoder.mid.attn_1."
+    swaps = [(f"{unet}input_blocks.1.0.in_layers.2.weight", f"{unet}input_blocks.2.0.op.weight"),
+             (f"{vae}q.weight", f"{vae}k.weight")]
+    for a, b in swaps:
+        assert state[a].shape == state[b].shape
+        state[a], state[b] = state[b], state[a]
+    del state["cond_stage_model.transformer.text_model.final_layer_norm.weight"]
+    path = tmp_path / "broken.safetensors"
+    save_file({key: tensor.contiguous() for key, tensor in state.items()}, str(path))
+    loaded = load_single_file(path, folder)
+    assert differing_weights(pipe.unet, loaded.unet) == ["down_blocks.0.downsamplers.0.conv.weight",
+                                                         "down_blocks.0.resnets.0.conv1.weight"]
+    assert differing_weights(pipe.vae, loaded.vae) == ["encoder.mid_block.attentions.0.to_k.weight",
+                                                       "encoder.mid_block.attentions.0.to_q.weight"]
+    assert differing_weights(pipe.text_encoder, loaded.text_encoder) == ["final_layer_norm.weight"]
+
+
+def test_single_file_without_config_needs_the_hub(tiny, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    path = tmp_path / "tiny.safetensors"
+    save_single_file(tiny[0], path)
+    with pytest.raises(OSError, match="outgoing traffic has been disabled"):
+        StableDiffusionPipeline.from_single_file(str(path), cache_dir=str(tmp_path / "empty_cache"),
+                                                 safety_checker=None, requires_safety_checker=False)
+
+
+def test_sd15_layout_has_the_original_names_and_shapes():
+    """Where diffusers' reader is lenient, the round trip can't tell: it also takes an up-sampler at index 1
+    after an attention, and 2-D VAE attention weights. Spot-check SD 1.5's own layout (the CompVis modules;
+    weights on the meta device, so this costs nothing): down-samplers `op` at input_blocks 3, 6, 9;
+    up-samplers after the attention-free first up block (2.1) and after attention (5.2, 8.2); the VAE
+    decoder's `up` indexed by resolution (up.0 is full size, no up-sampler); 1x1-conv VAE attention."""
+    from nitro_cli.models import build_random_pipeline
+
+    state = ldm_state_dict(build_random_pipeline("random:sd15", device="meta"))
+    shapes = {key: tuple(tensor.shape) for key, tensor in state.items()}
+    unet, vae = "model.diffusion_model.", "first_stage_model."
+    clip = "cond_stage_model.transformer.text_model."
+    expected = {
+        f"{unet}input_blocks.0.0.weight": (320, 4, 3, 3),
+        f"{unet}input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 768),
+        f"{unet}input_blocks.3.0.op.weight": (320, 320, 3, 3),
+        f"{unet}input_blocks.6.0.op.weight": (640, 640, 3, 3),
+        f"{unet}input_blocks.9.0.op.weight": (1280, 1280, 3, 3),
+        f"{unet}middle_block.1.proj_in.weight": (1280, 1280, 1, 1),
+        f"{unet}output_blocks.2.1.conv.weight": (1280, 1280, 3, 3),
+        f"{unet}output_blocks.5.2.conv.weight": (1280, 1280, 3, 3),
+        f"{unet}output_blocks.8.2.conv.weight": (640, 640, 3, 3),
+        f"{unet}output_blocks.11.0.skip_connection.weight": (320, 640, 1, 1),  # diffusers' "v1" marker
+        f"{unet}out.2.weight": (4, 320, 3, 3),
+        f"{vae}encoder.down.1.block.0.nin_shortcut.weight": (256, 128, 1, 1),
+        f"{vae}encoder.down.2.downsample.conv.weight": (512, 512, 3, 3),
+        f"{vae}encoder.mid.attn_1.q.weight": (512, 512, 1, 1),
+        f"{vae}decoder.mid.attn_1.proj_out.weight": (512, 512, 1, 1),
+        f"{vae}decoder.up.0.block.0.nin_shortcut.weight": (128, 256, 1, 1),
+        f"{vae}decoder.up.1.block.2.conv2.weight": (256, 256, 3, 3),
+        f"{vae}decoder.up.3.upsample.conv.weight": (512, 512, 3, 3),
+        f"{clip}embeddings.position_embedding.weight": (77, 768),
+        f"{clip}encoder.layers.11.mlp.fc1.weight": (3072, 768),
+    }
+    assert {key: shapes.get(key) for key in expected} == expected
+    absent = [f"{unet}output_blocks.2.2.conv.weight", f"{unet}output_blocks.11.1.conv.weight",
+              f"{vae}encoder.down.3.downsample.conv.weight", f"{vae}decoder.up.0.upsample.conv.weight"]
+    assert [key for key in absent if key in shapes] == []
+
+
+@pytest.fixture(scope="module")
+def sd15(tmp_path_factory):
+    """random:sd15 (about 4.3 GB of fp32 weights without its safety checker) and its diffusers folder."""
+    from nitro_cli.models import build_random_pipeline
+
+    pipe = build_random_pipeline("random:sd15")
+    pipe.safety_checker = None  # never part of the file; spares writing 1.2 GB to the folder
+    folder = tmp_path_factory.mktemp("sd15_config")
+    pipe.save_pretrained(folder)
+    return pipe, folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_single_file_round_trip_sd15(sd15, tmp_path, suffix):
+    """The real SD 1.5 shapes: 4 UNet blocks of 2 layers (3 with attention), 512-wide VAE, 12-layer CLIP."""
+    pipe, folder = sd15
+    assert_round_trip(pipe, folder, tmp_path / f"sd15{suffix}")

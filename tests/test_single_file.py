@@ -1,26 +1,32 @@
-"""Single-file SD 1.x checkpoints (`--model x.safetensors` / `x.ckpt`) read back by diffusers, offline.
+"""Single-file SD 1.x checkpoints (`--model x.safetensors` / `x.ckpt`) read back by diffusers and by nitro, offline.
 
 tests/ldm_checkpoint.py writes a `random:` pipeline in the original CompVis/LDM layout; these tests load it
-with `StableDiffusionPipeline.from_single_file` and compare every weight with the pipeline it came from.
+with `StableDiffusionPipeline.from_single_file` and the configs nitro writes (`models.write_configs`), and
+compare every weight with the pipeline it came from; then `nitro generate` makes the same picture from the
+file as from the built-in model.
 
 What from_single_file needs offline (diffusers 0.42, read from diffusers/loaders/single_file.py):
-- `config=<diffusers folder>` is enough. With it, the pipeline's model_index.json picks the components;
+- `config=<diffusers folder>` is enough (a folder of configs, no weights). With it, the pipeline's model_index.json picks the components;
   the UNet, VAE and text encoder take their configs from the folder and their weights from the file; the
   tokenizer, scheduler and feature extractor load from the folder. Nothing reaches the hub, the model type
   is never inferred (so a 32-wide cross attention is no problem) and no `original_config` is needed.
 - `safety_checker=None, requires_safety_checker=False` only keep the pipeline from warning about its absence:
   from_single_file never loads a safety checker from the file.
 - Without `config=`, diffusers infers "v1" from the keys and downloads stable-diffusion-v1-5's configs,
-  which fails offline (LocalEntryNotFoundError, an OSError): the case models.load_pipeline reports as a
-  usage error with a hint.
+  which fails offline (LocalEntryNotFoundError, an OSError): why models.load_pipeline passes SD 1.x's
+  configs itself.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ldm_checkpoint import ldm_state_dict, save_single_file
+from nitro_cli.cli import app
+from tests.conftest import FAST
 
 COMPONENTS = ("unet", "vae", "text_encoder")
 
@@ -35,13 +41,12 @@ def hub_offline(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """random:tiny and its diffusers folder, the `config=` of from_single_file."""
-    from nitro_cli.models import build_random_pipeline
+    """random:tiny and its configs as nitro writes them, the `config=` of from_single_file."""
+    from nitro_cli.models import build_random_pipeline, write_configs
 
-    pipe = build_random_pipeline("random:tiny")
     folder = tmp_path_factory.mktemp("tiny_config")
-    pipe.save_pretrained(folder)
-    return pipe, folder
+    write_configs("random:tiny", folder)
+    return build_random_pipeline("random:tiny"), folder
 
 
 def load_single_file(path, folder):
@@ -155,14 +160,12 @@ def test_sd15_layout_has_the_original_names_and_shapes():
 
 @pytest.fixture(scope="module")
 def sd15(tmp_path_factory):
-    """random:sd15 (about 4.3 GB of fp32 weights without its safety checker) and its diffusers folder."""
-    from nitro_cli.models import build_random_pipeline
+    """random:sd15 (about 4.3 GB of fp32 weights) and SD 1.x's configs as nitro writes them for every single file."""
+    from nitro_cli.models import build_random_pipeline, write_configs
 
-    pipe = build_random_pipeline("random:sd15")
-    pipe.safety_checker = None  # never part of the file; spares writing 1.2 GB to the folder
     folder = tmp_path_factory.mktemp("sd15_config")
-    pipe.save_pretrained(folder)
-    return pipe, folder
+    write_configs("random:sd15", folder)
+    return build_random_pipeline("random:sd15"), folder
 
 
 @pytest.mark.slow
@@ -171,3 +174,48 @@ def test_single_file_round_trip_sd15(sd15, tmp_path, suffix):
     """The real SD 1.5 shapes: 4 UNet blocks of 2 layers (3 with attention), 512-wide VAE, 12-layer CLIP."""
     pipe, folder = sd15
     assert_round_trip(pipe, folder, tmp_path / f"sd15{suffix}")
+
+
+def generated_pixels(runner, folder, model, *options):
+    result = runner.invoke(app, ["generate", "castle", "--model", str(model), "--seed", "1", "--out", str(folder),
+                                 *[a for a in FAST if a not in ("--model", "random:tiny")], *options])
+    assert result.exit_code == 0, result.output
+    [image] = folder.glob("*.png")
+    return np.asarray(Image.open(image)), result.stderr.replace("\n", "")
+
+
+@pytest.fixture
+def tiny_configs_for_single_files(monkeypatch):
+    """nitro reads every single file with SD 1.x's configs; a random:tiny file needs random:tiny's."""
+    from nitro_cli import models
+
+    write_configs = models.write_configs
+    monkeypatch.setattr(models, "write_configs", lambda name, folder: write_configs("random:tiny", folder))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_generate_from_a_single_file_makes_the_picture_of_the_model_saved_in_it(
+        runner, tiny, tmp_path, suffix, tiny_configs_for_single_files):
+    save_single_file(tiny[0], tmp_path / f"tiny{suffix}")
+    from_file, _ = generated_pixels(runner, tmp_path / "file", tmp_path / f"tiny{suffix}", "--preset", "advanced")
+    built_in, _ = generated_pixels(runner, tmp_path / "built-in", "random:tiny", "--preset", "advanced")
+    assert np.array_equal(from_file, built_in)
+
+
+def test_a_single_file_with_no_safety_checker_to_be_had_says_so(runner, tiny, tmp_path, tiny_configs_for_single_files):
+    """beginner asks for the checker, which a single file lacks; offline with an empty cache it can't be had."""
+    save_single_file(tiny[0], tmp_path / "tiny.safetensors")
+    _, stderr = generated_pixels(runner, tmp_path / "out", tmp_path / "tiny.safetensors", "--preset", "beginner")
+    assert ("Warning: safety checker skipped: a single-file checkpoint has none, and "
+            "CompVis/stable-diffusion-safety-checker is not in the Hugging Face cache") in stderr
+
+
+@pytest.mark.slow
+def test_generate_from_an_sd15_single_file_with_nitros_own_configs(runner, sd15, tmp_path):
+    """The real thing's shapes, end to end: the configs nitro writes read a full SD 1.5 file."""
+    pipe, _ = sd15
+    save_single_file(pipe, tmp_path / "sd15.safetensors")
+    from_file, _ = generated_pixels(runner, tmp_path / "file", tmp_path / "sd15.safetensors", "--preset", "advanced",
+                                    "--steps", "1")
+    built_in, _ = generated_pixels(runner, tmp_path / "built-in", "random:sd15", "--preset", "advanced", "--steps", "1")
+    assert np.array_equal(from_file, built_in)

@@ -8,7 +8,9 @@ architecture, so its speed and memory are the real model's; its pictures are noi
 from __future__ import annotations
 
 import gzip
+import hashlib
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -178,16 +180,49 @@ def random_model_folder(name: str, device: str = "cpu") -> Path:
     written under a temporary name and renamed when complete, so a reader never sees half a model.
     """
     folder = paths.cache_dir() / "models" / f"{name.replace(':', '-')}-{device}"
+    return _saved_once(folder, lambda: build_random_pipeline(name, device=device))
+
+
+def single_file_folder(path: str, torch_dtype) -> Path:
+    """A single-file checkpoint saved once as a diffusers folder in nitro's cache, in `torch_dtype`, without a
+    safety checker (it has none). Keyed by the file's path, size and modification time, so a replaced file
+    is converted again."""
+    stat = Path(path).stat()
+    identity = f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{torch_dtype}"
+    folder = paths.cache_dir() / "models" / f"{Path(path).stem}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+    if not (folder / "model_index.json").is_file():
+        print(f"Saving {path} once as a diffusers folder, in {folder} (quantization reads a folder's weight "
+              "files) ...", file=sys.stderr)
+    return _saved_once(folder, lambda: _from_single_file(path, dtype=torch_dtype, safety_checker=None,
+                                                         requires_safety_checker=False))
+
+
+def _saved_once(folder: Path, build) -> Path:
+    """`folder`, saved from the pipeline `build()` gives unless it is already there. The folder is written under
+    a temporary name and renamed when complete, so a reader never sees half a model."""
     if (folder / "model_index.json").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    build_random_pipeline(name, device=device).save_pretrained(staging)
     try:
+        build().save_pretrained(staging)
         staging.rename(folder)
-    except OSError:  # another process saved it first: theirs is as good
+    except OSError:
+        if not (folder / "model_index.json").is_file():
+            raise
+        # another process saved it first: theirs is as good
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _from_single_file(path: str, **kwargs):
+    from diffusers import StableDiffusionPipeline
+
+    check_checkpoint_file(path)
+    with tempfile.TemporaryDirectory(prefix="nitro-sd1-config-") as config:
+        write_configs("random:sd15", Path(config))
+        return StableDiffusionPipeline.from_single_file(path, config=config, **kwargs)
 
 
 def write_configs(name: str, folder: Path) -> None:
@@ -256,7 +291,7 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
     from diffusers import StableDiffusionPipeline
 
     if source.is_random and quantization_config is not None:
-        # Quantizers work while reading weight files, so the random model is loaded from its saved copy.
+        # Quantizers work while reading a folder's weight files, so the random model is loaded from its saved copy.
         source = ModelSource(str(random_model_folder(source.spec, device)), "folder")
     if source.is_random:
         pipe = build_random_pipeline(source.spec, device=device).to(dtype=torch_dtype)
@@ -269,16 +304,17 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     try:
-        if source.kind == "single_file":
-            check_checkpoint_file(source.spec)
-            with tempfile.TemporaryDirectory(prefix="nitro-sd1-config-") as config:
-                write_configs("random:sd15", Path(config))
-                pipe = StableDiffusionPipeline.from_single_file(source.spec, config=config, **kwargs)
-            # diffusers never loads a checker for a single file (it has none): take the SD 1.x one.
-            if with_safety_checker and (checker := load_safety_checker(torch_dtype)) is not None:
-                pipe.register_modules(safety_checker=checker)
+        if source.kind == "single_file" and quantization_config is None:
+            pipe = _from_single_file(source.spec, **kwargs)
+        elif source.kind == "single_file":  # diffusers' from_single_file takes no pipeline quantization config
+            pipe = StableDiffusionPipeline.from_pretrained(single_file_folder(source.spec, torch_dtype), **kwargs)
         else:
             pipe = StableDiffusionPipeline.from_pretrained(source.spec, **kwargs)
+        if source.kind == "single_file" and with_safety_checker:
+            # diffusers never loads a checker for a single file (it has none): take the SD 1.x one.
+            checker = load_safety_checker(torch_dtype)
+            if checker is not None:
+                pipe.register_modules(safety_checker=checker)
     except (OSError, ValueError) as exc:
         # A hub id not downloadable or not cached: bad input, exit 2 (huggingface_hub's not-found and
         # offline errors are OSError subclasses). A model that is here but breaks while loading (a damaged

@@ -219,3 +219,37 @@ def test_generate_from_an_sd15_single_file_with_nitros_own_configs(runner, sd15,
                                     "--steps", "1")
     built_in, _ = generated_pixels(runner, tmp_path / "built-in", "random:sd15", "--preset", "advanced", "--steps", "1")
     assert np.array_equal(from_file, built_in)
+
+
+def test_a_single_file_to_quantize_is_saved_once_as_a_folder(tiny, tmp_path, monkeypatch, tiny_configs_for_single_files):
+    """bitsandbytes quantizes while reading a folder's weight files, and diffusers' from_single_file takes no
+    pipeline quantization config: the file is saved once as a folder, which from_pretrained reads with it."""
+    import os
+
+    from diffusers import StableDiffusionPipeline
+
+    from nitro_cli import models
+
+    pipe, _ = tiny
+    path = tmp_path / "tiny.safetensors"
+    save_single_file(pipe, path)
+    folder = models.single_file_folder(str(path), torch.float32)
+    assert models.single_file_folder(str(path), torch.float32) == folder  # reused, not converted again
+    saved = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    for name in COMPONENTS:
+        assert differing_weights(getattr(pipe, name), getattr(saved, name)) == [], name
+    os.utime(path, ns=(1, 1))  # a replaced file is converted again
+    assert models.single_file_folder(str(path), torch.float32) != folder
+
+    asked = {}
+    real_from_pretrained = StableDiffusionPipeline.from_pretrained.__func__
+
+    def recording_from_pretrained(cls, spec, **kwargs):
+        asked.update(spec=spec, quantization_config=kwargs.pop("quantization_config"))
+        return real_from_pretrained(cls, spec, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "from_pretrained", classmethod(recording_from_pretrained))
+    quantization = object()  # bitsandbytes needs a GPU: what matters here is where the config goes
+    models.load_pipeline(models.ModelSource(str(path), "single_file"), torch_dtype=torch.float32,
+                         with_safety_checker=False, quantization_config=quantization)
+    assert asked == {"spec": models.single_file_folder(str(path), torch.float32), "quantization_config": quantization}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 import shutil
 import sys
 import tempfile
@@ -289,6 +290,7 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
                   quantization_config=None):
     """The pipeline behind `source`, in `torch_dtype`. A model that can't be had is exit 2 with a hint."""
     from diffusers import StableDiffusionPipeline
+    from diffusers.loaders.single_file_utils import SingleFileComponentError  # a file without a component's weights
 
     if source.is_random and quantization_config is not None:
         # Quantizers work while reading a folder's weight files, so the random model is loaded from its saved copy.
@@ -315,7 +317,7 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
             checker = load_safety_checker(torch_dtype)
             if checker is not None:
                 pipe.register_modules(safety_checker=checker)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SingleFileComponentError) as exc:
         # A hub id not downloadable or not cached: bad input, exit 2 (huggingface_hub's not-found and
         # offline errors are OSError subclasses). A model that is here but breaks while loading (a damaged
         # folder, a checkpoint of another architecture) is a run-time failure, exit 1.
@@ -327,10 +329,28 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
                                   "HF_HUB_OFFLINE if it is set, or try --model random:tiny for a dry run") from exc
         hint = ("nitro reads SD 1.x checkpoints; a damaged file needs downloading again"
                 if source.kind == "single_file" else "check that the files are complete (re-download or re-save them)")
-        raise RuntimeFailure(f"model '{source.spec}' failed to load: {first_line(exc)}",
+        raise RuntimeFailure(f"model '{source.spec}' failed to load: {load_failure_reason(exc, source)}",
                              hint=f"{hint}, or try --model random:tiny for a dry run") from exc
     check_text_to_image_unet(pipe, source.spec)
     return pipe
+
+
+def load_failure_reason(exc: BaseException, source: ModelSource) -> str:
+    """diffusers' loading error in one line. Its shape-mismatch message ends with advice to overwrite the
+    weights with random ones (`ignore_mismatched_sizes`), which nitro does not offer: the shapes are the news.
+    Its missing-component message goes on with code to load that component separately."""
+    missing = re.match(r"Failed to load (\w+)\. Weights for this component appear to be missing", str(exc))
+    if missing:
+        return (f"it has no {missing.group(1)} weights: not a whole SD 1.x model (a LoRA, an embedding or a "
+                "VAE alone?)")
+    mismatch = re.search(r"because (\S+) expected shape torch\.Size\((\[.*?\])\), but got torch\.Size\((\[.*?\])\)",
+                         str(exc))
+    if mismatch is None:
+        return first_line(exc)
+    weight, expected, got = mismatch.groups()
+    if source.kind == "single_file":
+        return f"not an SD 1.x checkpoint: its {weight} has shape {got}, SD 1.x's is {expected}"
+    return f"{weight} has shape {got}, its config says {expected}"
 
 
 def check_text_to_image_unet(pipe, spec: str) -> None:

@@ -210,6 +210,32 @@ def test_a_single_file_with_no_safety_checker_to_be_had_says_so(runner, tiny, tm
             "CompVis/stable-diffusion-safety-checker is not in the Hugging Face cache") in stderr
 
 
+def unet_weights_only(pipe, path):
+    """What a user may take for a model: one component's weights (here the UNet's, as a LoRA or a bare UNet
+    file would be), in LDM names."""
+    from safetensors.torch import save_file
+
+    state = ldm_state_dict(pipe)
+    save_file({key: value for key, value in state.items() if key.startswith("model.diffusion_model.")}, path)
+
+
+@pytest.mark.parametrize("save, reason", [
+    (save_single_file, "not an SD 1.x checkpoint: its embeddings.position_embedding.weight has shape [77, 32], "
+                       "SD 1.x's is [77, 768]"),
+    (unet_weights_only, "it has no CLIPTextModel weights: not a whole SD 1.x model"),
+], ids=["other-shapes", "one-component"])
+def test_a_file_that_is_not_a_whole_sd1_model_is_one_error_line(runner, tiny, tmp_path, save, reason):
+    """random:tiny's file read with the SD 1.x configs nitro uses for every single file: one error, no traceback."""
+    save(tiny[0], tmp_path / "model.safetensors")
+    result = runner.invoke(app, ["generate", "castle", "--model", str(tmp_path / "model.safetensors"),
+                                 "--out", str(tmp_path / "out"),
+                                 *[a for a in FAST if a not in ("--model", "random:tiny")]])
+    assert result.exit_code == 1, result.output
+    assert f"Error: model '{tmp_path / 'model.safetensors'}' failed to load: {reason}" in result.stderr.replace("\n", "")
+    assert "Hint: nitro reads SD 1.x checkpoints" in result.stderr and "Traceback" not in result.output
+    assert "ignore_mismatched_sizes" not in result.stderr and not list((tmp_path / "out").glob("*.png"))
+
+
 @pytest.mark.slow
 def test_generate_from_an_sd15_single_file_with_nitros_own_configs(runner, sd15, tmp_path):
     """The real thing's shapes, end to end: the configs nitro writes read a full SD 1.5 file."""

@@ -72,18 +72,18 @@ class Machine:
     gpus: tuple[GpuInfo, ...] = ()
     compiler_available: bool = False
     cpu_amx_bf16: bool = False  # see cpu_has_amx_bf16
-    # Filled by `probe(deep=True)` (doctor, checklist); None means "not looked at" or "not there".
     torch_cudnn: int | None = None
+    hf_offline: bool = False
+    outputs_dir: str = "outputs"
+    compile_cache_dir: str = ""
+    # Why `import torch` failed (a missing package, a CUDA build without its libraries); None when it imports.
+    torch_error: str | None = None
+    # Filled by `probe(deep=True)` only (doctor, checklist); None means "not looked at" or "not there".
     driver_version: str | None = None
     xformers_test: PackageTest | None = None
     bitsandbytes_test: PackageTest | None = None
     model_cache: CachedModel | None = None
-    hf_offline: bool = False
-    outputs_dir: str = "outputs"
     free_disk_mib: int | None = None
-    compile_cache_dir: str = ""
-    # Why `import torch` failed (a missing package, a CUDA build without its libraries); None when it imports.
-    torch_error: str | None = None
 
     @property
     def has_gpu(self) -> bool:

@@ -60,7 +60,8 @@ class VaeSettings:
 class Preset:
     """One tier's settings. Defaults are the untuned baseline: plain diffusers as the article ran it."""
 
-    # Descriptive: shown by checklist and bench, change nothing in the pipeline.
+    # Descriptive, changing nothing in the pipeline: checklist shows `scenario` and `claimed`; every table
+    # names a preset by its file, so `tier` is for people reading the file.
     tier: str = _setting("custom")
     scenario: str = _setting("")
     claimed: str = _setting("")

@@ -249,7 +249,7 @@ def set_scheduler(pipe, name: str) -> None:
 IMPORT_TIME_LOGGERS = ("torchao", "torch.utils._pytree")
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """diffusers' and transformers' info warnings and progress bars are noise in a CLI; NITRO_DEBUG keeps them."""
     if os.environ.get("NITRO_DEBUG"):
         return
@@ -283,7 +283,7 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     """Load `model` and apply every optimization `preset` asks for that this machine can do."""
     import torch
 
-    _quiet_libraries()
+    quiet_libraries()
     machine = machine or hardware.probe()
     device = resolve_device(device, machine)
     source = models.resolve_model(model)

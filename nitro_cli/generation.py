@@ -20,13 +20,12 @@ import queue
 import signal
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from nitro_cli.errors import OUT_OF_MEMORY_HINT, RuntimeFailure, UsageError
-from nitro_cli.measure import Measurement, measure, synchronize
+from nitro_cli.measure import Measurement, measure, timed
 from nitro_cli.output import fingerprint, image_name
 from nitro_cli.prompts import PromptJob
 
@@ -51,11 +50,10 @@ class PromptCache:
         if self.enabled and key in self._store:
             self.hits += 1
             return self._store[key]
-        start = time.perf_counter()
-        encoded = self._pipe.encode_prompt(prompt, self._pipe._execution_device, 1, use_guidance,
-                                           negative_prompt=negative or None)
-        synchronize(self._device)
-        self.encode_seconds += time.perf_counter() - start
+        with timed(self._device) as encoding:
+            encoded = self._pipe.encode_prompt(prompt, self._pipe._execution_device, 1, use_guidance,
+                                               negative_prompt=negative or None)
+        self.encode_seconds += encoding.seconds
         self.encodes += 1
         if self.enabled:
             self._store[key] = encoded

@@ -72,18 +72,18 @@ class Machine:
     gpus: tuple[GpuInfo, ...] = ()
     compiler_available: bool = False
     cpu_amx_bf16: bool = False  # see cpu_has_amx_bf16
-    # Filled by `probe(deep=True)` (doctor, checklist); None means "not looked at" or "not there".
     torch_cudnn: int | None = None
+    hf_offline: bool = False
+    outputs_dir: str = "outputs"  # generate's default --out: where doctor looks for free disk
+    compile_cache_dir: str = ""
+    # Why `import torch` failed (a missing package, a CUDA build without its libraries); None when it imports.
+    torch_error: str | None = None
+    # Filled by `probe(deep=True)` only (doctor, checklist); None means "not looked at" or "not there".
     driver_version: str | None = None
     xformers_test: PackageTest | None = None
     bitsandbytes_test: PackageTest | None = None
     model_cache: CachedModel | None = None
-    hf_offline: bool = False
-    outputs_dir: str = "outputs"
     free_disk_mib: int | None = None
-    compile_cache_dir: str = ""
-    # Why `import torch` failed (a missing package, a CUDA build without its libraries); None when it imports.
-    torch_error: str | None = None
 
     @property
     def has_gpu(self) -> bool:
@@ -248,7 +248,7 @@ def probed_gpu_indices(device_count: int, environ=os.environ) -> range | list[in
     return [rank if rank < device_count else 0]
 
 
-def probe(deep: bool = False, outputs: Path = Path("outputs")) -> Machine:
+def probe(deep: bool = False) -> Machine:
     """Look at this machine. Imports torch: call it from commands, never at import time.
 
     `deep` also runs what doctor and checklist need and a pipeline build does not: tiny xformers and
@@ -286,7 +286,6 @@ def probe(deep: bool = False, outputs: Path = Path("outputs")) -> Machine:
         torch_cudnn=torch.backends.cudnn.version() if torch and torch.backends.cudnn.is_available() else None,
         torch_error=torch_error,
         hf_offline=_hf_offline(),
-        outputs_dir=str(outputs),
         compile_cache_dir=str(paths.compile_cache_dir()),
     )
     if not deep:
@@ -297,5 +296,5 @@ def probe(deep: bool = False, outputs: Path = Path("outputs")) -> Machine:
         xformers_test=_test_xformers(cuda),
         bitsandbytes_test=_test_bitsandbytes(cuda),
         model_cache=_cached_model(),
-        free_disk_mib=_free_disk_mib(outputs),
+        free_disk_mib=_free_disk_mib(Path(machine.outputs_dir)),
     )

@@ -74,6 +74,17 @@ def _device_used_mib() -> float | None:
 
 
 @contextmanager
+def timed(device: str):
+    """Time the block (device synchronized at its end) and nothing else: for a part of a `measure` region
+    (prompt encoding inside a batch call), whose peak-memory counters a second `measure` would reset."""
+    result = Measurement()
+    start = time.perf_counter()
+    yield result
+    synchronize(device)
+    result.seconds = time.perf_counter() - start
+
+
+@contextmanager
 def measure(device: str):
     """Time the block (device synchronized at both ends) and record its peak VRAM and RSS."""
     cuda = device.startswith("cuda")

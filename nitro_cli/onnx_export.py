@@ -196,9 +196,9 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
     import torch
     from diffusers import OnnxRuntimeModel, OnnxStableDiffusionPipeline
 
-    from nitro_cli.builder import _quiet_libraries
+    from nitro_cli.builder import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     pipe = models.load_pipeline(source, torch_dtype=torch.float32, with_safety_checker=True, device="cpu")
     report = ExportReport(out=out)
     for name, (module, example, inputs, outputs, axes) in _export_modules(pipe).items():

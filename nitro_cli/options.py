@@ -37,13 +37,12 @@ BenchMaxVramOption = Annotated[Optional[float], typer.Option(
 
 
 def check_max_vram(value: float | None) -> None:
-    """A budget must be a positive number of GiB (click's FloatRange has no open lower bound in typer); nan
-    and inf would also reach the JSON report, where they are not JSON."""
-    import math
-
+    """`--max-vram` by vram.py's rule for a budget, checked here because click's FloatRange has no open lower
+    bound in typer."""
     from nitro_cli.errors import UsageError
+    from nitro_cli.vram import is_budget
 
-    if value is not None and not (math.isfinite(value) and value > 0):
+    if value is not None and not is_budget(value):
         raise UsageError(f"--max-vram must be a positive, finite number of GiB, not {value:g}", hint="e.g. --max-vram 6")
 
 

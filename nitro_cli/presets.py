@@ -60,7 +60,8 @@ class VaeSettings:
 class Preset:
     """One tier's settings. Defaults are the untuned baseline: plain diffusers as the article ran it."""
 
-    # Descriptive: shown by checklist and bench, change nothing in the pipeline.
+    # Descriptive, changing nothing in the pipeline: checklist shows `scenario` and `claimed`; every table
+    # names a preset by its file, so `tier` is for people reading the file.
     tier: str = _setting("custom")
     scenario: str = _setting("")
     claimed: str = _setting("")
@@ -113,7 +114,8 @@ def shipped_names() -> list[str]:
     return sorted(p.stem for p in shipped_dir().glob("*.yaml"))
 
 
-def _closest(word: str, options: list[str]) -> str | None:
+def closest(word: str, options: list[str]) -> str | None:
+    """The option nearest to a mistyped `word`, for "did you mean" hints (presets and prompts files)."""
     matches = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
     return matches[0] if matches else None
 
@@ -135,7 +137,7 @@ def resolve_path(name_or_path: str) -> Path:
     if candidate.is_file():
         return candidate
     names = shipped_names()
-    close = _closest(name_or_path, names)
+    close = closest(name_or_path, names)
     hint = f"did you mean '{close}'? " if close else ""
     raise UsageError(f"unknown preset '{name_or_path}'",
                      hint=f"{hint}shipped presets: {', '.join(names)}; or give a path to a .yaml file")
@@ -222,7 +224,7 @@ def _check_value(key: str, value: Any, f: dataclasses.Field) -> Any:
         raise ValueError(f"'{key}' must be text, not {value!r}"
                          + (f"; allowed: {', '.join(rules['choices'])}" if rules.get("choices") else ""))
     if rules.get("choices") and value not in rules["choices"]:
-        close = _closest(str(value), list(rules["choices"]))
+        close = closest(str(value), list(rules["choices"]))
         guess = f" (did you mean '{close}'?)" if close else ""
         raise ValueError(f"'{key}' is {value!r}{guess}; allowed: {', '.join(rules['choices'])}")
     low, high = rules.get("min"), rules.get("max")
@@ -254,7 +256,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in fields:
-            close = _closest(str(key), list(fields))
+            close = closest(str(key), list(fields))
             guess = f"did you mean '{prefix}{close}'? " if close else ""
             raise ValueError(f"unknown key '{dotted}'", f"{guess}valid keys: {', '.join(all_keys(cls, prefix))}")
         group = _group(fields[key])

@@ -14,14 +14,13 @@ The whole file is checked before a model is loaded: every bad line is reported w
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from nitro_cli.errors import UsageError
-from nitro_cli.presets import check_setting
+from nitro_cli.presets import check_setting, closest
 
 # The model card's tokens; several together give a mixed style.
 STYLE_TOKENS = {"archer": "archer style", "arcane": "arcane style", "disney": "modern disney style"}
@@ -74,8 +73,8 @@ def _parse_options(text: str) -> dict[str, object]:
             raise _BadLine(f"'{word}' is not an option; write the prompt as --prompt \"...\"")
         name = word[2:]
         if name not in LINE_OPTIONS:
-            close = difflib.get_close_matches(name, LINE_OPTIONS, n=1, cutoff=0.5)
-            guess = f" (did you mean --{close[0]}?)" if close else ""
+            close = closest(name, list(LINE_OPTIONS))
+            guess = f" (did you mean --{close}?)" if close else ""
             raise _BadLine(f"unknown option {word}{guess}; allowed: {', '.join('--' + o for o in LINE_OPTIONS)}")
         values = []
         position += 1

@@ -135,9 +135,8 @@ def tier_names() -> list[str]:
     return [n for n in TIER_ORDER if n in names] + [n for n in names if n not in TIER_ORDER]
 
 
-def newest_bench_report(folder: Path | None = None) -> Path | None:
-    folder = folder or paths.bench_dir()
-    reports = sorted(folder.glob("bench-*.json"), key=lambda p: (p.stat().st_mtime, p.name))
+def newest_bench_report() -> Path | None:
+    reports = sorted(paths.bench_dir().glob("bench-*.json"), key=lambda p: (p.stat().st_mtime, p.name))
     return reports[-1] if reports else None
 
 

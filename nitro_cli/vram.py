@@ -133,8 +133,13 @@ class VramPlan:
     explanation: str
 
 
+def is_budget(max_vram_gib: float) -> bool:
+    """A budget is a positive, finite number of GiB: nan passes `<= 0`, and nan and inf are not JSON (reports)."""
+    return math.isfinite(max_vram_gib) and max_vram_gib > 0
+
+
 def _check_budget(max_vram_gib: float) -> None:
-    if not (math.isfinite(max_vram_gib) and max_vram_gib > 0):  # nan passes `<= 0`
+    if not is_budget(max_vram_gib):
         raise ValueError(f"max_vram_gib must be a positive, finite number, not {max_vram_gib}")
 
 

@@ -41,7 +41,7 @@ def fake_probe(monkeypatch):
     from nitro_cli import hardware
 
     def use(fake):
-        monkeypatch.setattr(hardware, "probe", lambda deep=False, outputs=None: fake)
+        monkeypatch.setattr(hardware, "probe", lambda deep=False: fake)
     return use
 
 

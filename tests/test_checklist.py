@@ -278,3 +278,15 @@ def test_fuse_qkv_counts_bitsandbytes_skipped_on_a_cpu():
                                                        MACHINES["no GPU"])}
     assert items["quantization: nf4"].available is False
     assert items["fuse_qkv: true"].available is True, items["fuse_qkv: true"].reason
+
+
+@pytest.mark.parametrize("model, shown", [("random:tiny", "random:tiny (random weights)"),
+                                          ("nitrosocke/Nitro-Diffusion", "nitrosocke/Nitro-Diffusion")])
+def test_a_measurement_names_the_model_it_was_made_with(runner, fake_probe, tmp_path, model, shown):
+    """random:tiny's seconds per image are not a tier's on a real model: the table says whose they are."""
+    fake_probe(MACHINES["no GPU"])
+    report = write_bench(tmp_path, "mine.json", 0.5, model=model)
+    human = runner.invoke(app, ["checklist", "--tier", "advanced", "--bench", str(report)], env={"COLUMNS": "300"})
+    assert f"0.5 s/image, 4.20x vs baseline, 2724 MiB peak VRAM, {shown}, on NVIDIA H200" in human.stderr
+    markdown = runner.invoke(app, ["checklist", "--markdown", "--tier", "advanced", "--bench", str(report)])
+    assert f"{shown}, on NVIDIA H200" in markdown.stdout

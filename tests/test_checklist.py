@@ -179,8 +179,11 @@ def test_an_unreadable_report_in_the_cache_is_a_warning_not_an_error(runner, fak
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["measured"] is None
     assert f"Warning: bench report {broken}" in result.stderr.replace("\n", "")
-    human = runner.invoke(app, ["checklist", "--tier", "advanced"])
+    human = runner.invoke(app, ["checklist", "--tier", "advanced"], env={"COLUMNS": "300"})
     assert human.exit_code == 0 and "not measured" in human.stderr
+    # The report is there, damaged: the last line says so, not that there is none.
+    assert f"Measured: nothing; the newest bench report, {broken}, is damaged" in human.stderr
+    assert "no bench report in" not in human.stderr
 
 
 def test_fields_of_the_wrong_type_in_a_report_are_not_measurements(runner, fake_probe, tmp_path):

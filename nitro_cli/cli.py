@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -9,13 +10,49 @@ import sys
 import traceback
 
 import typer
+from typer.core import TyperGroup
 
 from nitro_cli import __version__
 from nitro_cli.commands import bench, checklist, doctor, export, generate
-from nitro_cli.errors import EXIT_INTERRUPTED, OUT_OF_MEMORY_HINT, NitroError, RuntimeFailure, first_line
+from nitro_cli.errors import EXIT_INTERRUPTED, OUT_OF_MEMORY_HINT, NitroError, RuntimeFailure, UsageError, first_line
+
+
+class PlainErrors(TyperGroup):
+    """Click's own usage errors (a bad option value, an unknown option or command) printed as the contract's
+    `Error:`/`Hint:` lines, like nitro's own errors: typer draws them in a box, which scripts reading stderr
+    for `Error:` miss. The exit code stays click's (2 for bad usage)."""
+
+    def make_context(self, *args, **kwargs):
+        with _plain_click_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        # A subcommand parses its options here, inside the group's invoke.
+        with _plain_click_errors():
+            return super().invoke(ctx)
+
+
+# Recent typer carries its own copy of click (typer._click), older ones use click: take the base class of
+# click's errors from typer's public BadParameter, so both are caught.
+CLICK_ERROR = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "ClickException")
+
+
+@contextlib.contextmanager
+def _plain_click_errors():
+    try:
+        yield
+    except CLICK_ERROR as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # not an error: typer shows the help
+            raise
+        context = getattr(exc, "ctx", None)
+        hint = f"see `{context.command_path} --help`" if context is not None else None
+        _report(UsageError(exc.format_message(), hint=hint))
+        raise typer.Exit(exc.exit_code) from None
+
 
 app = typer.Typer(
     name="nitro",
+    cls=PlainErrors,
     help="Run Stable Diffusion 1.x models (Nitro-Diffusion first) as fast and as lean as your GPU allows.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

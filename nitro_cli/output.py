@@ -49,9 +49,12 @@ def image_name(index: int, seed: int, prompt: str) -> str:
 
 
 def _quote(value: str) -> str:
-    """AUTOMATIC1111's quoting: values with commas, colons or newlines become JSON strings."""
+    """AUTOMATIC1111's quoting: values with commas, colons or newlines become JSON strings. So does one that
+    starts with a quote: A1111's reader takes a value between quotes (a model folder named `"best"`) for a
+    JSON string and would drop them."""
     text = str(value)
-    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
+    quoted = any(c in text for c in ",:\n") or text.startswith('"')
+    return json.dumps(text, ensure_ascii=False) if quoted else text
 
 
 def infotext(prompt: str, negative: str, params: dict[str, object]) -> str:

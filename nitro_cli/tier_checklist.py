@@ -205,6 +205,10 @@ def measured_text(measured: dict[str, Any] | None) -> str:
         parts.append(f"{measured['speedup_vs_baseline']:.2f}x vs baseline")
     if measured.get("peak_vram_mib") is not None:
         parts.append(f"{measured['peak_vram_mib']:.0f} MiB peak VRAM")
+    model = measured.get("model")
+    if isinstance(model, str) and model:
+        # The figures are this model's: random:tiny's seconds say nothing about a real SD 1.x model's.
+        parts.append(f"{model} (random weights)" if model.startswith("random:") else model)
     if measured.get("device"):
         parts.append(f"on {measured['device']}")
     return ", ".join(parts)

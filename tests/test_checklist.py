@@ -179,8 +179,11 @@ def test_an_unreadable_report_in_the_cache_is_a_warning_not_an_error(runner, fak
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["measured"] is None
     assert f"Warning: bench report {broken}" in result.stderr.replace("\n", "")
-    human = runner.invoke(app, ["checklist", "--tier", "advanced"])
+    human = runner.invoke(app, ["checklist", "--tier", "advanced"], env={"COLUMNS": "300"})
     assert human.exit_code == 0 and "not measured" in human.stderr
+    # The report is there, damaged: the last line says so, not that there is none.
+    assert f"Measured: nothing; the newest bench report, {broken}, is damaged" in human.stderr
+    assert "no bench report in" not in human.stderr
 
 
 def test_fields_of_the_wrong_type_in_a_report_are_not_measurements(runner, fake_probe, tmp_path):
@@ -278,3 +281,15 @@ def test_fuse_qkv_counts_bitsandbytes_skipped_on_a_cpu():
                                                        MACHINES["no GPU"])}
     assert items["quantization: nf4"].available is False
     assert items["fuse_qkv: true"].available is True, items["fuse_qkv: true"].reason
+
+
+@pytest.mark.parametrize("model, shown", [("random:tiny", "random:tiny (random weights)"),
+                                          ("nitrosocke/Nitro-Diffusion", "nitrosocke/Nitro-Diffusion")])
+def test_a_measurement_names_the_model_it_was_made_with(runner, fake_probe, tmp_path, model, shown):
+    """random:tiny's seconds per image are not a tier's on a real model: the table says whose they are."""
+    fake_probe(MACHINES["no GPU"])
+    report = write_bench(tmp_path, "mine.json", 0.5, model=model)
+    human = runner.invoke(app, ["checklist", "--tier", "advanced", "--bench", str(report)], env={"COLUMNS": "300"})
+    assert f"0.5 s/image, 4.20x vs baseline, 2724 MiB peak VRAM, {shown}, on NVIDIA H200" in human.stderr
+    markdown = runner.invoke(app, ["checklist", "--markdown", "--tier", "advanced", "--bench", str(report)])
+    assert f"{shown}, on NVIDIA H200" in markdown.stdout

@@ -30,12 +30,27 @@ def pngs(folder: Path) -> list[str]:
 
 
 def parse_infotext(text: str) -> tuple[str, str, dict[str, str]]:
-    """Read `parameters` back the way A1111 does: prompt lines, `Negative prompt:` line, last line of params."""
+    """Read `parameters` back as A1111's `parse_generation_parameters` does (modules/infotext_utils.py): the
+    last line holds the params if it has three or more; the lines before are the prompt, then, from the
+    `Negative prompt:` line on, the negative prompt (each line stripped); a value in quotes is a JSON string."""
     *lines, last = text.strip().split("\n")
-    prompt = "\n".join(line for line in lines if not line.startswith("Negative prompt: "))
-    negative = "".join(line[len("Negative prompt: "):] for line in lines if line.startswith("Negative prompt: "))
-    params = {k: json.loads(v) if v.startswith('"') else v for k, v in A1111_PARAM.findall(last)}
-    return prompt, negative, params
+    if len(A1111_PARAM.findall(last)) < 3:
+        lines, last = [*lines, last], ""
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    params = {}
+    for key, value in A1111_PARAM.findall(last):
+        if value[:1] == '"' and value[-1:] == '"':
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        params[key] = value
+    return "\n".join(prompt), "\n".join(negative), params
 
 
 def write_prompts(tmp_path: Path, text: str) -> Path:
@@ -94,6 +109,34 @@ def test_metadata_parses_back_like_a1111(runner, tmp_path):
     assert {k: params[k] for k in ("Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Preset")} == {
         "Steps": "3", "Sampler": "Euler a", "CFG scale": "6.5", "Seed": "77", "Size": "72x64",
         "Model": "random:tiny", "Preset": "beginner"}
+
+
+@pytest.mark.parametrize("prompt, negative", [
+    ("castle, on a hill: dawn", ""),
+    ('say "hi", then: leave', 'a "b", c: d'),
+    ("line one,\nline \"two\": x", "neg one\nneg, two"),
+    ("Steps: 3, Sampler: x, CFG scale: 1", "Steps: 3, Seed: 4, Size: 8x8"),
+    ("\u57ce\u5821, back\\slash", "tab\there"),
+])
+@pytest.mark.parametrize("model", ["random:tiny", "C:\\models\\a,b.ckpt", 'my "best" model', '"best"', "x, \"y\""])
+def test_infotext_round_trips_through_a1111s_reader(prompt, negative, model):
+    from nitro_cli.output import infotext
+
+    text = infotext(prompt, negative, {"Steps": 2, "Sampler": "Euler a", "CFG scale": 7.5, "Seed": 3,
+                                       "Size": "64x64", "Model": model, "Preset": "my, preset"})
+    parsed_prompt, parsed_negative, params = parse_infotext(text)
+    assert (parsed_prompt, parsed_negative) == (prompt, negative)
+    assert (params["Model"], params["Preset"], params["Seed"], params["Size"]) == (model, "my, preset", "3", "64x64")
+
+
+def test_multiline_prompts_with_quotes_parse_back_like_a1111(runner, tmp_path):
+    prompt, negative = 'castle, "tall":\ntowers, at dawn', 'blurry,\n"low": res'
+    assert runner.invoke(app, ["generate", prompt, "--negative", negative, "--style", "arcane", "--seed", "5",
+                               "--out", str(tmp_path), *FAST]).exit_code == 0
+    [name] = pngs(tmp_path)
+    parsed_prompt, parsed_negative, params = parse_infotext(Image.open(tmp_path / name).text["parameters"])
+    assert (parsed_prompt, parsed_negative) == (prompt + ", arcane style", negative)
+    assert (params["Seed"], params["Model"], params["Preset"]) == ("5", "random:tiny", "beginner")
 
 
 def test_pndm_is_written_as_a1111s_plms(runner, tmp_path):

@@ -21,3 +21,22 @@ def test_help_shows_the_defaults_that_are_not_typed_ones(runner, args, default):
     assert result.exit_code == 0, result.output
     # A described default (show_default="...") reads "[default: (...)]", as in click.
     assert re.search(rf"\[default: \(?{re.escape(default)}\)?\]", result.output), result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "castle", "--seed", "-1"], "Error: Invalid value for '--seed'"),
+    (["generate", "castle", "--style", "pixar"], "Error: Invalid value for '--style'"),
+    (["generate", "castle", "--bogus"], "Error: No such option: --bogus"),
+    (["bench", "--runs", "0"], "Error: Invalid value for '--runs'"),
+    (["export", "onnx"], "Error: Missing option '--out'"),
+    (["no-such-command"], "Error: No such command 'no-such-command'"),
+])
+def test_option_errors_are_error_and_hint_lines(runner, args, message):
+    """The contract's error format holds for the errors click finds too (typer boxes them in a panel, which
+    a script reading stderr for `Error:` misses): exit 2, `Error:` then `Hint:`, nothing drawn."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(message), result.stderr
+    assert lines[1].startswith("Hint: see `") and lines[1].endswith(" --help`")
+    assert len(lines) == 2 and "─" not in result.stderr

@@ -11,9 +11,12 @@ from typing import Annotated, Optional
 import typer
 
 
-def _where_measured(report_path: Path | None, looked_in: Path) -> str:
+def _where_measured(report_path: Path | None, looked_in: Path, damaged: Path | None = None) -> str:
     if report_path is not None:
         return f"Measured: from {report_path}"
+    if damaged is not None:  # there is a report, so "no bench report" would send the user looking for one
+        return (f"Measured: nothing; the newest bench report, {damaged}, is damaged "
+                "(run `nitro bench`, or pass --bench FILE)")
     return f"Measured: no bench report in {looked_in} (run `nitro bench`, or pass --bench FILE)"
 
 
@@ -80,7 +83,7 @@ def checklist(
     if markdown and json_output:
         raise UsageError("--markdown and --json both print on stdout: choose one")
     report_path = bench or newest_bench_report()
-    report = None
+    report, damaged = None, None
     if report_path:
         try:
             report = read_bench_report(report_path)
@@ -89,14 +92,14 @@ def checklist(
                 raise
             # A damaged file in the cache must not take the checklist down: its tiers are not measured.
             print(f"Warning: {exc.message}: skipped, so nothing is measured", file=sys.stderr)
-            report_path = None
+            report_path, damaged = None, report_path
     machine = hardware.probe(deep=True)
     tiers = build_checklist(machine, [tier] if tier else tier_names(), report, report_path)
 
     gpu = machine.gpus[0] if machine.has_gpu else None
     machine_line = (f"{gpu.name} ({gpu.total_vram_mib} MiB, compute capability {gpu.capability})" if gpu
                     else "no CUDA device (CPU)") + f"; recommended preset: {recommend(machine).preset}"
-    source_line = _where_measured(report_path, paths.bench_dir())
+    source_line = _where_measured(report_path, paths.bench_dir(), damaged)
     if json_output:
         print(json.dumps([asdict(t) for t in tiers], indent=2))
     elif markdown:

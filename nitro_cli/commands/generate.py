@@ -31,7 +31,7 @@ def generate(
     negative: Annotated[str, typer.Option("--negative", help="Negative prompt.")] = "",
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="Seed of the first image; image i uses seed+i. Random (and recorded) if unset.")] = None,
     steps: options.StepsOption = None,
-    guidance: Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale (CFG).")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale, CFG (overrides the preset).")] = None,
     width: options.WidthOption = None,
     height: options.HeightOption = None,
     num_images: Annotated[int, typer.Option("--num-images", "-n", min=1, help="Images per prompt.")] = 1,

@@ -142,6 +142,15 @@ def read_prompts_text(path: Path) -> str:
         raw = sys.stdin.buffer.read() if path == STDIN else path.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read prompts file {_named(path)}: {exc.strerror or exc}") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16's byte order marks (Notepad's "Unicode")
+        raise UsageError(f"prompts file {_named(path)} is UTF-16 text, not UTF-8", hint="save the file as UTF-8")
+    # No text has NUL bytes; UTF-16 without a byte order mark is ASCII with one after each letter, which
+    # decodes as UTF-8 without an error, into prompts like "c\0a\0s\0t\0l\0e".
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        line = raw.count(b"\n", 0, nul) + 1
+        raise UsageError(f"prompts file {_named(path)}: line {line}: a NUL byte: not UTF-8 text",
+                         hint="save the file as UTF-8 (a NUL after each letter is UTF-16)")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

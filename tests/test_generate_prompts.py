@@ -79,6 +79,16 @@ def test_not_utf8_and_empty_files(tmp_path):
         read_jobs(tmp_path / "missing.txt", DEFAULTS, [])
 
 
+@pytest.mark.parametrize("data, problem", [
+    ("castle\r\nprincess\r\n".encode("utf-16-le"), "line 1: a NUL byte"),  # UTF-16 without a byte order mark
+    ("castle\nprincess\n".encode("utf-16"), "is UTF-16 text"),
+    (b"castle\nab\x00cd\n", "line 2: a NUL byte"),
+], ids=["utf16-no-bom", "utf16-bom", "nul"])
+def test_utf16_and_nul_bytes_are_not_read_as_prompts(tmp_path, data, problem):
+    with pytest.raises(UsageError, match=problem):
+        read_jobs(write(tmp_path, data), DEFAULTS, [])
+
+
 def test_bad_file_exits_2_before_any_model_loads(runner, tmp_path, monkeypatch):
     def must_not_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the prompts file was checked")

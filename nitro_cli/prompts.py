@@ -159,10 +159,17 @@ def read_prompts_text(path: Path) -> str:
                          hint="save the file as UTF-8") from None
 
 
+def _lines(text: str) -> list[str]:
+    """The file's lines as editors number them: split at \n, \r\n or \r only. str.splitlines also splits
+    at form feeds, U+0085 and U+2028 (pasted from web pages and word processors), which would cut one
+    prompt in two and shift the line numbers of every bad line after it."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
 def parse_prompts(text: str, path: Path, defaults: PromptJob, styles: list[str]) -> list[PromptJob]:
     """Every prompt in the text of prompts file `path`, or a UsageError listing each bad line by number."""
     jobs, problems = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_lines(text), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:

@@ -89,6 +89,16 @@ def test_utf16_and_nul_bytes_are_not_read_as_prompts(tmp_path, data, problem):
         read_jobs(write(tmp_path, data), DEFAULTS, [])
 
 
+def test_only_line_breaks_end_a_line(tmp_path):
+    """A form feed or U+2028 (pasted from a web page) inside a prompt keeps the prompt whole and the line
+    numbers those of an editor; \r\n and a lone \r end lines."""
+    path = write(tmp_path, "castle\u2028at night\r\nsea\x0cshore\rforest\n--prompt x --steps many\n")
+    with pytest.raises(UsageError, match="prompts file .*: line 4: --steps must be a whole number"):
+        read_jobs(path, DEFAULTS, [])
+    jobs = read_jobs(write(tmp_path, "castle\u2028at night\r\nsea\x0cshore\rforest\n"), DEFAULTS, [])
+    assert [(j.line, j.prompt) for j in jobs] == [(1, "castle\u2028at night"), (2, "sea\x0cshore"), (3, "forest")]
+
+
 def test_bad_file_exits_2_before_any_model_loads(runner, tmp_path, monkeypatch):
     def must_not_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the prompts file was checked")

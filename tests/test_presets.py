@@ -113,6 +113,18 @@ def test_unknown_preset_name_suggests_the_closest(runner, tmp_path):
     assert "did you mean 'expert'" in result.output
 
 
+@pytest.mark.parametrize("command", [["generate", "x"], ["checklist"]])
+def test_an_empty_preset_or_tier_is_a_usage_error_not_the_default(runner, tmp_path, command):
+    """`--preset "$PRESET"` with the variable unset once ran the default preset without a word."""
+    option = "--preset" if command[0] == "generate" else "--tier"
+    out = tmp_path / "out"
+    extra = ["--out", str(out), *FAST] if command[0] == "generate" else []
+    result = runner.invoke(app, [*command, option, " ", *extra])
+    assert result.exit_code == 2, result.output
+    assert f"Error: {option} is empty" in result.stderr
+    assert not out.exists()
+
+
 def test_cli_flag_out_of_range_is_a_usage_error():
     with pytest.raises(UsageError, match="multiple of 8"):
         load_preset("beginner", ["height=100"])

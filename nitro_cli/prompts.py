@@ -129,6 +129,8 @@ def parse_line(text: str, defaults: PromptJob, styles: list[str]) -> PromptJob:
 
 
 STDIN = Path("-")  # `--prompts-file -`: the prompts come from standard input
+# Far past any list of prompts: a model file or /dev/zero given by mistake stops here, not when memory runs out.
+MAX_PROMPTS_FILE_BYTES = 64 * 2**20
 
 
 def _named(path: Path) -> str:
@@ -139,9 +141,16 @@ def read_prompts_text(path: Path) -> str:
     """The prompts file's text (`STDIN`: standard input's), read once: it may be a pipe (`<(...)`, `-`),
     which a second read finds empty."""
     try:
-        raw = sys.stdin.buffer.read() if path == STDIN else path.read_bytes()
+        if path == STDIN:
+            raw = sys.stdin.buffer.read(MAX_PROMPTS_FILE_BYTES + 1)
+        else:
+            with path.open("rb") as handle:
+                raw = handle.read(MAX_PROMPTS_FILE_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"cannot read prompts file {_named(path)}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_PROMPTS_FILE_BYTES:
+        raise UsageError(f"prompts file {_named(path)} is over {MAX_PROMPTS_FILE_BYTES // 2**20} MiB: not a prompts file",
+                         hint="give a text file with one prompt per line")
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16's byte order marks (Notepad's "Unicode")
         raise UsageError(f"prompts file {_named(path)} is UTF-16 text, not UTF-8", hint="save the file as UTF-8")
     # No text has NUL bytes; UTF-16 without a byte order mark is ASCII with one after each letter, which

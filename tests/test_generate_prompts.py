@@ -1,6 +1,8 @@
 """Prompts files (a file or standard input), seed plans and batch grouping."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -97,6 +99,16 @@ def test_only_line_breaks_end_a_line(tmp_path):
         read_jobs(path, DEFAULTS, [])
     jobs = read_jobs(write(tmp_path, "castle\u2028at night\r\nsea\x0cshore\rforest\n"), DEFAULTS, [])
     assert [(j.line, j.prompt) for j in jobs] == [(1, "castle\u2028at night"), (2, "sea\x0cshore"), (3, "forest")]
+
+
+def test_a_file_too_large_for_prompts_is_refused_without_reading_it_all(tmp_path, monkeypatch):
+    monkeypatch.setattr("nitro_cli.prompts.MAX_PROMPTS_FILE_BYTES", 1000)
+    path = write(tmp_path, "castle\n" * 200)
+    with pytest.raises(UsageError, match="prompts.txt is over .* MiB: not a prompts file"):
+        read_jobs(path, DEFAULTS, [])
+    if os.path.exists("/dev/zero"):  # endless: read whole, it filled memory
+        with pytest.raises(UsageError, match="not a prompts file"):
+            read_prompts_text(Path("/dev/zero"))
 
 
 def test_bad_file_exits_2_before_any_model_loads(runner, tmp_path, monkeypatch):

@@ -125,6 +125,13 @@ def test_an_empty_preset_or_tier_is_a_usage_error_not_the_default(runner, tmp_pa
     assert not out.exists()
 
 
+def test_set_a_group_after_its_keys_keeps_them_or_is_refused():
+    assert parse_overrides(["vae.tiling=true", "vae={slicing: true}"]) == {"vae": {"tiling": True, "slicing": True}}
+    for pairs in (["steps.x=3", "steps=2"], ["steps=2", "steps.x=3"]):  # refused in either order
+        with pytest.raises(UsageError, match="'steps' is set both as a value and as a group"):
+            parse_overrides(pairs)
+
+
 def test_cli_flag_out_of_range_is_a_usage_error():
     with pytest.raises(UsageError, match="multiple of 8"):
         load_preset("beginner", ["height=100"])

@@ -194,6 +194,15 @@ def parse_prompts(text: str, path: Path, defaults: PromptJob, styles: list[str])
     return jobs
 
 
+QUOTED_MAX_CHARS = 300  # of a dropped end in a warning: a prompts file's line may be megabytes long
+
+
+def _shortened(text: str) -> str:
+    if len(text) <= QUOTED_MAX_CHARS:
+        return text
+    return f"{text[:QUOTED_MAX_CHARS]}... ({len(text) - QUOTED_MAX_CHARS} more characters)"
+
+
 def truncation_warnings(tokenizer, jobs: list[PromptJob]) -> list[str]:
     """One warning per distinct prompt or negative prompt longer than the text encoder reads (77 tokens
     for CLIP), quoting the part that is dropped as the user wrote it (decoded tokens would read
@@ -206,7 +215,7 @@ def truncation_warnings(tokenizer, jobs: list[PromptJob]) -> list[str]:
         # Offsets of each token in `text`; the start and end tokens count towards the limit.
         offsets = tokenizer(text, return_offsets_mapping=True).offset_mapping
         if len(offsets) > limit:
-            dropped = text[offsets[limit - 1][0]:].strip()
+            dropped = _shortened(text[offsets[limit - 1][0]:].strip())
             warnings.append(f"{label} longer than {limit} tokens; this end of it is ignored: \"{dropped}\" "
                             f"(in \"{text[:40]}...\")")
     return warnings

@@ -156,6 +156,15 @@ def test_truncation_warning_quotes_the_dropped_end_as_written():
     assert "tower number 28, tower number 29\"" in warning
 
 
+def test_truncation_warning_of_a_huge_prompt_stays_short():
+    """A prompts file's line of megabytes was quoted whole on stderr."""
+    from nitro_cli.models import clip_tokenizer
+
+    long = "castle " * 20000
+    [warning] = truncation_warnings(clip_tokenizer(), [PromptJob(long, "", None, 2, 7.5, 64, 64)])
+    assert len(warning) < 500 and "more characters)" in warning
+
+
 def test_plan_seeds_and_names_in_prompt_order():
     a = PromptJob("a", "", None, 2, 7.5, 64, 64)
     b = PromptJob("b", "", 100, 2, 7.5, 64, 64)  # a line with --seed 100

@@ -40,7 +40,7 @@ class GenerateRequest:
 def run(request: GenerateRequest) -> None:
     from nitro_cli import distributed, hardware, vram
     from nitro_cli.builder import resolve_device
-    from nitro_cli.generation import CacheStats, check_seeds, group_batches
+    from nitro_cli.generation import CacheStats, check_run_size, check_seeds, group_batches
     from nitro_cli.models import DEFAULT_MODEL, resolve_model
     from nitro_cli.presets import load_preset
     from nitro_cli.errors import UsageError
@@ -64,6 +64,7 @@ def run(request: GenerateRequest) -> None:
         print(vram.describe_choice(request.max_vram, preset, plan), file=sys.stderr)
     loaded = load_preset(preset or DEFAULT_PRESET, overrides)
     jobs = _read_jobs(request, prompts_text, loaded.settings)
+    check_run_size(jobs, request.num_images)
     check_seeds(jobs, request.num_images, request.seed)
     model_name = request.model or DEFAULT_MODEL
     resolve_model(request.model)  # a mistyped path or built-in name fails before the run record is replaced

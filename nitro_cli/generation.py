@@ -30,6 +30,7 @@ from nitro_cli.output import fingerprint, image_name
 from nitro_cli.prompts import PromptJob
 
 SEED_MAX = 2**64 - 1  # the largest seed torch.Generator.manual_seed takes
+MAX_RUN_IMAGES = 100_000  # images one generate run plans (check_run_size)
 RESUME_HINT = "finished images are kept: repeat the command with --resume to make the rest"
 
 
@@ -190,6 +191,17 @@ def plan_images(jobs: list[PromptJob], num_images: int, first_index: int, first_
             seed = job.seed + k if job.seed is not None else first_seed + i
             planned.append(PlannedImage(i, job, seed, image_name(first_index + i, seed, job.prompt)))
     return planned
+
+
+def check_run_size(jobs: list[PromptJob], num_images: int) -> None:
+    """A run's images are planned (and seeds checked) one by one before the model loads: `-n 10**20` would
+    plan forever and fill memory, and past 2**32 images no seed range is left to draw from. Five-digit
+    file numbers hold 100000 images; a larger set is several runs into the same --out, which numbers on."""
+    total = len(jobs) * num_images
+    if total > MAX_RUN_IMAGES:
+        per = f"{len(jobs)} prompts x {num_images}" if len(jobs) > 1 else f"--num-images {num_images}"
+        raise UsageError(f"a run makes at most {MAX_RUN_IMAGES} images, not {total} ({per})",
+                         hint="split the work into several runs with the same --out: their file numbers follow on")
 
 
 def check_seeds(jobs: list[PromptJob], num_images: int, seed: int | None) -> None:

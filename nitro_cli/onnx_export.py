@@ -172,6 +172,23 @@ def _export_one(module, example: tuple, inputs: list[str], outputs: list[str], a
     return sum(f.stat().st_size for f in folder.iterdir())
 
 
+def check_opset(opset: int) -> None:
+    """`opset` is one this torch's exporter writes (torch 2.13: up to 23, fewer than the onnx package knows):
+    a one-layer module is exported with it in milliseconds, before the model loads. Without this, --opset 99
+    failed minutes later, as the text encoder's export failure (exit 1) with the traced graph in the message."""
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="nitro-onnx-") as scratch, warnings.catch_warnings(), \
+            torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(torch.nn.Linear(1, 1), (torch.zeros(1, 1),), str(Path(scratch) / ONNX_FILE),
+                              opset_version=opset, dynamo=False)
+        except Exception as exc:  # RuntimeError (unsupported), TypeError (too large for the C++ side), ...
+            raise UsageError(f"--opset {opset}: torch {torch.__version__} does not export it ({first_line(exc)})",
+                             hint=f"leave --opset out for {DEFAULT_OPSET}, which every onnxruntime since 1.14 runs") from None
+
+
 def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> ExportReport:
     """Load `model` in fp32 on the CPU and write it to `out` as an ONNX pipeline folder."""
     require_onnx_packages()
@@ -185,6 +202,7 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
     if source.kind == "folder" and is_onnx_folder(source.spec):
         raise UsageError(f"{source.spec} is already an ONNX export", hint="use it directly: --model "
                                                                            f"{source.spec} --set backend=onnx")
+    check_opset(opset)  # before --out is created: a bad opset leaves no empty folder behind
     # Checked before the model loads (minutes for SD 1.x), and so not blamed on the exporter later.
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -206,7 +224,8 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
         try:
             report.components[name] = _export_one(module, example, inputs, outputs, axes, out / name, opset)
         except Exception as exc:  # the tracer and onnx raise many kinds of errors; name the component
-            raise RuntimeFailure(f"ONNX export of the {name} failed: {type(exc).__name__}: {exc}",
+            # The first line only: the exporter's messages go on with the whole traced graph.
+            raise RuntimeFailure(f"ONNX export of the {name} failed: {type(exc).__name__}: {first_line(exc)}",
                                  hint="run with NITRO_DEBUG=1 for the traceback; try another --opset") from exc
     if "safety_checker" not in report.components:
         report.skipped.append(("safety_checker", "the model has none"))

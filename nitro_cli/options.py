@@ -46,6 +46,15 @@ def check_max_vram(value: float | None) -> None:
         raise UsageError(f"--max-vram must be a positive, finite number of GiB, not {value:g}", hint="e.g. --max-vram 6")
 
 
+def check_not_blank(value: str | None, option: str, hint: str) -> None:
+    """An option given as "" (a script's `--preset "$PRESET"` with the variable unset) is a mistake, not the
+    option left out: without this check it would silently run with the default."""
+    from nitro_cli.errors import UsageError
+
+    if value is not None and not value.strip():
+        raise UsageError(f"{option} is empty", hint=hint)
+
+
 def check_report_file(path: Path | None, option: str) -> None:
     """A file to write after a long run: a missing folder or a folder given as the file is found before it."""
     from nitro_cli.errors import UsageError

@@ -188,6 +188,13 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             target = target.setdefault(parent, {})
             if not isinstance(target, dict):
                 raise UsageError(f"--set {pair!r}: '{parent}' is set both as a value and as a group")
+        earlier = target.get(leaf)
+        if isinstance(earlier, dict):
+            # `--set vae.tiling=true --set vae={slicing: true}` must not drop the tiling, nor
+            # `--set steps.x=1 --set steps=2` pass where the other order is refused.
+            if not isinstance(value, dict):
+                raise UsageError(f"--set {pair!r}: '{key.strip()}' is set both as a value and as a group")
+            value = _merge(earlier, value)
         target[leaf] = value
     return nested
 

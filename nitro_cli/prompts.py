@@ -128,6 +128,8 @@ def parse_line(text: str, defaults: PromptJob, styles: list[str]) -> PromptJob:
 
 
 STDIN = Path("-")  # `--prompts-file -`: the prompts come from standard input
+# Far past any list of prompts: a model file or /dev/zero given by mistake stops here, not when memory runs out.
+MAX_PROMPTS_FILE_BYTES = 64 * 2**20
 
 
 def _named(path: Path) -> str:
@@ -138,9 +140,25 @@ def read_prompts_text(path: Path) -> str:
     """The prompts file's text (`STDIN`: standard input's), read once: it may be a pipe (`<(...)`, `-`),
     which a second read finds empty."""
     try:
-        raw = sys.stdin.buffer.read() if path == STDIN else path.read_bytes()
+        if path == STDIN:
+            raw = sys.stdin.buffer.read(MAX_PROMPTS_FILE_BYTES + 1)
+        else:
+            with path.open("rb") as handle:
+                raw = handle.read(MAX_PROMPTS_FILE_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"cannot read prompts file {_named(path)}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_PROMPTS_FILE_BYTES:
+        raise UsageError(f"prompts file {_named(path)} is over {MAX_PROMPTS_FILE_BYTES // 2**20} MiB: not a prompts file",
+                         hint="give a text file with one prompt per line")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16's byte order marks (Notepad's "Unicode")
+        raise UsageError(f"prompts file {_named(path)} is UTF-16 text, not UTF-8", hint="save the file as UTF-8")
+    # No text has NUL bytes; UTF-16 without a byte order mark is ASCII with one after each letter, which
+    # decodes as UTF-8 without an error, into prompts like "c\0a\0s\0t\0l\0e".
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        line = raw.count(b"\n", 0, nul) + 1
+        raise UsageError(f"prompts file {_named(path)}: line {line}: a NUL byte: not UTF-8 text",
+                         hint="save the file as UTF-8 (a NUL after each letter is UTF-16)")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -149,10 +167,17 @@ def read_prompts_text(path: Path) -> str:
                          hint="save the file as UTF-8") from None
 
 
+def _lines(text: str) -> list[str]:
+    """The file's lines as editors number them: split at \n, \r\n or \r only. str.splitlines also splits
+    at form feeds, U+0085 and U+2028 (pasted from web pages and word processors), which would cut one
+    prompt in two and shift the line numbers of every bad line after it."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
 def parse_prompts(text: str, path: Path, defaults: PromptJob, styles: list[str]) -> list[PromptJob]:
     """Every prompt in the text of prompts file `path`, or a UsageError listing each bad line by number."""
     jobs, problems = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_lines(text), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
@@ -168,6 +193,15 @@ def parse_prompts(text: str, path: Path, defaults: PromptJob, styles: list[str])
     return jobs
 
 
+QUOTED_MAX_CHARS = 300  # of a dropped end in a warning: a prompts file's line may be megabytes long
+
+
+def _shortened(text: str) -> str:
+    if len(text) <= QUOTED_MAX_CHARS:
+        return text
+    return f"{text[:QUOTED_MAX_CHARS]}... ({len(text) - QUOTED_MAX_CHARS} more characters)"
+
+
 def truncation_warnings(tokenizer, jobs: list[PromptJob]) -> list[str]:
     """One warning per distinct prompt or negative prompt longer than the text encoder reads (77 tokens
     for CLIP), quoting the part that is dropped as the user wrote it (decoded tokens would read
@@ -180,7 +214,7 @@ def truncation_warnings(tokenizer, jobs: list[PromptJob]) -> list[str]:
         # Offsets of each token in `text`; the start and end tokens count towards the limit.
         offsets = tokenizer(text, return_offsets_mapping=True).offset_mapping
         if len(offsets) > limit:
-            dropped = text[offsets[limit - 1][0]:].strip()
+            dropped = _shortened(text[offsets[limit - 1][0]:].strip())
             warnings.append(f"{label} longer than {limit} tokens; this end of it is ignored: \"{dropped}\" "
                             f"(in \"{text[:40]}...\")")
     return warnings

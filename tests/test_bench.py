@@ -227,6 +227,15 @@ def test_bad_report_paths_are_usage_errors_before_any_preset_runs(runner, tmp_pa
     assert list(paths.bench_dir().glob("bench-*.json")) == []
 
 
+def test_json_and_csv_into_one_file_is_a_usage_error_before_any_preset_runs(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the same file under two spellings
+    result = runner.invoke(app, ["bench", "--presets", "beginner", *FAST, "--json", "report.txt",
+                                 "--csv", str(tmp_path / "report.txt")])
+    assert result.exit_code == 2, result.output
+    assert "Error: --json and --csv name one file" in result.stderr
+    assert not paths.bench_dir().exists()
+
+
 def test_a_report_file_that_fails_to_write_keeps_the_history_copy(runner, tmp_path, monkeypatch):
     target, save_json = tmp_path / "bench.json", benchmark.save_json
 

@@ -1,6 +1,8 @@
 """Prompts files (a file or standard input), seed plans and batch grouping."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -79,6 +81,36 @@ def test_not_utf8_and_empty_files(tmp_path):
         read_jobs(tmp_path / "missing.txt", DEFAULTS, [])
 
 
+@pytest.mark.parametrize("data, problem", [
+    ("castle\r\nprincess\r\n".encode("utf-16-le"), "line 1: a NUL byte"),  # UTF-16 without a byte order mark
+    ("castle\nprincess\n".encode("utf-16"), "is UTF-16 text"),
+    (b"castle\nab\x00cd\n", "line 2: a NUL byte"),
+], ids=["utf16-no-bom", "utf16-bom", "nul"])
+def test_utf16_and_nul_bytes_are_not_read_as_prompts(tmp_path, data, problem):
+    with pytest.raises(UsageError, match=problem):
+        read_jobs(write(tmp_path, data), DEFAULTS, [])
+
+
+def test_only_line_breaks_end_a_line(tmp_path):
+    """A form feed or U+2028 (pasted from a web page) inside a prompt keeps the prompt whole and the line
+    numbers those of an editor; \r\n and a lone \r end lines."""
+    path = write(tmp_path, "castle\u2028at night\r\nsea\x0cshore\rforest\n--prompt x --steps many\n")
+    with pytest.raises(UsageError, match="prompts file .*: line 4: --steps must be a whole number"):
+        read_jobs(path, DEFAULTS, [])
+    jobs = read_jobs(write(tmp_path, "castle\u2028at night\r\nsea\x0cshore\rforest\n"), DEFAULTS, [])
+    assert [(j.line, j.prompt) for j in jobs] == [(1, "castle\u2028at night"), (2, "sea\x0cshore"), (3, "forest")]
+
+
+def test_a_file_too_large_for_prompts_is_refused_without_reading_it_all(tmp_path, monkeypatch):
+    monkeypatch.setattr("nitro_cli.prompts.MAX_PROMPTS_FILE_BYTES", 1000)
+    path = write(tmp_path, "castle\n" * 200)
+    with pytest.raises(UsageError, match="prompts.txt is over .* MiB: not a prompts file"):
+        read_jobs(path, DEFAULTS, [])
+    if os.path.exists("/dev/zero"):  # endless: read whole, it filled memory
+        with pytest.raises(UsageError, match="not a prompts file"):
+            read_prompts_text(Path("/dev/zero"))
+
+
 def test_bad_file_exits_2_before_any_model_loads(runner, tmp_path, monkeypatch):
     def must_not_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the prompts file was checked")
@@ -122,6 +154,15 @@ def test_truncation_warning_quotes_the_dropped_end_as_written():
     long = ", ".join(f"tower number {i}" for i in range(30))
     [warning] = truncation_warnings(clip_tokenizer(), [PromptJob(long, "", None, 2, 7.5, 64, 64)])
     assert "tower number 28, tower number 29\"" in warning
+
+
+def test_truncation_warning_of_a_huge_prompt_stays_short():
+    """A prompts file's line of megabytes was quoted whole on stderr."""
+    from nitro_cli.models import clip_tokenizer
+
+    long = "castle " * 20000
+    [warning] = truncation_warnings(clip_tokenizer(), [PromptJob(long, "", None, 2, 7.5, 64, 64)])
+    assert len(warning) < 500 and "more characters)" in warning
 
 
 def test_plan_seeds_and_names_in_prompt_order():

@@ -330,3 +330,16 @@ def test_a_seed_past_the_generator_range_is_a_usage_error_before_anything_is_wri
     assert result.exit_code == 2, result.output
     assert "prompts file line 2: seed 99999999999999999999999 is too large" in result.stderr
     assert not out.exists()
+
+
+def test_a_huge_number_of_images_is_a_usage_error_not_a_hang(runner, tmp_path):
+    out = tmp_path / "out"
+    # Planned image by image before the model loads: this once planned forever and filled memory.
+    result = runner.invoke(app, ["generate", "a cat", *FAST, "-n", str(10**20), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"at most {generation.MAX_RUN_IMAGES} images" in result.stderr and "Traceback" not in result.output
+    prompts = write_prompts(tmp_path, "a dog\na cat\n")
+    result = runner.invoke(app, ["generate", "--prompts-file", str(prompts), *FAST, "-n", "60000", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "not 120000 (2 prompts x 60000)" in result.stderr
+    assert not out.exists()

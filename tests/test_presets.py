@@ -113,6 +113,25 @@ def test_unknown_preset_name_suggests_the_closest(runner, tmp_path):
     assert "did you mean 'expert'" in result.output
 
 
+@pytest.mark.parametrize("command", [["generate", "x"], ["checklist"]])
+def test_an_empty_preset_or_tier_is_a_usage_error_not_the_default(runner, tmp_path, command):
+    """`--preset "$PRESET"` with the variable unset once ran the default preset without a word."""
+    option = "--preset" if command[0] == "generate" else "--tier"
+    out = tmp_path / "out"
+    extra = ["--out", str(out), *FAST] if command[0] == "generate" else []
+    result = runner.invoke(app, [*command, option, " ", *extra])
+    assert result.exit_code == 2, result.output
+    assert f"Error: {option} is empty" in result.stderr
+    assert not out.exists()
+
+
+def test_set_a_group_after_its_keys_keeps_them_or_is_refused():
+    assert parse_overrides(["vae.tiling=true", "vae={slicing: true}"]) == {"vae": {"tiling": True, "slicing": True}}
+    for pairs in (["steps.x=3", "steps=2"], ["steps=2", "steps.x=3"]):  # refused in either order
+        with pytest.raises(UsageError, match="'steps' is set both as a value and as a group"):
+            parse_overrides(pairs)
+
+
 def test_cli_flag_out_of_range_is_a_usage_error():
     with pytest.raises(UsageError, match="multiple of 8"):
         load_preset("beginner", ["height=100"])

@@ -115,6 +115,9 @@ def bench(
     options.check_max_vram(max_vram)
     options.check_report_file(json_file, "--json")
     options.check_report_file(csv_file, "--csv")
+    if json_file is not None and csv_file is not None and json_file.resolve() == csv_file.resolve():
+        # The CSV is written second: it would silently replace the JSON report.
+        raise UsageError(f"--json and --csv name one file, {json_file}", hint="give each report its own file")
     entries = tuple(entry.strip() for entry in presets.split(",") if entry.strip())
     if not entries:
         raise UsageError("--presets is empty", hint=f"e.g. --presets {DEFAULT_PRESETS}")

@@ -10,6 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from nitro_cli import options
+
 
 def _where_measured(report_path: Path | None, looked_in: Path, damaged: Path | None = None) -> str:
     if report_path is not None:
@@ -80,6 +82,7 @@ def checklist(
     from nitro_cli.errors import UsageError
     from nitro_cli.tier_checklist import build_checklist, newest_bench_report, read_bench_report, tier_names
 
+    options.check_not_blank(tier, "--tier", "leave it out for every tier, or name one (a shipped preset or a .yaml file)")
     if markdown and json_output:
         raise UsageError("--markdown and --json both print on stdout: choose one")
     report_path = bench or newest_bench_report()

@@ -52,6 +52,7 @@ def generate(
     if has_prompt == (prompts_file is not None):
         raise UsageError("give either a prompt or --prompts-file" + (", not both" if has_prompt else ""),
                          hint='nitro generate "arcane style castle" --model random:tiny')
+    options.check_not_blank(preset, "--preset", "leave it out for beginner, or name a preset (shipped or a .yaml file)")
     options.check_max_vram(max_vram)
     generate_run.run(generate_run.GenerateRequest(
         prompt=prompt, prompts_file=prompts_file, styles=[s.value for s in style or []], preset=preset,

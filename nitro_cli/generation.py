@@ -30,7 +30,7 @@ from nitro_cli.output import fingerprint, image_name
 from nitro_cli.prompts import PromptJob
 
 SEED_MAX = 2**64 - 1  # the largest seed torch.Generator.manual_seed takes
-MAX_RUN_IMAGES = 100_000  # images one generate run plans (check_run_size)
+MAX_RUN_IMAGES = 1_000_000  # images one generate run plans (check_run_size)
 RESUME_HINT = "finished images are kept: repeat the command with --resume to make the rest"
 
 
@@ -195,8 +195,9 @@ def plan_images(jobs: list[PromptJob], num_images: int, first_index: int, first_
 
 def check_run_size(jobs: list[PromptJob], num_images: int) -> None:
     """A run's images are planned (and seeds checked) one by one before the model loads: `-n 10**20` would
-    plan forever and fill memory, and past 2**32 images no seed range is left to draw from. Five-digit
-    file numbers hold 100000 images; a larger set is several runs into the same --out, which numbers on."""
+    plan forever and fill memory, and past 2**32 images no seed range is left to draw from. A million
+    images plan in seconds and about 300 MB (a day of a fast GPU); a larger set is several runs into the
+    same --out, which numbers on."""
     total = len(jobs) * num_images
     if total > MAX_RUN_IMAGES:
         per = f"{len(jobs)} prompts x {num_images}" if len(jobs) > 1 else f"--num-images {num_images}"

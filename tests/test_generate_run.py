@@ -339,7 +339,7 @@ def test_a_huge_number_of_images_is_a_usage_error_not_a_hang(runner, tmp_path):
     assert result.exit_code == 2, result.output
     assert f"at most {generation.MAX_RUN_IMAGES} images" in result.stderr and "Traceback" not in result.output
     prompts = write_prompts(tmp_path, "a dog\na cat\n")
-    result = runner.invoke(app, ["generate", "--prompts-file", str(prompts), *FAST, "-n", "60000", "--out", str(out)])
+    result = runner.invoke(app, ["generate", "--prompts-file", str(prompts), *FAST, "-n", "600000", "--out", str(out)])
     assert result.exit_code == 2, result.output
-    assert "not 120000 (2 prompts x 60000)" in result.stderr
+    assert "not 1200000 (2 prompts x 600000)" in result.stderr
     assert not out.exists()

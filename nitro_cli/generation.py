@@ -213,7 +213,8 @@ def check_seeds(jobs: list[PromptJob], num_images: int, seed: int | None) -> Non
             from_line = image.job.seed is not None and image.job.line
             where = f"prompts file line {image.job.line}: " if from_line else ""
             raise UsageError(f"{where}seed {image.seed} is too large: seeds go up to {SEED_MAX} (2**64 - 1)",
-                             hint="image i of a prompt uses its seed + i: give a smaller --seed")
+                             hint=f"image i of a prompt uses its seed + i: give a smaller --seed"
+                                  f"{' on that line' if from_line else ''}")
 
 
 def group_batches(images: list[PlannedImage], batch_size: int) -> list[list[PlannedImage]]:

@@ -156,15 +156,20 @@ def read_prompts_text(path: Path) -> str:
     # decodes as UTF-8 without an error, into prompts like "c\0a\0s\0t\0l\0e".
     nul = raw.find(b"\0")
     if nul >= 0:
-        line = raw.count(b"\n", 0, nul) + 1
+        line = _line_number(raw, nul)
         raise UsageError(f"prompts file {_named(path)}: line {line}: a NUL byte: not UTF-8 text",
                          hint="save the file as UTF-8 (a NUL after each letter is UTF-16)")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
+        line = _line_number(raw, exc.start)
         raise UsageError(f"prompts file {_named(path)}: line {line}: not UTF-8 text ({exc.reason})",
                          hint="save the file as UTF-8") from None
+
+
+def _line_number(raw: bytes, offset: int) -> int:
+    """The line `raw[offset]` is on, counted as _lines counts (a lone \r ends a line too)."""
+    return len(_lines(raw[:offset].decode("latin-1")))
 
 
 def _lines(text: str) -> list[str]:

@@ -85,7 +85,9 @@ def test_not_utf8_and_empty_files(tmp_path):
     ("castle\r\nprincess\r\n".encode("utf-16-le"), "line 1: a NUL byte"),  # UTF-16 without a byte order mark
     ("castle\nprincess\n".encode("utf-16"), "is UTF-16 text"),
     (b"castle\nab\x00cd\n", "line 2: a NUL byte"),
-], ids=["utf16-no-bom", "utf16-bom", "nul"])
+    (b"castle\rsea\r\nab\x00cd\r", "line 3: a NUL byte"),  # classic Mac line ends count as lines too
+    (b"castle\rcaf\xe9\r", "line 2: not UTF-8"),
+], ids=["utf16-no-bom", "utf16-bom", "nul", "nul-cr", "latin1-cr"])
 def test_utf16_and_nul_bytes_are_not_read_as_prompts(tmp_path, data, problem):
     with pytest.raises(UsageError, match=problem):
         read_jobs(write(tmp_path, data), DEFAULTS, [])

@@ -329,6 +329,7 @@ def test_a_seed_past_the_generator_range_is_a_usage_error_before_anything_is_wri
     result = runner.invoke(app, ["generate", "--prompts-file", str(prompts), *FAST, "--out", str(out)])
     assert result.exit_code == 2, result.output
     assert "prompts file line 2: seed 99999999999999999999999 is too large" in result.stderr
+    assert "give a smaller --seed on that line" in result.stderr.replace("\n", " ")
     assert not out.exists()
 
 

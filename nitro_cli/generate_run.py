@@ -142,7 +142,7 @@ def _generate_share(request: GenerateRequest, loaded, built, model_name: str, mi
     settings = loaded.settings
     cache = PromptCache(built.pipe, built.device, enabled=settings.prompt_cache)
     save = partial(output.save_image, folder=request.out, sampler=SAMPLER_NAMES[settings.scheduler],
-                   model=model_name, preset=loaded.name)
+                   model=model_name, preset=loaded.name, overrides=loaded.overrides)
     display = RunDisplay(len(mine), json_output=request.json_output, model=model_name, preset=loaded.name, bars=show,
                          compiled=built.compiled)
     with display:

@@ -87,12 +87,26 @@ def save_png(image, path: Path, parameters: str) -> None:
     _write_atomically(path, lambda temporary: image.save(temporary, format="PNG", pnginfo=info))
 
 
-def save_image(planned, image, *, folder: Path, sampler: str, model: str, preset: str) -> Path:
+# Preset fields the parameters already give under A1111's own names (Steps, CFG scale, Size).
+FIELDS_WITH_THEIR_OWN_PARAMETER = ("steps", "guidance", "width", "height")
+
+
+def preset_overrides(overrides: tuple[str, ...]) -> str | None:
+    """The `--set` pairs that changed the preset, for the parameters: with the preset's name they say how the
+    image was made (precision, scheduler, ... change its pixels). None when there are none to add."""
+    shown = [pair.strip() for pair in overrides
+             if pair.partition("=")[0].strip() not in FIELDS_WITH_THEIR_OWN_PARAMETER]
+    return "; ".join(shown) or None
+
+
+def save_image(planned, image, *, folder: Path, sampler: str, model: str, preset: str,
+               overrides: tuple[str, ...]) -> Path:
     """One planned image (a generation.PlannedImage) with its A1111 parameters, written atomically."""
     job, path = planned.job, folder / planned.name
     save_png(image, path, infotext(job.prompt, job.negative, {
         "Steps": job.steps, "Sampler": sampler, "CFG scale": job.guidance, "Seed": planned.seed,
         "Size": f"{job.width}x{job.height}", "Model": model, "Preset": preset,
+        "Preset overrides": preset_overrides(overrides),
     }))
     return path
 

@@ -100,6 +100,7 @@ class LoadedPreset:
     name: str
     source: str
     settings: Preset
+    overrides: tuple[str, ...] = ()  # the `--set KEY=VALUE` pairs merged in (flags' included), as given
 
 
 def shipped_dir() -> Path:
@@ -328,4 +329,4 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Loaded
             # The overrides come from --set and from flags (--steps, ...): name the key, not one of the two.
             raise UsageError(f"{exc.args[0]} (overriding preset {path})",
                              hint=exc.args[1] if len(exc.args) > 1 else None) from None
-    return LoadedPreset(name=path.stem, source=str(path), settings=settings)
+    return LoadedPreset(name=path.stem, source=str(path), settings=settings, overrides=tuple(overrides or ()))

@@ -109,6 +109,17 @@ def test_metadata_parses_back_like_a1111(runner, tmp_path):
     assert {k: params[k] for k in ("Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Preset")} == {
         "Steps": "3", "Sampler": "Euler a", "CFG scale": "6.5", "Seed": "77", "Size": "72x64",
         "Model": "random:tiny", "Preset": "beginner"}
+    assert "Preset overrides" not in params  # --steps, --width, --height: given as Steps and Size
+
+
+def test_metadata_names_the_preset_overrides_that_made_the_image(runner, tmp_path):
+    """`--set` changes the pixels (precision, scheduler): the parameters say so beside the preset's name."""
+    assert runner.invoke(app, ["generate", "castle", "--set", "scheduler=ddim", "--set", "vae.slicing=true",
+                               "--guidance", "5", "--out", str(tmp_path), *FAST]).exit_code == 0
+    [name] = pngs(tmp_path)
+    _, _, params = parse_infotext(Image.open(tmp_path / name).text["parameters"])
+    assert (params["Preset"], params["Preset overrides"]) == ("beginner", "scheduler=ddim; vae.slicing=true")
+    assert (params["Sampler"], params["CFG scale"]) == ("DDIM", "5.0")
 
 
 @pytest.mark.parametrize("prompt, negative", [

@@ -340,10 +340,10 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
         built.applied.append("VAE tiling")
 
     if offload == "model":
-        pipe.enable_model_cpu_offload(device=device)
+        pipe.enable_model_cpu_offload(device=offload_device(device))
         built.applied.append("model CPU offload")
     elif offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=device)
+        pipe.enable_sequential_cpu_offload(device=offload_device(device))
         built.applied.append("sequential CPU offload")
     else:
         pipe.to(device)
@@ -354,6 +354,17 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     _report_safety_checker_and_prompt_cache(built, preset)
     pipe.set_progress_bar_config(disable=True)
     return built
+
+
+def offload_device(device: str) -> str:
+    """The GPU that offloaded weights go to: this process's current one, with its index. diffusers' offloading
+    reads a bare "cuda" as GPU 0, where `pipe.to("cuda")` means the current GPU, which accelerate and torchrun
+    set to each process's own: without the index every process of a multi-GPU run would crowd GPU 0."""
+    if device != "cuda":
+        return device
+    import torch
+
+    return f"cuda:{torch.cuda.current_device()}"
 
 
 # Preset fields that shape the PyTorch pipeline only: an ONNX export is a fixed fp32 graph.

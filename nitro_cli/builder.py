@@ -165,11 +165,27 @@ def cuda_graphs_blocker(mode: str, device: str) -> str | None:
     return None
 
 
-def sdpa_backend_blocker(attention: str, device: str) -> str | None:
+# FlashAttention and cuDNN attention take fp16/bf16 only, on compute capability 8.0+ (torch's sdp_utils checks):
+# held to one of them, a float32 UNet or an older GPU stops at its first attention call ("No available kernel").
+HALF_PRECISION_SDPA_KERNELS = ("flash", "cudnn")
+HALF_PRECISION_SDPA_CAPABILITY = (8, 0)
+
+
+def sdpa_backend_blocker(choice: str, attention: str, device: str, dtype: str,
+                         machine: hardware.Machine) -> str | None:
+    """Why the UNet can't be held to the SDPA kernel `choice` when it runs in `dtype` (None: it can)."""
     if why := cuda_only_blocker(device):
         return f"{why}: the CPU keeps torch's own pick"
     if attention != "sdpa":
         return f"the UNet uses {attention} attention, not SDPA"
+    if choice not in HALF_PRECISION_SDPA_KERNELS:
+        return None
+    if dtype == "float32":
+        return f"{choice} attention takes fp16/bf16 only, and the UNet runs in float32: torch's own pick kept"
+    gpu = machine.gpus[0]
+    if gpu.compute_capability < HALF_PRECISION_SDPA_CAPABILITY:
+        return (f"{gpu.name} (compute capability {gpu.capability}): {choice} attention needs 8.0+: "
+                "torch's own pick kept")
     return None
 
 
@@ -348,7 +364,7 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     else:
         pipe.to(device)
 
-    _apply_sdpa_backend(built, preset.sdpa_backend, attention)
+    _apply_sdpa_backend(built, preset.sdpa_backend, attention, machine)
     _apply_cudnn_benchmark(built, preset.cudnn_benchmark)
     _apply_compile(built, preset, machine)
     _report_safety_checker_and_prompt_cache(built, preset)
@@ -517,10 +533,10 @@ SDPA_KERNELS = {
 INDUCTOR_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False}
 
 
-def _apply_sdpa_backend(built: BuiltPipeline, choice: str, attention: str) -> None:
+def _apply_sdpa_backend(built: BuiltPipeline, choice: str, attention: str, machine: hardware.Machine) -> None:
     if choice == "auto":
         return
-    if why := sdpa_backend_blocker(attention, built.device):
+    if why := sdpa_backend_blocker(choice, attention, built.device, built.dtype, machine):
         built.skip(f"sdpa_backend {choice}", why)
     else:
         restrict_unet_sdpa(built.pipe.unet, choice)

@@ -165,11 +165,27 @@ def cuda_graphs_blocker(mode: str, device: str) -> str | None:
     return None
 
 
-def sdpa_backend_blocker(attention: str, device: str) -> str | None:
+# FlashAttention and cuDNN attention take fp16/bf16 only, on compute capability 8.0+ (torch's sdp_utils checks):
+# held to one of them, a float32 UNet or an older GPU stops at its first attention call ("No available kernel").
+HALF_PRECISION_SDPA_KERNELS = ("flash", "cudnn")
+HALF_PRECISION_SDPA_CAPABILITY = (8, 0)
+
+
+def sdpa_backend_blocker(choice: str, attention: str, device: str, dtype: str,
+                         machine: hardware.Machine) -> str | None:
+    """Why the UNet can't be held to the SDPA kernel `choice` when it runs in `dtype` (None: it can)."""
     if why := cuda_only_blocker(device):
         return f"{why}: the CPU keeps torch's own pick"
     if attention != "sdpa":
         return f"the UNet uses {attention} attention, not SDPA"
+    if choice not in HALF_PRECISION_SDPA_KERNELS:
+        return None
+    if dtype == "float32":
+        return f"{choice} attention takes fp16/bf16 only, and the UNet runs in float32: torch's own pick kept"
+    gpu = machine.gpus[0]
+    if gpu.compute_capability < HALF_PRECISION_SDPA_CAPABILITY:
+        return (f"{gpu.name} (compute capability {gpu.capability}): {choice} attention needs 8.0+: "
+                "torch's own pick kept")
     return None
 
 
@@ -340,20 +356,31 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
         built.applied.append("VAE tiling")
 
     if offload == "model":
-        pipe.enable_model_cpu_offload(device=device)
+        pipe.enable_model_cpu_offload(device=offload_device(device))
         built.applied.append("model CPU offload")
     elif offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=device)
+        pipe.enable_sequential_cpu_offload(device=offload_device(device))
         built.applied.append("sequential CPU offload")
     else:
         pipe.to(device)
 
-    _apply_sdpa_backend(built, preset.sdpa_backend, attention)
+    _apply_sdpa_backend(built, preset.sdpa_backend, attention, machine)
     _apply_cudnn_benchmark(built, preset.cudnn_benchmark)
     _apply_compile(built, preset, machine)
     _report_safety_checker_and_prompt_cache(built, preset)
     pipe.set_progress_bar_config(disable=True)
     return built
+
+
+def offload_device(device: str) -> str:
+    """The GPU that offloaded weights go to: this process's current one, with its index. diffusers' offloading
+    reads a bare "cuda" as GPU 0, where `pipe.to("cuda")` means the current GPU, which accelerate and torchrun
+    set to each process's own: without the index every process of a multi-GPU run would crowd GPU 0."""
+    if device != "cuda":
+        return device
+    import torch
+
+    return f"cuda:{torch.cuda.current_device()}"
 
 
 # Preset fields that shape the PyTorch pipeline only: an ONNX export is a fixed fp32 graph.
@@ -506,10 +533,10 @@ SDPA_KERNELS = {
 INDUCTOR_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False}
 
 
-def _apply_sdpa_backend(built: BuiltPipeline, choice: str, attention: str) -> None:
+def _apply_sdpa_backend(built: BuiltPipeline, choice: str, attention: str, machine: hardware.Machine) -> None:
     if choice == "auto":
         return
-    if why := sdpa_backend_blocker(attention, built.device):
+    if why := sdpa_backend_blocker(choice, attention, built.device, built.dtype, machine):
         built.skip(f"sdpa_backend {choice}", why)
     else:
         restrict_unet_sdpa(built.pipe.unet, choice)

@@ -89,7 +89,8 @@ def _availability(key: str, value: Any, preset: Preset, device: str, machine: Ma
     elif key == "feature_cache_interval" and value > 1:
         why = builder.feature_cache_blocker(preset, device)
     elif key == "sdpa_backend" and value != "auto":
-        why = builder.sdpa_backend_blocker(attention, device)
+        dtype, _ = builder.effective_precision(preset.precision, device, machine)
+        why = builder.sdpa_backend_blocker(value, attention, device, dtype, machine)
     elif key == "cudnn_benchmark" and value:
         why = builder.cuda_only_blocker(device)
     else:

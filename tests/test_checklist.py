@@ -10,7 +10,7 @@ from nitro_cli.cli import app
 from nitro_cli.presets import flatten, load_preset, shipped_names
 from nitro_cli.tier_checklist import DESCRIPTIVE, build_checklist, tier_names
 
-from fake_machines import GTX_1060, MACHINES, RTX_3060, machine
+from fake_machines import GTX_1060, MACHINES, RTX_3060, gpu, machine
 
 
 def items_of(tiers, name):
@@ -242,6 +242,11 @@ def test_human_tables_print_brackets_as_text(runner, fake_probe, tmp_path, monke
      "a C++ compiler"),
     (MACHINES["RTX 3060 12 GB"], "cuda", ["attention=sliced", "sdpa_backend=flash"], "sdpa_backend: flash",
      "sliced attention, not SDPA"),
+    (MACHINES["RTX 3060 12 GB"], "cuda", ["sdpa_backend=flash"], "sdpa_backend: flash", "runs in float32"),
+    (MACHINES["GTX 1060 6 GB"], "cuda", ["precision=float16", "sdpa_backend=cudnn"], "sdpa_backend: cudnn",
+     "runs in float32"),
+    (machine(gpu("Tesla T4", (7, 5), 15360)), "cuda", ["precision=float16", "sdpa_backend=flash"],
+     "sdpa_backend: flash", "needs 8.0+"),
 ])
 def test_checklist_refuses_what_the_builder_skips(fake, device, overrides, setting, reason):
     from nitro_cli.tier_checklist import tier_items
@@ -267,7 +272,8 @@ def test_max_autotune_on_a_cpu_says_it_runs_without_cuda_graphs():
 def test_settings_for_sdpa_count_xformers_falling_back_to_sdpa(fake, device, setting):
     from nitro_cli.tier_checklist import tier_items
 
-    mine = load_preset("baseline", ["attention=xformers", "fuse_qkv=true", "sdpa_backend=flash"]).settings
+    mine = load_preset("baseline", ["precision=float16", "attention=xformers", "fuse_qkv=true",
+                                    "sdpa_backend=flash"]).settings
     items = {item.setting: item for item in tier_items(mine, load_preset("baseline").settings, device, fake)}
     assert items["attention: xformers"].available is False
     assert items[setting].available is True, items[setting].reason

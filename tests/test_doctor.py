@@ -84,6 +84,15 @@ def test_vram_on_named_card_sizes(total_mib, preset):
         assert any(note.startswith(f"VRAM: {preset} for 512x512") for note in recommendation.notes)
 
 
+def test_a_16_gb_card_is_a_large_card():
+    """torch reports a card's memory less what the driver keeps (fake_machines' RTX 3060 12 GB: 12045 MiB), so a
+    16 GB card (RTX 4080, A4000) shows under 16384 MiB and must still count as 16 GB for the expert rule."""
+    card_16_gb = round(16384 * RTX_3060.total_vram_mib / (12 * 1024))
+    assert card_16_gb < 16384
+    assert diagnosis.recommend(_card(card_16_gb, "NVIDIA GeForce RTX 4080", (8, 9))).preset == "expert"
+    assert diagnosis.recommend(_card(12288, "NVIDIA GeForce RTX 4070", (8, 9))).preset == "advanced"
+
+
 def test_cards_without_fast_fp16_are_planned_in_fp32():
     """A GTX 1650 4 GB runs fp32: lowvram's 1.99 GiB becomes about 3.9 GiB, too much; an RTX card of the same
     size fits advanced in fp16."""

@@ -144,8 +144,34 @@ def test_sdpa_backend_is_skipped_on_cpu_and_with_other_attention():
     assert "sdpa_backend math" in skipped_names(built)
     assert "forward" not in vars(built.pipe.unet)  # the UNet's own forward, unwrapped
     gpu = BuiltPipeline(pipe=None, device="cuda", dtype="float16")
-    builder._apply_sdpa_backend(gpu, "flash", "sliced")
+    builder._apply_sdpa_backend(gpu, "flash", "sliced", cpu_machine())
     assert gpu.skipped == [("sdpa_backend flash", "the UNet uses sliced attention, not SDPA")]
+
+
+TESLA_T4 = fake_machines.gpu("Tesla T4", (7, 5), 15360)
+
+
+@pytest.mark.parametrize("choice, dtype, card, applied", [
+    ("flash", "float32", fake_machines.A100, False),
+    ("cudnn", "float32", fake_machines.A100, False),
+    ("flash", "float16", TESLA_T4, False),
+    ("cudnn", "float16", TESLA_T4, False),
+    ("efficient", "float32", TESLA_T4, True),
+    ("math", "float32", TESLA_T4, True),
+    ("flash", "bfloat16", fake_machines.A100, True),
+    ("cudnn", "float16", fake_machines.A100, True),
+])
+def test_sdpa_kernel_the_gpu_cannot_run_is_skipped(choice, dtype, card, applied):
+    """torch's FlashAttention and cuDNN attention take fp16/bf16 on compute capability 8.0+ only: held to one of
+    them elsewhere, the UNet would stop at its first attention call ("No available kernel")."""
+    import types
+
+    import torch
+
+    built = BuiltPipeline(pipe=types.SimpleNamespace(unet=torch.nn.Linear(1, 1)), device="cuda", dtype=dtype)
+    builder._apply_sdpa_backend(built, choice, "sdpa", fake_machines.machine(card))
+    assert ("forward" in vars(built.pipe.unet)) is applied
+    assert [what for what, _ in built.skipped] == ([] if applied else [f"sdpa_backend {choice}"])
 
 
 def test_cudnn_benchmark_is_set_on_every_gpu_build_and_skipped_on_cpu(restore_cudnn_benchmark):

@@ -292,12 +292,36 @@ def test_every_footprint_is_a_shipped_preset():
 # --- on a GPU (run by whoever has one) ----------------------------------------------------------------
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["lowvram", "minvram"])
-def test_low_vram_presets_on_a_gpu(name):
-    overrides = [] if hardware.package_version("bitsandbytes") else ["quantization=fp8_storage"]
+@pytest.mark.parametrize("name, quantization", [("lowvram", None), ("minvram", None), ("minvram", "fp8_storage")])
+def test_low_vram_presets_on_a_gpu(name, quantization):
+    """minvram as shipped (NF4 where bitsandbytes is installed), and with fp8 storage, which --max-vram puts in
+    NF4's place without bitsandbytes: layerwise casting under sequential offload's per-layer hooks."""
+    if quantization is None and name == "minvram" and not hardware.package_version("bitsandbytes"):
+        pytest.skip("bitsandbytes not installed: minvram's NF4 needs it (the fp8_storage case runs)")
+    overrides = [f"quantization={quantization}"] if quantization else []
     built = build_pipeline(load_preset(name, overrides).settings, "random:tiny", "cuda")
     wanted = {"lowvram": "model CPU offload", "minvram": "sequential CPU offload"}[name]
     assert wanted in built.applied and built.skipped == []
     image = built.pipe("arcane style", num_inference_steps=2, width=512, height=512, output_type="np").images[0]
     assert image.shape == (512, 512, 3)
 
+
+
+@pytest.mark.parametrize("name, method", [("lowvram", "enable_model_cpu_offload"),
+                                          ("minvram", "enable_sequential_cpu_offload")])
+def test_offload_goes_to_this_process_gpu_not_gpu_0(monkeypatch, name, method):
+    """Under accelerate/torchrun each process's current GPU is its own; diffusers' offloading reads a bare
+    "cuda" as GPU 0, so every process would crowd GPU 0. Faked on the CPU: this process's GPU is 1."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from fake_machines import RTX_3060, machine
+
+    load = models.load_pipeline
+    monkeypatch.setattr(models, "load_pipeline", lambda source, **kw: load(source, **{**kw, "device": "cpu"}))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    asked = []
+    monkeypatch.setattr(StableDiffusionPipeline, method, lambda pipe, gpu_id=None, device=None: asked.append(device))
+    settings = load_preset(name, ["quantization=fp8_storage", "width=64", "height=64"]).settings
+    build_pipeline(settings, "random:tiny", "cuda", machine(RTX_3060))
+    assert asked == ["cuda:1"]

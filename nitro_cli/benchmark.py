@@ -107,9 +107,12 @@ def _json_value(key: str, value: Any) -> Any:
     if isinstance(value, float):
         if math.isinf(value):
             return "inf"
-        if key == "speedup_vs_baseline":  # a ratio: significant digits, so a 0.084x slow-down is not 0.08x
+        # Ratios, times and rates to significant digits: a 0.084x slow-down is not 0.08x, a fast preset's 0.00236
+        # s/image is not 0.0024, a slow one's 1.333 images/min is not 1.33 (60 / median_s must still give
+        # images_per_min, and the medians' ratio the speed-up).
+        if key in ("speedup_vs_baseline", "images_per_min") or key.endswith("_s"):
             return float(f"{value:.4g}")
-        return round(value, 4 if key.endswith("_s") else 2)
+        return round(value, 2)
     return value
 
 

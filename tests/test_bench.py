@@ -42,7 +42,7 @@ def test_json_csv_and_history_copy(runner, tmp_path):
         assert row["error"] is None and row["runs"] == 2 and row["steps"] == 2
         assert 0 < row["min_s"] <= row["median_s"] <= row["max_s"]
         assert row["load_s"] > 0 and row["first_call_s"] > 0 and row["it_per_s"] > 0
-        assert row["images_per_min"] == pytest.approx(60 / row["median_s"], rel=1e-2)
+        assert row["images_per_min"] == pytest.approx(60 / row["median_s"], rel=1e-3)
         assert row["peak_vram_mib"] is None and row["peak_rss_mib"] > 0  # CPU: no allocator peak
         assert any(a.startswith("scheduler ") for a in row["applied"])
     assert rows["baseline"]["speedup_vs_baseline"] == 1.0
@@ -192,6 +192,21 @@ def test_json_keeps_a_small_speedup_to_significant_digits():
     written = benchmark.BenchReport(environment={}, results=[row]).to_dict()["results"][0]
     assert written["speedup_vs_baseline"] == pytest.approx(0.08398706, rel=1e-3)
     assert written["psnr_vs_baseline_db"] == 15.06 and written["median_s"] == 1.0
+
+
+def test_json_keeps_fast_timings_to_significant_digits():
+    """A preset at a few ms per image (a small model on a GPU): its seconds must keep the digits the
+    derived fields were computed from, so images_per_min == 60 / median_s and the speed-up is the ratio."""
+    fast = benchmark.PresetResult(preset="fast", median_s=0.00236, min_s=0.00149, max_s=0.00351,
+                                  it_per_s=847.46, images_per_min=60 / 0.00236, speedup_vs_baseline=0.00351 / 0.00236)
+    written = benchmark.BenchReport(environment={}, results=[fast]).to_dict()["results"][0]
+    assert written["median_s"] == pytest.approx(0.00236, rel=1e-3)
+    assert written["min_s"] == pytest.approx(0.00149, rel=1e-3) and written["max_s"] == pytest.approx(0.00351, rel=1e-3)
+    assert written["images_per_min"] == pytest.approx(60 / written["median_s"], rel=1e-3)
+    assert written["speedup_vs_baseline"] == pytest.approx(written["max_s"] / written["median_s"], rel=1e-3)
+    slow = benchmark.PresetResult(preset="slow", median_s=45.0, images_per_min=60 / 45.0)  # fp32 on a CPU
+    written = benchmark.BenchReport(environment={}, results=[slow]).to_dict()["results"][0]
+    assert written["images_per_min"] == pytest.approx(60 / written["median_s"], rel=1e-3)
 
 
 def test_psnr_db():

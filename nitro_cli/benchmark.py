@@ -57,6 +57,8 @@ class PresetResult:
 
     preset: str
     source: str | None = None
+    # A shipped preset (by name, or its file by path), not a user's file with the same stem: for `checklist`.
+    shipped: bool | None = None
     steps: int | None = None
     scheduler: str | None = None
     precision: str | None = None
@@ -131,6 +133,13 @@ def preset_label(entry: str) -> str:
     return Path(entry).stem
 
 
+def is_shipped(source: str) -> bool:
+    """Whether a preset file is one of nitro's own: a user's `expert.yaml` variant is named like the tier."""
+    from nitro_cli.presets import shipped_dir
+
+    return Path(source).resolve().parent == shipped_dir().resolve()
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, NitroError):
         return f"{exc.message} (hint: {exc.hint})" if exc.hint else exc.message
@@ -183,6 +192,7 @@ def _measure_preset(entry: str, result: PresetResult, options: BenchOptions, dev
     loaded = load_preset(entry, overrides)
     settings = loaded.settings
     result.source = loaded.source
+    result.shipped = is_shipped(loaded.source)
     result.steps, result.scheduler = settings.steps, settings.scheduler
     result.batch_size, result.width, result.height = settings.batch_size, settings.width, settings.height
 

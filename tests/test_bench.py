@@ -86,6 +86,32 @@ def test_baseline_option_compares_with_another_row(runner, tmp_path):
     assert "compare with advanced (--baseline)" in result.stderr.replace("\n", " ")
 
 
+def test_checklist_does_not_take_a_users_file_named_like_a_tier_for_the_tier(runner, tmp_path):
+    """Rows are named by file stem: a user's beginner.yaml variant (here: another scheduler) is not the shipped
+    beginner tier, and a user's baseline.yaml is not the baseline `checklist` gives speed-ups against."""
+    (tmp_path / "mine").mkdir()
+    variant = write_preset(tmp_path / "mine", "beginner", scheduler="euler", steps=2)
+    own_baseline = write_preset(tmp_path / "mine", "baseline", scheduler="euler", steps=2)
+    shipped_report, users_report = tmp_path / "shipped.json", tmp_path / "users.json"
+    for presets, report in ((f"baseline,{variant}", shipped_report), (f"{own_baseline},advanced", users_report)):
+        result = runner.invoke(app, ["bench", "--presets", presets, *FAST, "--runs", "1", "--warmup", "0",
+                                     "--json", str(report)])
+        assert result.exit_code == 0, result.output
+    rows = json.loads(shipped_report.read_text())["results"]
+    assert [(r["preset"], r["shipped"]) for r in rows] == [("baseline", True), ("beginner", False)]
+
+    def measured(report):
+        result = runner.invoke(app, ["checklist", "--json", "--bench", str(report)])
+        assert result.exit_code == 0, result.output
+        return {tier["tier"]: tier["measured"] for tier in json.loads(result.stdout)}
+
+    tiers = measured(shipped_report)
+    assert tiers["baseline"]["median_s"] > 0 and tiers["beginner"] is None
+    tiers = measured(users_report)
+    assert tiers["baseline"] is None
+    assert tiers["advanced"]["median_s"] > 0 and tiers["advanced"]["speedup_vs_baseline"] is None
+
+
 @pytest.mark.parametrize("name", ["expert", "baseline"])
 def test_baseline_option_must_name_a_row(runner, name):
     """Given, even as the default's own name, it must be among the rows; left out, baseline is used if it runs."""

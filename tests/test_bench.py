@@ -112,6 +112,19 @@ def test_checklist_does_not_take_a_users_file_named_like_a_tier_for_the_tier(run
     assert tiers["advanced"]["median_s"] > 0 and tiers["advanced"]["speedup_vs_baseline"] is None
 
 
+def test_a_preset_of_another_size_says_why_it_has_no_psnr(runner, tmp_path):
+    small = write_preset(tmp_path, "small", scheduler="euler", steps=2, width=64, height=64)
+    wide = write_preset(tmp_path, "wide", scheduler="euler", steps=2, width=96, height=64)
+    report_file = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", "--presets", f"{small},{wide}", "--baseline", "small", "--model",
+                                 "random:tiny", "--device", "cpu", "--runs", "1", "--warmup", "0",
+                                 "--json", str(report_file)])
+    assert result.exit_code == 0, result.output
+    rows = {row["preset"]: row for row in json.loads(report_file.read_text())["results"]}
+    assert rows["wide"]["psnr_vs_baseline_db"] is None and rows["wide"]["speedup_vs_baseline"] > 0
+    assert "wide ran at another size than small: no PSNR" in " ".join(result.stderr.split())
+
+
 @pytest.mark.parametrize("name", ["expert", "baseline"])
 def test_baseline_option_must_name_a_row(runner, name):
     """Given, even as the default's own name, it must be among the rows; left out, baseline is used if it runs."""

@@ -57,6 +57,8 @@ class PresetResult:
 
     preset: str
     source: str | None = None
+    # A shipped preset (by name, or its file by path), not a user's file with the same stem: for `checklist`.
+    shipped: bool | None = None
     steps: int | None = None
     scheduler: str | None = None
     precision: str | None = None
@@ -107,9 +109,12 @@ def _json_value(key: str, value: Any) -> Any:
     if isinstance(value, float):
         if math.isinf(value):
             return "inf"
-        if key == "speedup_vs_baseline":  # a ratio: significant digits, so a 0.084x slow-down is not 0.08x
+        # Ratios, times and rates to significant digits: a 0.084x slow-down is not 0.08x, a fast preset's 0.00236
+        # s/image is not 0.0024, a slow one's 1.333 images/min is not 1.33 (60 / median_s must still give
+        # images_per_min, and the medians' ratio the speed-up).
+        if key in ("speedup_vs_baseline", "images_per_min") or key.endswith("_s"):
             return float(f"{value:.4g}")
-        return round(value, 4 if key.endswith("_s") else 2)
+        return round(value, 2)
     return value
 
 
@@ -128,6 +133,13 @@ def preset_label(entry: str) -> str:
     return Path(entry).stem
 
 
+def is_shipped(source: str) -> bool:
+    """Whether a preset file is one of nitro's own: a user's `expert.yaml` variant is named like the tier."""
+    from nitro_cli.presets import shipped_dir
+
+    return Path(source).resolve().parent == shipped_dir().resolve()
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, NitroError):
         return f"{exc.message} (hint: {exc.hint})" if exc.hint else exc.message
@@ -142,6 +154,16 @@ def _release(device: str) -> None:
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
+
+
+def _import_libraries() -> None:
+    """Import what building a pipeline imports, before the first load is timed: those seconds are paid once
+    per process, and would otherwise be counted in the first preset's `load_s` alone (baseline's, usually)."""
+    from nitro_cli.builder import quiet_libraries
+
+    quiet_libraries()  # first: it quiets the loggers that speak while diffusers imports
+    from diffusers import StableDiffusionPipeline  # noqa: F401  (diffusers imports its pipelines lazily)
+    from transformers import CLIPTextModel  # noqa: F401
 
 
 def _flag_overrides(options: BenchOptions) -> list[str]:
@@ -170,6 +192,7 @@ def _measure_preset(entry: str, result: PresetResult, options: BenchOptions, dev
     loaded = load_preset(entry, overrides)
     settings = loaded.settings
     result.source = loaded.source
+    result.shipped = is_shipped(loaded.source)
     result.steps, result.scheduler = settings.steps, settings.scheduler
     result.batch_size, result.width, result.height = settings.batch_size, settings.width, settings.height
 
@@ -269,6 +292,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda me
     machine = hardware.probe()
     device = resolve_device(options.device, machine)
     environment = _environment(options, device, machine, source.is_random)
+    _import_libraries()
 
     results: list[PresetResult] = []
     images: dict[int, Any] = {}

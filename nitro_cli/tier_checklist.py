@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nitro_cli import builder, paths
-from nitro_cli.benchmark import BASELINE
+from nitro_cli.benchmark import BASELINE, is_shipped
 from nitro_cli.errors import UsageError
 from nitro_cli.hardware import Machine
 from nitro_cli.presets import Preset, flatten, load_preset, shipped_names
@@ -167,16 +167,27 @@ def _figure(name: str, value: Any) -> float | int | str | None:
     return value if is_number and math.isfinite(value) else None
 
 
-def measured_for(report: dict[str, Any] | None, source: Path | None, tier: str) -> dict[str, Any] | None:
+def _row(report: dict[str, Any], name: str, shipped: bool) -> dict[str, Any] | None:
+    """The report's row for preset `name`. Rows are named by file stem, so a user's `expert.yaml` variant has
+    the expert tier's name: a row is a shipped tier's only if bench says it ran the shipped file (and a user
+    file's only if not). Reports from before bench said so are taken by name."""
+    return next((r for r in report["results"] if isinstance(r, dict) and r.get("preset") == name
+                 and r.get("shipped") in (None, shipped)), None)
+
+
+def measured_for(report: dict[str, Any] | None, source: Path | None, tier: str,
+                 shipped: bool = True) -> dict[str, Any] | None:
     if report is None:
         return None
-    entry = next((r for r in report["results"] if isinstance(r, dict) and r.get("preset") == tier), None)
+    entry = _row(report, tier, shipped)
     if entry is None or _figure("median_s", entry.get("median_s")) is None:  # a row that failed, or junk
         return None
     environment = report.get("environment")
     environment = environment if isinstance(environment, dict) else {}
     measured = {name: _figure(name, entry.get(name)) for name in MEASURED_FIELDS}
-    if environment.get("baseline", BASELINE) != BASELINE:  # `bench --baseline`: compared with another row
+    # `bench --baseline`, or a user's baseline.yaml as the baseline row: compared with another preset.
+    baseline = next((r for r in report["results"] if isinstance(r, dict) and r.get("preset") == BASELINE), {})
+    if environment.get("baseline", BASELINE) != BASELINE or baseline.get("shipped") is False:
         measured.update(speedup_vs_baseline=None, psnr_vs_baseline_db=None)
     measured.update(device=environment.get("device"), model=environment.get("model"), file=str(source))
     return measured
@@ -192,7 +203,7 @@ def build_checklist(machine: Machine, tiers: list[str], report: dict[str, Any] |
         preset = loaded.settings
         items = tier_items(preset, reference, device, machine)
         result.append(Tier(tier=loaded.name, scenario=preset.scenario, claimed=preset.claimed, items=items,
-                           measured=measured_for(report, report_path, loaded.name),
+                           measured=measured_for(report, report_path, loaded.name, is_shipped(loaded.source)),
                            notes=moved_item_notes(loaded.name, items)))
     return result
 

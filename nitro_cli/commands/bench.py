@@ -60,8 +60,14 @@ def _print_report(console, report) -> None:
         notes.append(f"timed calls of {', '.join(noisy)} differ by over {NOISY_SPREAD}x (a busy machine?): "
                      "compare the fastest calls, add --runs, or bench on an idle machine")
     baseline = env["baseline"]
-    if not any(r.preset == baseline and not r.error for r in report.results):
+    reference = next((r for r in report.results if r.preset == baseline and not r.error), None)
+    if reference is None:
         notes.append(f"{baseline} not run (or failed): no speed-up or PSNR")
+    elif other_size := [r.preset for r in report.results
+                        if not r.error and (r.width, r.height) != (reference.width, reference.height)]:
+        # A preset file's own width/height (no --width/--height): its PSNR is null, and the table must say why.
+        notes.append(f"{', '.join(other_size)} ran at another size than {baseline}: no PSNR, and 'vs base' "
+                     "compares images of different sizes (give --width and --height for one size)")
     elif baseline != benchmark.BASELINE:
         notes.append(f"'vs base' and PSNR compare with {baseline} (--baseline), not with the baseline preset")
     if env.get("max_vram_gib"):

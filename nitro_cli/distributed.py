@@ -16,11 +16,29 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, TypeVar
 
+from nitro_cli.errors import UsageError
+
 T = TypeVar("T")
 
 
 def launched(environ=os.environ) -> bool:
     return int(environ.get("WORLD_SIZE", "1")) > 1
+
+
+# What torchrun and accelerate launch set besides WORLD_SIZE, and joining the other processes needs.
+LAUNCHER_VARIABLES = ("RANK", "MASTER_ADDR")
+
+
+def check_launcher(environ=os.environ) -> None:
+    """WORLD_SIZE > 1 left in a shell or a job script, without a launcher: a usage error, not accelerate's
+    traceback (or a wait for processes that were never started)."""
+    missing = [name for name in LAUNCHER_VARIABLES if not environ.get(name)]
+    if missing:
+        raise UsageError(f"WORLD_SIZE={environ.get('WORLD_SIZE')} says this is one of several processes, but "
+                         f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: "
+                         "it was not started by torchrun or accelerate launch",
+                         hint="start the run with `torchrun --nproc_per_node N -m nitro_cli generate ...` "
+                              "(see docs/deploy.md), or unset WORLD_SIZE to run one process")
 
 
 class Processes:
@@ -98,4 +116,7 @@ class _PartialStateProcesses(Processes):
 def processes(cpu: bool) -> Processes:
     """The processes of this run: joined through accelerate when launched as several, else just this one.
     `cpu`: the run's device is the CPU."""
-    return _PartialStateProcesses(cpu) if launched() else Processes()
+    if not launched():
+        return Processes()
+    check_launcher()
+    return _PartialStateProcesses(cpu)

@@ -184,6 +184,17 @@ def test_two_processes_make_the_files_and_pixels_of_one(tmp_path):
     assert "Processes:" not in single.stderr
 
 
+def test_world_size_without_a_launcher_is_a_usage_error(runner, tmp_path, monkeypatch):
+    """WORLD_SIZE left over in a shell or job script: an Error line and exit 2, not accelerate's traceback."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    result = runner.invoke(app, ["generate", "castle", *FAST, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "Error: WORLD_SIZE=2 says this is one of several processes" in result.stderr
+    assert "unset WORLD_SIZE" in result.stderr and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_pil_conversion_on_the_device_gives_diffusers_pixels(dtype):
     """run_batch converts to uint8 before leaving the device; the bytes must be what diffusers' own numpy path

@@ -13,10 +13,11 @@ nothing here imports torch or accelerate, and `Processes` is a single process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Callable, TypeVar
 
-from nitro_cli.errors import UsageError
+from nitro_cli.errors import RuntimeFailure, UsageError
 
 T = TypeVar("T")
 
@@ -72,6 +73,20 @@ class Processes:
         self.close()
 
 
+@contextlib.contextmanager
+def _with_the_others():
+    """A step every process takes together. When another process has failed or was stopped, torch raises a
+    RuntimeError here (gloo: "Connection closed by peer"): this process's share is saved, and the other's own
+    error, printed by that process, says what went wrong; a traceback here would bury it."""
+    try:
+        yield
+    except RuntimeError as exc:
+        raise RuntimeFailure("lost touch with another process of this run: it failed or was stopped "
+                             "(its own error says why)",
+                             hint="images already saved are kept: after fixing the cause, repeat the command "
+                                  "with --resume to make the rest") from exc
+
+
 class _PartialStateProcesses(Processes):
     def __init__(self, cpu: bool):
         from accelerate import PartialState
@@ -79,7 +94,8 @@ class _PartialStateProcesses(Processes):
         # cpu=True makes it join CPU processes with gloo; without it, on a machine without GPUs, it
         # would ignore the launch. On GPUs it sets this process's CUDA device to its local GPU, which
         # the builder's "cuda" then means.
-        self._state = PartialState(cpu=cpu)
+        with _with_the_others():
+            self._state = PartialState(cpu=cpu)
         self.index, self.count = self._state.process_index, self._state.num_processes
 
     def from_main(self, decide: Callable[[], T]) -> T:
@@ -92,7 +108,8 @@ class _PartialStateProcesses(Processes):
             except BaseException as exc:  # the others must still hear of it, or they would wait forever
                 error = exc
         box = [(value, getattr(error, "exit_code", 1) if error is not None else 0)]
-        broadcast_object_list(box)
+        with _with_the_others():
+            broadcast_object_list(box)
         if error is not None:
             raise error
         value, exit_code = box[0]
@@ -107,7 +124,8 @@ class _PartialStateProcesses(Processes):
     def gather(self, value: Any) -> list:
         from accelerate.utils import gather_object
 
-        return gather_object([value])
+        with _with_the_others():
+            return gather_object([value])
 
     def close(self) -> None:
         self._state.destroy_process_group()

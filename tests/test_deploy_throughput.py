@@ -195,6 +195,27 @@ def test_world_size_without_a_launcher_is_a_usage_error(runner, tmp_path, monkey
     assert "unset WORLD_SIZE" in result.stderr and not (tmp_path / "out").exists()
 
 
+def test_a_process_that_lost_the_others_says_so_without_a_traceback(monkeypatch):
+    """When another process fails, gloo raises "Connection closed by peer" (a RuntimeError) in the collective
+    this one waits in: that is a run-time failure pointing at the other's error, not a second traceback."""
+    import accelerate.utils
+
+    from nitro_cli import distributed
+    from nitro_cli.errors import RuntimeFailure
+
+    def closed(*args, **kwargs):
+        raise RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:32152")
+
+    monkeypatch.setattr(accelerate.utils, "gather_object", closed)
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", closed)
+    processes = object.__new__(distributed._PartialStateProcesses)  # joined to nobody: the collectives are fakes
+    processes.index, processes.count = 0, 2
+    for step in (lambda: processes.gather(1), lambda: processes.from_main(lambda: 1)):
+        with pytest.raises(RuntimeFailure, match="lost touch with another process") as failure:
+            step()
+        assert "--resume" in failure.value.hint
+
+
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_pil_conversion_on_the_device_gives_diffusers_pixels(dtype):
     """run_batch converts to uint8 before leaving the device; the bytes must be what diffusers' own numpy path

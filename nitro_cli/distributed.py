@@ -26,6 +26,11 @@ def launched(environ=os.environ) -> bool:
     return int(environ.get("WORLD_SIZE", "1")) > 1
 
 
+def rank(environ=os.environ) -> int:
+    """This process's global rank (0 without a launcher), read without joining the others."""
+    return int(environ.get("RANK", "0")) if launched(environ) else 0
+
+
 # What torchrun and accelerate launch set besides WORLD_SIZE, and joining the other processes needs.
 LAUNCHER_VARIABLES = ("RANK", "MASTER_ADDR")
 

@@ -216,6 +216,19 @@ def test_a_process_that_lost_the_others_says_so_without_a_traceback(monkeypatch)
         assert "--resume" in failure.value.hint
 
 
+def test_commands_other_than_generate_run_in_the_main_process_only(runner, monkeypatch):
+    """`torchrun ... -m nitro_cli checklist --json` (or doctor, bench, export): one report, from rank 0; N copies
+    on one stdout are not one JSON document (and N benches would measure each other)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    other = runner.invoke(app, ["checklist", "--json"])
+    assert other.exit_code == 0 and other.stdout == "" and other.stderr == ""
+    monkeypatch.setenv("RANK", "0")
+    main = runner.invoke(app, ["checklist", "--json"])
+    assert main.exit_code == 0, main.output
+    assert json.loads(main.stdout) and "only the main one (rank 0) runs it" in main.stderr
+
+
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_pil_conversion_on_the_device_gives_diffusers_pixels(dtype):
     """run_batch converts to uint8 before leaving the device; the bytes must be what diffusers' own numpy path

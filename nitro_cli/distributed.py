@@ -17,7 +17,7 @@ import contextlib
 import os
 from typing import Any, Callable, TypeVar
 
-from nitro_cli.errors import RuntimeFailure, UsageError
+from nitro_cli.errors import EXIT_INTERRUPTED, RuntimeFailure, UsageError
 
 T = TypeVar("T")
 
@@ -61,6 +61,10 @@ class Processes:
         """`decide()` run on the main process only; its value reaches every process."""
         return decide()
 
+    def on_every(self, work: Callable[[], T]) -> T:
+        """`work()` run on every process; if it fails on any, every process stops."""
+        return work()
+
     def share(self, batches: list[list[T]]) -> list[list[T]]:
         """This process's contiguous share of `batches`."""
         return batches
@@ -76,6 +80,15 @@ class Processes:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _exit_code(error: BaseException | None) -> int:
+    """The contract's exit code `error` ends the run with (0: none)."""
+    if error is None:
+        return 0
+    if isinstance(error, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    return getattr(error, "exit_code", 1)
 
 
 @contextlib.contextmanager
@@ -121,6 +134,22 @@ class _PartialStateProcesses(Processes):
         if exit_code:
             raise SystemExit(exit_code)  # the main process reports the error; once is enough
         return value
+
+    def on_every(self, work: Callable[[], T]) -> T:
+        """Each failure is told once: by the main process when it failed (the others, given the same request,
+        failed alike and keep quiet), else by each process it failed in (a file missing on one machine only).
+        Every process then exits with the code of the error told."""
+        value, error = None, None
+        try:
+            value = work()
+        except BaseException as exc:  # the others must still hear of it, or they would wait forever
+            error = exc
+        codes = self.gather(_exit_code(error))
+        if not any(codes):
+            return value
+        if error is not None and (self.is_main or not codes[0]):
+            raise error
+        raise SystemExit(codes[0] or next(code for code in codes if code))
 
     def share(self, batches: list[list[T]]) -> list[list[T]]:
         with self._state.split_between_processes(batches) as mine:

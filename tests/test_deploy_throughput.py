@@ -153,6 +153,13 @@ def test_a_compiling_preset_asks_for_a_fixed_batch_shape(runner, tmp_path, monke
     assert asked["fixed_batch_shape"] is fixed
 
 
+def torchrun(args: list[str], env: dict, processes: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node N -m nitro_cli ARGS`, as a user starts it on one machine."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           str(processes), "-m", "nitro_cli", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+
+
 def test_two_processes_make_the_files_and_pixels_of_one(tmp_path):
     """torchrun, two CPU processes joined by accelerate over gloo, against one in-process run. No --seed:
     the main process draws it and the other must receive it. About 20 s here (three interpreters importing torch)."""
@@ -162,10 +169,7 @@ def test_two_processes_make_the_files_and_pixels_of_one(tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     # The same thread count for both runs (torchrun's default): CPU kernels round by thread count.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NITRO_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    launched = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "nitro_cli", *common, "--out", str(two)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    launched = torchrun([*common, "--out", str(two)], env)
     assert launched.returncode == 0, launched.stderr
     manifest = json.loads((two / output.MANIFEST_NAME).read_text(encoding="utf-8"))
 
@@ -182,6 +186,19 @@ def test_two_processes_make_the_files_and_pixels_of_one(tmp_path):
     assert len(re.findall(r"Prompt encoding:", launched.stderr)) == 1
     assert "Processes: 2, images made by each: 4, 2." in launched.stderr
     assert "Processes:" not in single.stderr
+
+
+def test_a_bad_request_is_told_once_by_the_main_process(tmp_path):
+    """Every process finds a bad prompts line; before, each printed it (or the launcher, stopping the others
+    after the first failed, cut the main process off with "Interrupted.")."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("castle\n--bogus 1\n", encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NITRO_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    launched = torchrun(["generate", "-f", str(prompts), *FAST, "--out", str(tmp_path / "out")], env, processes=3)
+    assert launched.returncode != 0 and launched.stdout == ""
+    assert launched.stderr.count("Error: prompts file") == 1 and launched.stderr.count("line 2: unknown option") == 1
+    assert "Interrupted." not in launched.stderr and "exitcode  : 2" in launched.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_world_size_without_a_launcher_is_a_usage_error(runner, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import traceback
 import typer
 from typer.core import TyperGroup
 
-from nitro_cli import __version__
+from nitro_cli import __version__, distributed
 from nitro_cli.commands import bench, checklist, doctor, export, generate
 from nitro_cli.errors import EXIT_INTERRUPTED, OUT_OF_MEMORY_HINT, NitroError, RuntimeFailure, UsageError, first_line
 
@@ -95,6 +95,24 @@ def guarded(command):
     return run
 
 
+def main_process_only(name: str, command):
+    """Under torchrun or accelerate launch, a command other than generate runs in the main process only and
+    the others exit at once (0): N copies of bench would compete for the machine they measure and write the
+    same report files, N exports the same folder, and N doctor/checklist reports on one stdout are not one
+    JSON document."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        if distributed.launched():
+            if distributed.rank() != 0:
+                return None
+            print(f"Note: `nitro {name}` runs in one process: of the {os.environ['WORLD_SIZE']} processes this "
+                  "launcher started, only the main one (rank 0) runs it.", file=sys.stderr)
+        return command(*args, **kwargs)
+
+    return run
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"nitro {__version__}")
@@ -108,13 +126,13 @@ def root(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 
 app.command("generate")(guarded(generate.generate))
-app.command("bench")(guarded(bench.bench))
-app.command("checklist")(guarded(checklist.checklist))
-app.command("doctor")(guarded(doctor.doctor))
+app.command("bench")(guarded(main_process_only("bench", bench.bench)))
+app.command("checklist")(guarded(main_process_only("checklist", checklist.checklist)))
+app.command("doctor")(guarded(main_process_only("doctor", doctor.doctor)))
 
 export_app = typer.Typer(name="export", help="Convert a model for other runtimes (ONNX for CPU/edge).",
                          no_args_is_help=True)
-export_app.command("onnx")(guarded(export.onnx))
+export_app.command("onnx")(guarded(main_process_only("export onnx", export.onnx)))
 app.add_typer(export_app, name="export")
 
 

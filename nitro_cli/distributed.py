@@ -13,14 +13,38 @@ nothing here imports torch or accelerate, and `Processes` is a single process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Callable, TypeVar
+
+from nitro_cli.errors import EXIT_INTERRUPTED, RuntimeFailure, UsageError
 
 T = TypeVar("T")
 
 
 def launched(environ=os.environ) -> bool:
     return int(environ.get("WORLD_SIZE", "1")) > 1
+
+
+def rank(environ=os.environ) -> int:
+    """This process's global rank (0 without a launcher), read without joining the others."""
+    return int(environ.get("RANK", "0")) if launched(environ) else 0
+
+
+# What torchrun and accelerate launch set besides WORLD_SIZE, and joining the other processes needs.
+LAUNCHER_VARIABLES = ("RANK", "MASTER_ADDR")
+
+
+def check_launcher(environ=os.environ) -> None:
+    """WORLD_SIZE > 1 left in a shell or a job script, without a launcher: a usage error, not accelerate's
+    traceback (or a wait for processes that were never started)."""
+    missing = [name for name in LAUNCHER_VARIABLES if not environ.get(name)]
+    if missing:
+        raise UsageError(f"WORLD_SIZE={environ.get('WORLD_SIZE')} says this is one of several processes, but "
+                         f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: "
+                         "it was not started by torchrun or accelerate launch",
+                         hint="start the run with `torchrun --nproc_per_node N -m nitro_cli generate ...` "
+                              "(see docs/deploy.md), or unset WORLD_SIZE to run one process")
 
 
 class Processes:
@@ -36,6 +60,10 @@ class Processes:
     def from_main(self, decide: Callable[[], T]) -> T:
         """`decide()` run on the main process only; its value reaches every process."""
         return decide()
+
+    def on_every(self, work: Callable[[], T]) -> T:
+        """`work()` run on every process; if it fails on any, every process stops."""
+        return work()
 
     def share(self, batches: list[list[T]]) -> list[list[T]]:
         """This process's contiguous share of `batches`."""
@@ -54,6 +82,29 @@ class Processes:
         self.close()
 
 
+def _exit_code(error: BaseException | None) -> int:
+    """The contract's exit code `error` ends the run with (0: none)."""
+    if error is None:
+        return 0
+    if isinstance(error, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    return getattr(error, "exit_code", 1)
+
+
+@contextlib.contextmanager
+def _with_the_others():
+    """A step every process takes together. When another process has failed or was stopped, torch raises a
+    RuntimeError here (gloo: "Connection closed by peer"): this process's share is saved, and the other's own
+    error, printed by that process, says what went wrong; a traceback here would bury it."""
+    try:
+        yield
+    except RuntimeError as exc:
+        raise RuntimeFailure("lost touch with another process of this run: it failed or was stopped "
+                             "(its own error says why)",
+                             hint="images already saved are kept: after fixing the cause, repeat the command "
+                                  "with --resume to make the rest") from exc
+
+
 class _PartialStateProcesses(Processes):
     def __init__(self, cpu: bool):
         from accelerate import PartialState
@@ -61,7 +112,8 @@ class _PartialStateProcesses(Processes):
         # cpu=True makes it join CPU processes with gloo; without it, on a machine without GPUs, it
         # would ignore the launch. On GPUs it sets this process's CUDA device to its local GPU, which
         # the builder's "cuda" then means.
-        self._state = PartialState(cpu=cpu)
+        with _with_the_others():
+            self._state = PartialState(cpu=cpu)
         self.index, self.count = self._state.process_index, self._state.num_processes
 
     def from_main(self, decide: Callable[[], T]) -> T:
@@ -74,13 +126,30 @@ class _PartialStateProcesses(Processes):
             except BaseException as exc:  # the others must still hear of it, or they would wait forever
                 error = exc
         box = [(value, getattr(error, "exit_code", 1) if error is not None else 0)]
-        broadcast_object_list(box)
+        with _with_the_others():
+            broadcast_object_list(box)
         if error is not None:
             raise error
         value, exit_code = box[0]
         if exit_code:
             raise SystemExit(exit_code)  # the main process reports the error; once is enough
         return value
+
+    def on_every(self, work: Callable[[], T]) -> T:
+        """Each failure is told once: by the main process when it failed (the others, given the same request,
+        failed alike and keep quiet), else by each process it failed in (a file missing on one machine only).
+        Every process then exits with the code of the error told."""
+        value, error = None, None
+        try:
+            value = work()
+        except BaseException as exc:  # the others must still hear of it, or they would wait forever
+            error = exc
+        codes = self.gather(_exit_code(error))
+        if not any(codes):
+            return value
+        if error is not None and (self.is_main or not codes[0]):
+            raise error
+        raise SystemExit(codes[0] or next(code for code in codes if code))
 
     def share(self, batches: list[list[T]]) -> list[list[T]]:
         with self._state.split_between_processes(batches) as mine:
@@ -89,7 +158,8 @@ class _PartialStateProcesses(Processes):
     def gather(self, value: Any) -> list:
         from accelerate.utils import gather_object
 
-        return gather_object([value])
+        with _with_the_others():
+            return gather_object([value])
 
     def close(self) -> None:
         self._state.destroy_process_group()
@@ -98,4 +168,7 @@ class _PartialStateProcesses(Processes):
 def processes(cpu: bool) -> Processes:
     """The processes of this run: joined through accelerate when launched as several, else just this one.
     `cpu`: the run's device is the CPU."""
-    return _PartialStateProcesses(cpu) if launched() else Processes()
+    if not launched():
+        return Processes()
+    check_launcher()
+    return _PartialStateProcesses(cpu)

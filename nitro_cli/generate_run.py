@@ -13,6 +13,11 @@ import time
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nitro_cli.presets import LoadedPreset
+    from nitro_cli.prompts import PromptJob
 
 DEFAULT_PRESET = "beginner"
 
@@ -37,18 +42,47 @@ class GenerateRequest:
     json_output: bool
 
 
+@dataclass(frozen=True)
+class CheckedRequest:
+    """A request whose preset, prompts, seeds, model and device were checked: what the run goes on with."""
+
+    loaded: LoadedPreset
+    jobs: list[PromptJob]
+    model_name: str
+    run_device: str
+
+
 def run(request: GenerateRequest) -> None:
-    from nitro_cli import distributed, hardware, vram
+    from nitro_cli import distributed, hardware
     from nitro_cli.builder import resolve_device
-    from nitro_cli.generation import CacheStats, check_run_size, check_seeds, group_batches
-    from nitro_cli.models import DEFAULT_MODEL, resolve_model
-    from nitro_cli.presets import load_preset
-    from nitro_cli.errors import UsageError
-    from nitro_cli.prompts import STDIN, read_prompts_text
 
     # Probed once, when first needed: a --max-vram estimate depends on the GPU (fp32 where fp16 is slow),
     # and without one a bad preset or prompts file fails before torch is even imported.
     machine = functools.cache(hardware.probe)
+    if not distributed.launched():
+        checked = _check(request, machine, show=True)
+        with distributed.Processes() as processes:
+            _make(request, checked, processes, machine)
+        return
+    # Several processes join before checking the request: a mistake in it, which every process finds, is then
+    # told once, by the main process, instead of once per process (and the launcher, stopping the others when
+    # the first fails, no longer cuts a message off with "Interrupted."). Joining needs the device.
+    run_device = resolve_device(request.device, machine())
+    with distributed.processes(cpu=run_device == "cpu") as processes:
+        checked = processes.on_every(lambda: _check(request, machine, show=processes.is_main))
+        _make(request, checked, processes, machine)
+
+
+def _check(request: GenerateRequest, machine, show: bool) -> CheckedRequest:
+    """Everything a user can get wrong, checked before the model loads. `show`: print the --max-vram choice."""
+    from nitro_cli import distributed, vram
+    from nitro_cli.builder import resolve_device
+    from nitro_cli.errors import UsageError
+    from nitro_cli.generation import check_run_size, check_seeds
+    from nitro_cli.models import DEFAULT_MODEL, resolve_model
+    from nitro_cli.presets import load_preset
+    from nitro_cli.prompts import STDIN, read_prompts_text
+
     preset, overrides = request.preset, request.overrides
     if request.prompts_file == STDIN and distributed.launched():
         raise UsageError("--prompts-file - (standard input) reaches only one of the processes of this run",
@@ -61,33 +95,38 @@ def run(request: GenerateRequest) -> None:
         preset, overrides, plan = vram.fit_request(request.max_vram, preset, overrides, default_preset=DEFAULT_PRESET,
                                                    machine=machine(), device=resolve_device(request.device, machine()),
                                                    largest_image=max(sizes, key=lambda size: size[0] * size[1]))
-        print(vram.describe_choice(request.max_vram, preset, plan), file=sys.stderr)
+        if show:
+            print(vram.describe_choice(request.max_vram, preset, plan), file=sys.stderr)
     loaded = load_preset(preset or DEFAULT_PRESET, overrides)
     jobs = _read_jobs(request, prompts_text, loaded.settings)
     check_run_size(jobs, request.num_images)
     check_seeds(jobs, request.num_images, request.seed)
-    model_name = request.model or DEFAULT_MODEL
     resolve_model(request.model)  # a mistyped path or built-in name fails before the run record is replaced
-    run_device = resolve_device(request.device, machine())
+    return CheckedRequest(loaded, jobs, request.model or DEFAULT_MODEL, resolve_device(request.device, machine()))
 
-    with distributed.processes(cpu=run_device == "cpu") as processes:
-        pending = processes.from_main(lambda: _images_to_make(request, model_name, loaded.settings, jobs))
-        if not pending:
-            return
-        # Shares are contiguous and the main process's comes first, so it always has images (and a display).
-        mine = [image for batch in processes.share(group_batches(pending, loaded.settings.batch_size))
-                for image in batch]
-        results, cache_stats, display, start = [], CacheStats(loaded.settings.prompt_cache), None, None
-        if mine:
-            built = _load(request, loaded.settings, model_name, jobs, run_device, machine(), show=processes.is_main)
-            start = time.perf_counter()  # the summary's time is generation's, loading apart
-            results, cache_stats, display = _generate_share(request, loaded, built, model_name, mine,
-                                                           show=processes.is_main)
-        everyone = processes.gather((results, cache_stats))
-        if processes.is_main:
-            display.summary([r for part, _ in everyone for r in part], CacheStats.total([c for _, c in everyone]),
-                            time.perf_counter() - start, run_device,
-                            processes=[len(part) for part, _ in everyone] if processes.count > 1 else None)
+
+def _make(request: GenerateRequest, checked: CheckedRequest, processes, machine) -> None:
+    """The images: planned by the main process, shared out, generated, and summed up by the main process."""
+    from nitro_cli.generation import CacheStats, group_batches
+
+    loaded, jobs, model_name, run_device = checked.loaded, checked.jobs, checked.model_name, checked.run_device
+    pending = processes.from_main(lambda: _images_to_make(request, model_name, loaded.settings, jobs))
+    if not pending:
+        return
+    # Shares are contiguous and the main process's comes first, so it always has images (and a display).
+    mine = [image for batch in processes.share(group_batches(pending, loaded.settings.batch_size))
+            for image in batch]
+    results, cache_stats, display, start = [], CacheStats(loaded.settings.prompt_cache), None, None
+    if mine:
+        built = _load(request, loaded.settings, model_name, jobs, run_device, machine(), show=processes.is_main)
+        start = time.perf_counter()  # the summary's time is generation's, loading apart
+        results, cache_stats, display = _generate_share(request, loaded, built, model_name, mine,
+                                                       show=processes.is_main)
+    everyone = processes.gather((results, cache_stats))
+    if processes.is_main:
+        display.summary([r for part, _ in everyone for r in part], CacheStats.total([c for _, c in everyone]),
+                        time.perf_counter() - start, run_device,
+                        processes=[len(part) for part, _ in everyone] if processes.count > 1 else None)
 
 
 def _read_jobs(request: GenerateRequest, prompts_text: str | None, settings):

@@ -153,6 +153,13 @@ def test_a_compiling_preset_asks_for_a_fixed_batch_shape(runner, tmp_path, monke
     assert asked["fixed_batch_shape"] is fixed
 
 
+def torchrun(args: list[str], env: dict, processes: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node N -m nitro_cli ARGS`, as a user starts it on one machine."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           str(processes), "-m", "nitro_cli", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+
+
 def test_two_processes_make_the_files_and_pixels_of_one(tmp_path):
     """torchrun, two CPU processes joined by accelerate over gloo, against one in-process run. No --seed:
     the main process draws it and the other must receive it. About 20 s here (three interpreters importing torch)."""
@@ -162,10 +169,7 @@ def test_two_processes_make_the_files_and_pixels_of_one(tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     # The same thread count for both runs (torchrun's default): CPU kernels round by thread count.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NITRO_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    launched = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "nitro_cli", *common, "--out", str(two)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    launched = torchrun([*common, "--out", str(two)], env)
     assert launched.returncode == 0, launched.stderr
     manifest = json.loads((two / output.MANIFEST_NAME).read_text(encoding="utf-8"))
 
@@ -182,6 +186,64 @@ def test_two_processes_make_the_files_and_pixels_of_one(tmp_path):
     assert len(re.findall(r"Prompt encoding:", launched.stderr)) == 1
     assert "Processes: 2, images made by each: 4, 2." in launched.stderr
     assert "Processes:" not in single.stderr
+
+
+def test_a_bad_request_is_told_once_by_the_main_process(tmp_path):
+    """Every process finds a bad prompts line; before, each printed it (or the launcher, stopping the others
+    after the first failed, cut the main process off with "Interrupted.")."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("castle\n--bogus 1\n", encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NITRO_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    launched = torchrun(["generate", "-f", str(prompts), *FAST, "--out", str(tmp_path / "out")], env, processes=3)
+    assert launched.returncode != 0 and launched.stdout == ""
+    assert launched.stderr.count("Error: prompts file") == 1 and launched.stderr.count("line 2: unknown option") == 1
+    assert "Interrupted." not in launched.stderr and "exitcode  : 2" in launched.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_world_size_without_a_launcher_is_a_usage_error(runner, tmp_path, monkeypatch):
+    """WORLD_SIZE left over in a shell or job script: an Error line and exit 2, not accelerate's traceback."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    result = runner.invoke(app, ["generate", "castle", *FAST, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "Error: WORLD_SIZE=2 says this is one of several processes" in result.stderr
+    assert "unset WORLD_SIZE" in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_process_that_lost_the_others_says_so_without_a_traceback(monkeypatch):
+    """When another process fails, gloo raises "Connection closed by peer" (a RuntimeError) in the collective
+    this one waits in: that is a run-time failure pointing at the other's error, not a second traceback."""
+    import accelerate.utils
+
+    from nitro_cli import distributed
+    from nitro_cli.errors import RuntimeFailure
+
+    def closed(*args, **kwargs):
+        raise RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:32152")
+
+    monkeypatch.setattr(accelerate.utils, "gather_object", closed)
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", closed)
+    processes = object.__new__(distributed._PartialStateProcesses)  # joined to nobody: the collectives are fakes
+    processes.index, processes.count = 0, 2
+    for step in (lambda: processes.gather(1), lambda: processes.from_main(lambda: 1)):
+        with pytest.raises(RuntimeFailure, match="lost touch with another process") as failure:
+            step()
+        assert "--resume" in failure.value.hint
+
+
+def test_commands_other_than_generate_run_in_the_main_process_only(runner, monkeypatch):
+    """`torchrun ... -m nitro_cli checklist --json` (or doctor, bench, export): one report, from rank 0; N copies
+    on one stdout are not one JSON document (and N benches would measure each other)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    other = runner.invoke(app, ["checklist", "--json"])
+    assert other.exit_code == 0 and other.stdout == "" and other.stderr == ""
+    monkeypatch.setenv("RANK", "0")
+    main = runner.invoke(app, ["checklist", "--json"])
+    assert main.exit_code == 0, main.output
+    assert json.loads(main.stdout) and "only the main one (rank 0) runs it" in main.stderr
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])

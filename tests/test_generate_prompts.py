@@ -196,7 +196,12 @@ def test_prompts_from_standard_input(runner, tmp_path):
 
 
 def test_standard_input_is_refused_when_several_processes_share_the_run(runner, tmp_path, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun and accelerate launch set it
+    from nitro_cli import distributed
+
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
+        monkeypatch.setenv(name, value)  # as torchrun and accelerate launch set them
+    # Joined to no other process: the check runs as in the main process of a launch.
+    monkeypatch.setattr(distributed, "_PartialStateProcesses", lambda cpu: distributed.Processes())
     result = runner.invoke(app, ["generate", "-f", "-", *FAST, "--out", str(tmp_path)], input="castle\n")
     assert result.exit_code == 2 and "reaches only one of the processes" in result.stderr
     assert not list(tmp_path.iterdir())

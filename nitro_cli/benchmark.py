@@ -162,8 +162,11 @@ def _import_libraries() -> None:
     from nitro_cli.builder import quiet_libraries
 
     quiet_libraries()  # first: it quiets the loggers that speak while diffusers imports
-    from diffusers import StableDiffusionPipeline  # noqa: F401  (diffusers imports its pipelines lazily)
-    from transformers import CLIPTextModel  # noqa: F401
+    import diffusers
+    import transformers
+
+    # Both packages import their classes lazily, when a name is first looked up.
+    diffusers.StableDiffusionPipeline, transformers.CLIPTextModel
 
 
 def _flag_overrides(options: BenchOptions) -> list[str]:

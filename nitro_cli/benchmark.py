@@ -337,13 +337,24 @@ def save_to_history(report: BenchReport) -> Path:
     return path
 
 
+def _csv_cell(value: Any) -> Any:
+    """A result field as the CSV writes it: lists joined with '; ', null empty, booleans as the JSON spells
+    them (Python's True/False would read differently from the same report's JSON)."""
+    if isinstance(value, list):
+        return "; ".join(value)
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return json.dumps(value)
+    return value
+
+
 def save_csv(report: BenchReport, path: Path) -> None:
-    """One row per preset, the JSON's result fields as columns; lists joined with '; ', null as empty."""
+    """One row per preset, the JSON's result fields as columns."""
     rows = report.to_dict()["results"]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=[f.name for f in dataclasses.fields(PresetResult)])
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: "; ".join(value) if isinstance(value, list) else "" if value is None else value
-                             for key, value in row.items()})
+            writer.writerow({key: _csv_cell(value) for key, value in row.items()})

@@ -58,6 +58,7 @@ def test_json_csv_and_history_copy(runner, tmp_path):
     assert [r["preset"] for r in csv_rows] == ["baseline", "beginner"]
     assert float(csv_rows[1]["median_s"]) == rows["beginner"]["median_s"]
     assert csv_rows[0]["peak_vram_mib"] == "" and csv_rows[0]["psnr_vs_baseline_db"] == "inf"
+    assert csv_rows[0]["shipped"] == "true"  # as the JSON spells it, not Python's True
 
     copies = list(paths.bench_dir().glob("bench-*.json"))
     assert len(copies) == 1 and json.loads(copies[0].read_text()) == report

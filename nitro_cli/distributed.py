@@ -125,7 +125,7 @@ class _PartialStateProcesses(Processes):
                 value = decide()
             except BaseException as exc:  # the others must still hear of it, or they would wait forever
                 error = exc
-        box = [(value, getattr(error, "exit_code", 1) if error is not None else 0)]
+        box = [(value, _exit_code(error))]
         with _with_the_others():
             broadcast_object_list(box)
         if error is not None:

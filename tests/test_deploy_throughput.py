@@ -233,6 +233,27 @@ def test_a_process_that_lost_the_others_says_so_without_a_traceback(monkeypatch)
         assert "--resume" in failure.value.hint
 
 
+@pytest.mark.parametrize("error, code", [(KeyboardInterrupt(), 130), (ValueError("bug"), 1)])
+def test_the_others_exit_with_the_main_process_code_when_its_decision_fails(monkeypatch, error, code):
+    """Ctrl-C while the main process plans the run: the others hear 130 (interrupted), as on_every tells it,
+    not 1 (a run-time failure)."""
+    import accelerate.utils
+
+    from nitro_cli import distributed
+
+    sent = []
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", lambda box: sent.append(list(box)))
+    processes = object.__new__(distributed._PartialStateProcesses)  # joined to nobody: the collective is a fake
+
+    def decide():
+        raise error
+
+    processes.index, processes.count = 0, 2
+    with pytest.raises(type(error)):
+        processes.from_main(decide)
+    assert sent == [[(None, code)]]
+
+
 def test_commands_other_than_generate_run_in_the_main_process_only(runner, monkeypatch):
     """`torchrun ... -m nitro_cli checklist --json` (or doctor, bench, export): one report, from rank 0; N copies
     on one stdout are not one JSON document (and N benches would measure each other)."""

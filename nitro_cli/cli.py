@@ -99,11 +99,11 @@ def main_process_only(name: str, command):
     """Under torchrun or accelerate launch, a command other than generate runs in the main process only and
     the others exit at once (0): N copies of bench would compete for the machine they measure and write the
     same report files, N exports the same folder, and N doctor/checklist reports on one stdout are not one
-    JSON document."""
+    JSON document. WORLD_SIZE alone (left in a shell, no launcher) is one process, which runs the command."""
 
     @functools.wraps(command)
     def run(*args, **kwargs):
-        if distributed.launched():
+        if distributed.launched() and not distributed.missing_launcher_variables():
             if distributed.rank() != 0:
                 return None
             print(f"Note: `nitro {name}` runs in one process: of the {os.environ['WORLD_SIZE']} processes this "

@@ -35,10 +35,15 @@ def rank(environ=os.environ) -> int:
 LAUNCHER_VARIABLES = ("RANK", "MASTER_ADDR")
 
 
+def missing_launcher_variables(environ=os.environ) -> list[str]:
+    """The variables of LAUNCHER_VARIABLES not set: none under torchrun or accelerate launch."""
+    return [name for name in LAUNCHER_VARIABLES if not environ.get(name)]
+
+
 def check_launcher(environ=os.environ) -> None:
     """WORLD_SIZE > 1 left in a shell or a job script, without a launcher: a usage error, not accelerate's
     traceback (or a wait for processes that were never started)."""
-    missing = [name for name in LAUNCHER_VARIABLES if not environ.get(name)]
+    missing = missing_launcher_variables(environ)
     if missing:
         raise UsageError(f"WORLD_SIZE={environ.get('WORLD_SIZE')} says this is one of several processes, but "
                          f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: "
@@ -125,7 +130,7 @@ class _PartialStateProcesses(Processes):
                 value = decide()
             except BaseException as exc:  # the others must still hear of it, or they would wait forever
                 error = exc
-        box = [(value, getattr(error, "exit_code", 1) if error is not None else 0)]
+        box = [(value, _exit_code(error))]
         with _with_the_others():
             broadcast_object_list(box)
         if error is not None:

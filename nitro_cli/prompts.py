@@ -162,7 +162,8 @@ def read_prompts_text(path: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = _line_number(raw, exc.start)
+        # exc.start counts in exc.object, the bytes after a UTF-8 byte order mark that utf-8-sig dropped.
+        line = _line_number(exc.object, exc.start)
         raise UsageError(f"prompts file {_named(path)}: line {line}: not UTF-8 text ({exc.reason})",
                          hint="save the file as UTF-8") from None
 

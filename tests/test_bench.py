@@ -124,6 +124,7 @@ def test_a_preset_of_another_size_says_why_it_has_no_psnr(runner, tmp_path):
     rows = {row["preset"]: row for row in json.loads(report_file.read_text())["results"]}
     assert rows["wide"]["psnr_vs_baseline_db"] is None and rows["wide"]["speedup_vs_baseline"] > 0
     assert "wide ran at another size than small: no PSNR" in " ".join(result.stderr.split())
+    assert "compare with small (--baseline)" in " ".join(result.stderr.split())  # both notes, not one of them
 
 
 @pytest.mark.parametrize("name", ["expert", "baseline"])

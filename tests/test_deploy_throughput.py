@@ -233,17 +233,42 @@ def test_a_process_that_lost_the_others_says_so_without_a_traceback(monkeypatch)
         assert "--resume" in failure.value.hint
 
 
+@pytest.mark.parametrize("error, code", [(KeyboardInterrupt(), 130), (ValueError("bug"), 1)])
+def test_the_others_exit_with_the_main_process_code_when_its_decision_fails(monkeypatch, error, code):
+    """Ctrl-C while the main process plans the run: the others hear 130 (interrupted), as on_every tells it,
+    not 1 (a run-time failure)."""
+    import accelerate.utils
+
+    from nitro_cli import distributed
+
+    sent = []
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", lambda box: sent.append(list(box)))
+    processes = object.__new__(distributed._PartialStateProcesses)  # joined to nobody: the collective is a fake
+
+    def decide():
+        raise error
+
+    processes.index, processes.count = 0, 2
+    with pytest.raises(type(error)):
+        processes.from_main(decide)
+    assert sent == [[(None, code)]]
+
+
 def test_commands_other_than_generate_run_in_the_main_process_only(runner, monkeypatch):
     """`torchrun ... -m nitro_cli checklist --json` (or doctor, bench, export): one report, from rank 0; N copies
     on one stdout are not one JSON document (and N benches would measure each other)."""
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        monkeypatch.setenv(name, value)  # as torchrun and accelerate launch set them
     other = runner.invoke(app, ["checklist", "--json"])
     assert other.exit_code == 0 and other.stdout == "" and other.stderr == ""
     monkeypatch.setenv("RANK", "0")
     main = runner.invoke(app, ["checklist", "--json"])
     assert main.exit_code == 0, main.output
     assert json.loads(main.stdout) and "only the main one (rank 0) runs it" in main.stderr
+    for name in ("RANK", "MASTER_ADDR"):  # WORLD_SIZE left in a shell, no launcher: no launcher to speak of
+        monkeypatch.delenv(name, raising=False)
+    alone = runner.invoke(app, ["checklist", "--json"])
+    assert alone.exit_code == 0 and json.loads(alone.stdout) and "launcher" not in alone.stderr
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])

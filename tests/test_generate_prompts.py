@@ -87,7 +87,8 @@ def test_not_utf8_and_empty_files(tmp_path):
     (b"castle\nab\x00cd\n", "line 2: a NUL byte"),
     (b"castle\rsea\r\nab\x00cd\r", "line 3: a NUL byte"),  # classic Mac line ends count as lines too
     (b"castle\rcaf\xe9\r", "line 2: not UTF-8"),
-], ids=["utf16-no-bom", "utf16-bom", "nul", "nul-cr", "latin1-cr"])
+    (b"\xef\xbb\xbfa\n\xe9\n", "line 2: not UTF-8"),  # the UTF-8 byte order mark counts in no offset
+], ids=["utf16-no-bom", "utf16-bom", "nul", "nul-cr", "latin1-cr", "latin1-after-utf8-bom"])
 def test_utf16_and_nul_bytes_are_not_read_as_prompts(tmp_path, data, problem):
     with pytest.raises(UsageError, match=problem):
         read_jobs(write(tmp_path, data), DEFAULTS, [])

@@ -63,13 +63,14 @@ def _print_report(console, report) -> None:
     reference = next((r for r in report.results if r.preset == baseline and not r.error), None)
     if reference is None:
         notes.append(f"{baseline} not run (or failed): no speed-up or PSNR")
-    elif other_size := [r.preset for r in report.results
-                        if not r.error and (r.width, r.height) != (reference.width, reference.height)]:
-        # A preset file's own width/height (no --width/--height): its PSNR is null, and the table must say why.
-        notes.append(f"{', '.join(other_size)} ran at another size than {baseline}: no PSNR, and 'vs base' "
-                     "compares images of different sizes (give --width and --height for one size)")
-    elif baseline != benchmark.BASELINE:
-        notes.append(f"'vs base' and PSNR compare with {baseline} (--baseline), not with the baseline preset")
+    else:
+        if baseline != benchmark.BASELINE:
+            notes.append(f"'vs base' and PSNR compare with {baseline} (--baseline), not with the baseline preset")
+        if other_size := [r.preset for r in report.results
+                          if not r.error and (r.width, r.height) != (reference.width, reference.height)]:
+            # A preset file's own width/height (no --width/--height): its PSNR is null, and the table must say why.
+            notes.append(f"{', '.join(other_size)} ran at another size than {baseline}: no PSNR, and 'vs base' "
+                         "compares images of different sizes (give --width and --height for one size)")
     if env.get("max_vram_gib"):
         notes.append(f"--max-vram {env['max_vram_gib']:g}: each preset ran with what it needs to fit (said under "
                      "its row); a preset that cannot fit failed its row")

@@ -306,7 +306,6 @@ def test_low_vram_presets_on_a_gpu(name, quantization):
     assert image.shape == (512, 512, 3)
 
 
-
 @pytest.mark.parametrize("name, method", [("lowvram", "enable_model_cpu_offload"),
                                           ("minvram", "enable_sequential_cpu_offload")])
 def test_offload_goes_to_this_process_gpu_not_gpu_0(monkeypatch, name, method):

@@ -17,7 +17,7 @@ import contextlib
 import os
 from typing import Any, Callable, TypeVar
 
-from nitro_cli.errors import EXIT_INTERRUPTED, RuntimeFailure, UsageError
+from nitro_cli.errors import EXIT_INTERRUPTED, RuntimeFailure, UsageError, first_line
 
 T = TypeVar("T")
 
@@ -117,8 +117,12 @@ class _PartialStateProcesses(Processes):
         # cpu=True makes it join CPU processes with gloo; without it, on a machine without GPUs, it
         # would ignore the launch. On GPUs it sets this process's CUDA device to its local GPU, which
         # the builder's "cuda" then means.
-        with _with_the_others():
+        try:
             self._state = PartialState(cpu=cpu)
+        except RuntimeError as exc:  # nothing was made yet: "lost touch" and --resume would mislead
+            raise RuntimeFailure(f"could not join the other processes of this run: {first_line(exc)}",
+                                 hint="check MASTER_ADDR and MASTER_PORT (a port another job holds?) and that "
+                                      "every process was started; see docs/deploy.md") from exc
         self.index, self.count = self._state.process_index, self._state.num_processes
 
     def from_main(self, decide: Callable[[], T]) -> T:

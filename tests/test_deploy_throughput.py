@@ -233,6 +233,24 @@ def test_a_process_that_lost_the_others_says_so_without_a_traceback(monkeypatch)
         assert "--resume" in failure.value.hint
 
 
+def test_a_process_that_cannot_join_the_others_says_why_without_resume(monkeypatch):
+    """Joining fails before anything is made (a port another job holds): not "lost touch", no --resume."""
+    import accelerate
+
+    from nitro_cli import distributed
+    from nitro_cli.errors import RuntimeFailure
+
+    def port_taken(*args, **kwargs):
+        raise RuntimeError("The server socket has failed to listen on any local network address. "
+                           "port: 29500, useIpv6: false, code: -98, name: EADDRINUSE\nmore detail")
+
+    monkeypatch.setattr(accelerate, "PartialState", port_taken)
+    with pytest.raises(RuntimeFailure, match="could not join the other processes of this run: .*EADDRINUSE$") \
+            as failure:
+        distributed._PartialStateProcesses(cpu=True)
+    assert "MASTER_PORT" in failure.value.hint and "--resume" not in failure.value.hint
+
+
 @pytest.mark.parametrize("error, code", [(KeyboardInterrupt(), 130), (ValueError("bug"), 1)])
 def test_the_others_exit_with_the_main_process_code_when_its_decision_fails(monkeypatch, error, code):
     """Ctrl-C while the main process plans the run: the others hear 130 (interrupted), as on_every tells it,

@@ -55,6 +55,7 @@ class CheckedRequest:
 def run(request: GenerateRequest) -> None:
     from nitro_cli import distributed, hardware
     from nitro_cli.builder import resolve_device
+    from nitro_cli.errors import NitroError
 
     # Probed once, when first needed: a --max-vram estimate depends on the GPU (fp32 where fp16 is slow),
     # and without one a bad preset or prompts file fails before torch is even imported.
@@ -67,7 +68,12 @@ def run(request: GenerateRequest) -> None:
     # Several processes join before checking the request: a mistake in it, which every process finds, is then
     # told once, by the main process, instead of once per process (and the launcher, stopping the others when
     # the first fails, no longer cuts a message off with "Interrupted."). Joining needs the device.
-    run_device = resolve_device(request.device, machine())
+    try:
+        run_device = resolve_device(request.device, machine())
+    except NitroError as error:
+        if distributed.rank() != 0:  # every process finds it (--device cuda without a GPU): the main one tells it
+            raise SystemExit(error.exit_code) from None
+        raise
     with distributed.processes(cpu=run_device == "cpu") as processes:
         checked = processes.on_every(lambda: _check(request, machine, show=processes.is_main))
         _make(request, checked, processes, machine)

@@ -141,10 +141,19 @@ def offload_blocker(device: str) -> str | None:
     return "already on the CPU" if device == "cpu" else None
 
 
+# Triton, torch.compile's code generator for CUDA, compiles for compute capability 7.0+ only: on a Pascal card
+# (GTX 10xx, P40) torch raises GPUTooOldForTriton at the first call, with Triton installed or not.
+TRITON_CAPABILITY = (7, 0)
+TRITON_MISSING = "torch.compile needs Triton"
+
+
 def compile_blocker(device: str, machine: hardware.Machine) -> str | None:
+    if device == "cuda" and machine.gpus[0].compute_capability < TRITON_CAPABILITY:
+        gpu = machine.gpus[0]
+        return f"{gpu.name} (compute capability {gpu.capability}): torch.compile's Triton needs 7.0+"
     if machine.compiler_available:
         return None
-    return f"torch.compile needs {'Triton' if device == 'cuda' else 'a C++ compiler'}"
+    return TRITON_MISSING if device == "cuda" else "torch.compile needs a C++ compiler"
 
 
 def compile_extra_blocker(preset: Preset, device: str, machine: hardware.Machine) -> str | None:

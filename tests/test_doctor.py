@@ -122,6 +122,20 @@ def test_large_card_without_triton_gets_advanced_with_a_note():
     assert any("Triton" in note for note in recommendation.notes)
 
 
+def test_pascal_card_with_triton_is_told_torch_compile_does_not_run():
+    """Triton compiles for compute capability 7.0+ only: on a GTX 1060 torch.compile raises GPUTooOldForTriton,
+    and installing Triton does not help."""
+    checks = {c.name: c for c in diagnosis.run_checks(MACHINES["GTX 1060 6 GB"])}
+    check = checks["torch.compile"]
+    assert check.status == "warn" and "7.0+" in check.detail and "pip install triton" not in check.fix
+    # A 24 GB Pascal card (Tesla P40) without Triton: advanced, and no advice to install Triton.
+    p40 = machine(gpu("Tesla P40", (6, 1), 22919), compiler_available=False)
+    recommendation = diagnosis.recommend(p40)
+    assert recommendation.preset == "advanced"
+    assert any("7.0+" in note for note in recommendation.notes)
+    assert not any("pip install triton" in note for note in recommendation.notes)
+
+
 def test_small_gpus_do_not_make_a_deploy_machine():
     small = machine(gpu("NVIDIA GeForce GTX 1650", (7, 5), 3900), gpu("NVIDIA GeForce GTX 1650", (7, 5), 3900, 1))
     assert diagnosis.recommend(small).preset == "minvram"

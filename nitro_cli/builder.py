@@ -84,9 +84,10 @@ def effective_precision(precision: str, device: str, machine: hardware.Machine) 
         # AMX multiplies bf16 and not fp16 (fp16 ran at fp32's speed): bf16 is this CPU's fast half precision.
         return "bfloat16", None if precision == "bfloat16" else "CPU with AMX: bfloat16 used, its native half precision"
     gpu = machine.gpus[0]
-    if precision == "bfloat16" and not gpu.bf16:
+    if precision == "bfloat16" and not gpu.bf16 and gpu.fast_fp16:
         return "float16", f"{gpu.name} (compute capability {gpu.capability}) has no bf16: float16 used"
-    if precision == "float16" and not gpu.fast_fp16:
+    # Neither bf16 nor usable fp16 (GTX 10xx, 16xx): either half precision falls back to float32.
+    if not gpu.fast_fp16 and (precision == "float16" or not gpu.bf16):
         return "float32", (f"{gpu.name} (compute capability {gpu.capability}): no fast fp16 "
                            "(black images, slow): float32 used")
     return precision, None

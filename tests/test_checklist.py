@@ -247,6 +247,9 @@ def test_human_tables_print_brackets_as_text(runner, fake_probe, tmp_path, monke
      "runs in float32"),
     (machine(gpu("Tesla T4", (7, 5), 15360)), "cuda", ["precision=float16", "sdpa_backend=flash"],
      "sdpa_backend: flash", "needs 8.0+"),
+    # No bf16, and fp16 is what the GTX 16xx turns into NaNs (black images): bfloat16 falls back to float32.
+    (machine(gpu("NVIDIA GeForce GTX 1660 SUPER", (7, 5), 5936)), "cuda", ["precision=bfloat16"],
+     "precision: bfloat16", "float32 used"),
     # Triton installed, but it compiles for compute capability 7.0+ only: torch raises GPUTooOldForTriton.
     (MACHINES["GTX 1060 6 GB"], "cuda", ["compile=reduce-overhead"], "compile: reduce-overhead", "needs 7.0+"),
     (MACHINES["GTX 1060 6 GB"], "cuda", ["compile=default", "compile_vae=true"], "compile_vae: true", "needs 7.0+"),

@@ -110,10 +110,11 @@ def quantization_blocker(quantization: str, device: str, machine: hardware.Machi
             TORCHAO_MISSING if machine.packages.get("torchao") is None else None)
     if quantization not in QUANTIZATION_BACKENDS:
         return None
-    if machine.packages.get("bitsandbytes") is None:
-        return "bitsandbytes not installed"
+    # The device first: without a GPU the builder skips bitsandbytes whether it is installed or not.
     if device != "cuda":
         return "no CUDA device: diffusers' bitsandbytes quantization needs a GPU"
+    if machine.packages.get("bitsandbytes") is None:
+        return "bitsandbytes not installed"
     if machine.bitsandbytes_test is not None and not machine.bitsandbytes_test.ok:
         return f"bitsandbytes found no CUDA library: {machine.bitsandbytes_test.detail}"
     return None

@@ -101,7 +101,8 @@ def recommend(machine: Machine) -> Recommendation:
         notes.append(f"{gpu.name} (compute capability {gpu.capability}) has no fast fp16: fp32 needed. nitro runs "
                      f"half-precision presets in float32 here, which takes about {vram.FP32_FACTOR:.1f}x the memory "
                      "(the VRAM rule counts it)")
-    if rule.preset == "advanced" and machine.has_gpu and (why := builder.compile_blocker("cuda", machine)):
+    # advanced: what stands between this machine and expert; deploy: it compiles too, or runs eager.
+    if rule.preset in ("advanced", "deploy") and machine.has_gpu and (why := builder.compile_blocker("cuda", machine)):
         # Installing Triton helps only where the GPU is new enough for it.
         fix = " (pip install triton)" if why == builder.TRITON_MISSING else ""
         notes.append(f"{why}{fix}: expert and deploy run eager")

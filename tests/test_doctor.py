@@ -136,6 +136,14 @@ def test_pascal_card_with_triton_is_told_torch_compile_does_not_run():
     assert not any("pip install triton" in note for note in recommendation.notes)
 
 
+def test_several_gpus_without_triton_get_deploy_with_a_note():
+    """deploy compiles like expert: without Triton it runs eager, and the user should hear it."""
+    two = machine(A100, gpu("NVIDIA A100-SXM4-80GB", (8, 0), 81154, index=1), compiler_available=False)
+    recommendation = diagnosis.recommend(two)
+    assert recommendation.preset == "deploy"
+    assert any("pip install triton" in note for note in recommendation.notes)
+
+
 def test_small_gpus_do_not_make_a_deploy_machine():
     small = machine(gpu("NVIDIA GeForce GTX 1650", (7, 5), 3900), gpu("NVIDIA GeForce GTX 1650", (7, 5), 3900, 1))
     assert diagnosis.recommend(small).preset == "minvram"

@@ -88,8 +88,7 @@ def effective_precision(precision: str, device: str, machine: hardware.Machine) 
         return "float16", f"{gpu.name} (compute capability {gpu.capability}) has no bf16: float16 used"
     # Neither bf16 nor usable fp16 (GTX 10xx, 16xx): either half precision falls back to float32.
     if not gpu.fast_fp16 and (precision == "float16" or not gpu.bf16):
-        return "float32", (f"{gpu.name} (compute capability {gpu.capability}): no fast fp16 "
-                           "(black images, slow): float32 used")
+        return "float32", f"{gpu.name} (compute capability {gpu.capability}): {gpu.fp16_problem}: float32 used"
     return precision, None
 
 

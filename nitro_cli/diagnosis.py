@@ -98,7 +98,7 @@ def recommend(machine: Machine) -> Recommendation:
         notes.append(f"VRAM: {vram_plan(machine).explanation}")
     if machine.has_gpu and not machine.gpus[0].fast_fp16:
         gpu = machine.gpus[0]
-        notes.append(f"{gpu.name} (compute capability {gpu.capability}) has no fast fp16: fp32 needed. nitro runs "
+        notes.append(f"{gpu.name} (compute capability {gpu.capability}): {gpu.fp16_problem}: fp32 needed. nitro runs "
                      f"half-precision presets in float32 here, which takes about {vram.FP32_FACTOR:.1f}x the memory "
                      "(the VRAM rule counts it)")
     # advanced: what stands between this machine and expert; deploy: it compiles too, or runs eager.
@@ -156,7 +156,7 @@ def _check_each_gpu(machine: Machine) -> list[Check]:
             checks.append(Check(f"fp16 ({label})", OK, f"fast fp16, bf16 {'yes' if gpu.bf16 else 'no'}"))
         else:
             checks.append(Check(f"fp16 ({label})", WARN,
-                                f"compute capability {gpu.capability}: no fast fp16 (black images, slow): fp32 needed",
+                                f"compute capability {gpu.capability}: {gpu.fp16_problem}: fp32 needed",
                                 "nothing to do: nitro runs it in float32; mind the doubled memory"))
         used = gpu.total_vram_mib - gpu.free_vram_mib
         plan = vram_plan(machine, gpu)

@@ -47,6 +47,17 @@ def test_doctor_device_fields_follow_the_contract(runner, fake_probe):
     assert device["free_vram_mib"] == 6072 - 300
 
 
+@pytest.mark.parametrize("card, problem, not_said", [
+    (gpu("NVIDIA GeForce GTX 1660 SUPER", (7, 5), 5936), "NaN", "no fast fp16"),  # fast fp16, wrong results
+    (gpu("NVIDIA GeForce GTX 1060 6GB", (6, 1), 6072), "no fast fp16", "black images"),  # right results, slowly
+])
+def test_fp16_check_names_the_cards_own_problem(card, problem, not_said):
+    fake = machine(card)
+    check = next(c for c in diagnosis.run_checks(fake) if c.name.startswith("fp16"))
+    assert check.status == "warn" and problem in check.detail and not_said not in check.detail
+    assert any(problem in note for note in diagnosis.recommend(fake).notes)
+
+
 def test_card_without_fast_fp16_is_told_fp32_is_needed():
     recommendation = diagnosis.recommend(MACHINES["GTX 1060 6 GB"])
     assert any("fp32 needed" in note for note in recommendation.notes)

@@ -243,7 +243,7 @@ def _check_compile(machine: Machine) -> list[Check]:
     why = builder.compile_blocker("cuda" if machine.has_gpu else "cpu", machine)
     if why is None:
         return [Check("torch.compile", OK, f"{needs} found; compile caches in {machine.compile_cache_dir}")]
-    if machine.compiler_available:  # the GPU itself is too old for Triton: no package fixes that
+    if machine.has_gpu and why != builder.TRITON_MISSING:  # the GPU is too old for Triton: no package fixes that
         return [Check("torch.compile", WARN, f"{why}: expert and deploy run eager")]
     fix = "pip install triton" if machine.has_gpu else "install g++ (e.g. apt install g++)"
     return [Check("torch.compile", WARN, f"needs {needs}, not found: expert and deploy run eager", fix)]

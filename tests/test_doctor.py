@@ -141,6 +141,8 @@ def test_pascal_card_with_triton_is_told_torch_compile_does_not_run():
     assert check.status == "warn" and "7.0+" in check.detail and "pip install triton" not in check.fix
     # A 24 GB Pascal card (Tesla P40) without Triton: advanced, and no advice to install Triton.
     p40 = machine(gpu("Tesla P40", (6, 1), 22919), compiler_available=False)
+    check = {c.name: c for c in diagnosis.run_checks(p40)}["torch.compile"]
+    assert check.status == "warn" and "7.0+" in check.detail and "pip install triton" not in check.fix
     recommendation = diagnosis.recommend(p40)
     assert recommendation.preset == "advanced"
     assert any("7.0+" in note for note in recommendation.notes)

@@ -84,11 +84,11 @@ def effective_precision(precision: str, device: str, machine: hardware.Machine) 
         # AMX multiplies bf16 and not fp16 (fp16 ran at fp32's speed): bf16 is this CPU's fast half precision.
         return "bfloat16", None if precision == "bfloat16" else "CPU with AMX: bfloat16 used, its native half precision"
     gpu = machine.gpus[0]
-    if precision == "bfloat16" and not gpu.bf16:
+    if precision == "bfloat16" and not gpu.bf16 and gpu.fast_fp16:
         return "float16", f"{gpu.name} (compute capability {gpu.capability}) has no bf16: float16 used"
-    if precision == "float16" and not gpu.fast_fp16:
-        return "float32", (f"{gpu.name} (compute capability {gpu.capability}): no fast fp16 "
-                           "(black images, slow): float32 used")
+    # Neither bf16 nor usable fp16 (GTX 10xx, 16xx): either half precision falls back to float32.
+    if not gpu.fast_fp16 and (precision == "float16" or not gpu.bf16):
+        return "float32", f"{gpu.name} (compute capability {gpu.capability}): {gpu.fp16_problem}: float32 used"
     return precision, None
 
 
@@ -109,10 +109,11 @@ def quantization_blocker(quantization: str, device: str, machine: hardware.Machi
             TORCHAO_MISSING if machine.packages.get("torchao") is None else None)
     if quantization not in QUANTIZATION_BACKENDS:
         return None
-    if machine.packages.get("bitsandbytes") is None:
-        return "bitsandbytes not installed"
+    # The device first: without a GPU the builder skips bitsandbytes whether it is installed or not.
     if device != "cuda":
         return "no CUDA device: diffusers' bitsandbytes quantization needs a GPU"
+    if machine.packages.get("bitsandbytes") is None:
+        return "bitsandbytes not installed"
     if machine.bitsandbytes_test is not None and not machine.bitsandbytes_test.ok:
         return f"bitsandbytes found no CUDA library: {machine.bitsandbytes_test.detail}"
     return None
@@ -141,10 +142,19 @@ def offload_blocker(device: str) -> str | None:
     return "already on the CPU" if device == "cpu" else None
 
 
+# Triton, torch.compile's code generator for CUDA, compiles for compute capability 7.0+ only: on a Pascal card
+# (GTX 10xx, P40) torch raises GPUTooOldForTriton at the first call, with Triton installed or not.
+TRITON_CAPABILITY = (7, 0)
+TRITON_MISSING = "torch.compile needs Triton"
+
+
 def compile_blocker(device: str, machine: hardware.Machine) -> str | None:
+    if device == "cuda" and machine.gpus[0].compute_capability < TRITON_CAPABILITY:
+        gpu = machine.gpus[0]
+        return f"{gpu.name} (compute capability {gpu.capability}): torch.compile's Triton needs 7.0+"
     if machine.compiler_available:
         return None
-    return f"torch.compile needs {'Triton' if device == 'cuda' else 'a C++ compiler'}"
+    return TRITON_MISSING if device == "cuda" else "torch.compile needs a C++ compiler"
 
 
 def compile_extra_blocker(preset: Preset, device: str, machine: hardware.Machine) -> str | None:

@@ -59,7 +59,8 @@ def _deploy_fits_every_gpu(machine: Machine) -> bool:
 
 def _large_modern_gpu(machine: Machine) -> bool:
     gpu = machine.gpus[0]
-    return gpu.total_vram_mib >= LARGE_VRAM_MIB and gpu.compute_capability >= (8, 0) and machine.compiler_available
+    return (gpu.total_vram_mib >= LARGE_VRAM_MIB and gpu.compute_capability >= (8, 0)
+            and builder.compile_blocker("cuda", machine) is None)
 
 
 # The recommendation rule, top to bottom (docs/doctor.md shows the same table). What fits in VRAM is
@@ -97,11 +98,14 @@ def recommend(machine: Machine) -> Recommendation:
         notes.append(f"VRAM: {vram_plan(machine).explanation}")
     if machine.has_gpu and not machine.gpus[0].fast_fp16:
         gpu = machine.gpus[0]
-        notes.append(f"{gpu.name} (compute capability {gpu.capability}) has no fast fp16: fp32 needed. nitro runs "
+        notes.append(f"{gpu.name} (compute capability {gpu.capability}): {gpu.fp16_problem}: fp32 needed. nitro runs "
                      f"half-precision presets in float32 here, which takes about {vram.FP32_FACTOR:.1f}x the memory "
                      "(the VRAM rule counts it)")
-    if rule.preset == "advanced" and machine.has_gpu and not machine.compiler_available:
-        notes.append("torch.compile needs Triton (pip install triton): without it expert and deploy run eager")
+    # advanced: what stands between this machine and expert; deploy: it compiles too, or runs eager.
+    if rule.preset in ("advanced", "deploy") and machine.has_gpu and (why := builder.compile_blocker("cuda", machine)):
+        # Installing Triton helps only where the GPU is new enough for it.
+        fix = " (pip install triton)" if why == builder.TRITON_MISSING else ""
+        notes.append(f"{why}{fix}: expert and deploy run eager")
     return Recommendation(rule.preset, rule.reason, tuple(notes))
 
 
@@ -152,7 +156,7 @@ def _check_each_gpu(machine: Machine) -> list[Check]:
             checks.append(Check(f"fp16 ({label})", OK, f"fast fp16, bf16 {'yes' if gpu.bf16 else 'no'}"))
         else:
             checks.append(Check(f"fp16 ({label})", WARN,
-                                f"compute capability {gpu.capability}: no fast fp16 (black images, slow): fp32 needed",
+                                f"compute capability {gpu.capability}: {gpu.fp16_problem}: fp32 needed",
                                 "nothing to do: nitro runs it in float32; mind the doubled memory"))
         used = gpu.total_vram_mib - gpu.free_vram_mib
         plan = vram_plan(machine, gpu)
@@ -234,9 +238,13 @@ def _check_disk(machine: Machine) -> list[Check]:
 
 
 def _check_compile(machine: Machine) -> list[Check]:
+    """Whether expert's and deploy's torch.compile runs, by the builder's own rule."""
     needs = "Triton" if machine.has_gpu else "a C++ compiler"
-    if machine.compiler_available:
+    why = builder.compile_blocker("cuda" if machine.has_gpu else "cpu", machine)
+    if why is None:
         return [Check("torch.compile", OK, f"{needs} found; compile caches in {machine.compile_cache_dir}")]
+    if machine.has_gpu and why != builder.TRITON_MISSING:  # the GPU is too old for Triton: no package fixes that
+        return [Check("torch.compile", WARN, f"{why}: expert and deploy run eager")]
     fix = "pip install triton" if machine.has_gpu else "install g++ (e.g. apt install g++)"
     return [Check("torch.compile", WARN, f"needs {needs}, not found: expert and deploy run eager", fix)]
 

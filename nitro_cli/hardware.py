@@ -36,11 +36,18 @@ class GpuInfo:
     sdpa_kernels: tuple[str, ...] = ()
 
     @property
+    def fp16_problem(self) -> str:
+        """Why Stable Diffusion can't run in fp16 here ("" where it can): each family has its own problem."""
+        if self.compute_capability < (7, 0) and self.compute_capability != (6, 0):  # P100: the fast-fp16 Pascal
+            return "no fast fp16 (a fraction of fp32's speed)"
+        if "GTX 16" in self.name:
+            # Turing without tensor cores: fp16 is fast, but SD's UNet/VAE produce NaNs (black images) there.
+            return "GTX 16xx: fp16 gives NaNs (black images)"
+        return ""
+
+    @property
     def fast_fp16(self) -> bool:
-        """Pascal (6.x) and the GTX 16xx Turing cards run fp16 at a fraction of fp32 speed, or NaN."""
-        if self.compute_capability < (7, 0):
-            return self.compute_capability == (6, 0)  # P100 is the one Pascal with fast fp16
-        return "GTX 16" not in self.name
+        return not self.fp16_problem
 
     @property
     def capability(self) -> str:

@@ -247,6 +247,14 @@ def test_human_tables_print_brackets_as_text(runner, fake_probe, tmp_path, monke
      "runs in float32"),
     (machine(gpu("Tesla T4", (7, 5), 15360)), "cuda", ["precision=float16", "sdpa_backend=flash"],
      "sdpa_backend: flash", "needs 8.0+"),
+    # On a CPU the builder skips bitsandbytes for want of a GPU, installed or not: installing it would not help.
+    (MACHINES["no GPU"], "cpu", ["quantization=nf4"], "quantization: nf4", "needs a GPU"),
+    # No bf16, and fp16 is what the GTX 16xx turns into NaNs (black images): bfloat16 falls back to float32.
+    (machine(gpu("NVIDIA GeForce GTX 1660 SUPER", (7, 5), 5936)), "cuda", ["precision=bfloat16"],
+     "precision: bfloat16", "float32 used"),
+    # Triton installed, but it compiles for compute capability 7.0+ only: torch raises GPUTooOldForTriton.
+    (MACHINES["GTX 1060 6 GB"], "cuda", ["compile=reduce-overhead"], "compile: reduce-overhead", "needs 7.0+"),
+    (MACHINES["GTX 1060 6 GB"], "cuda", ["compile=default", "compile_vae=true"], "compile_vae: true", "needs 7.0+"),
 ])
 def test_checklist_refuses_what_the_builder_skips(fake, device, overrides, setting, reason):
     from nitro_cli.tier_checklist import tier_items

@@ -47,6 +47,17 @@ def test_doctor_device_fields_follow_the_contract(runner, fake_probe):
     assert device["free_vram_mib"] == 6072 - 300
 
 
+@pytest.mark.parametrize("card, problem, not_said", [
+    (gpu("NVIDIA GeForce GTX 1660 SUPER", (7, 5), 5936), "NaN", "no fast fp16"),  # fast fp16, wrong results
+    (gpu("NVIDIA GeForce GTX 1060 6GB", (6, 1), 6072), "no fast fp16", "black images"),  # right results, slowly
+])
+def test_fp16_check_names_the_cards_own_problem(card, problem, not_said):
+    fake = machine(card)
+    check = next(c for c in diagnosis.run_checks(fake) if c.name.startswith("fp16"))
+    assert check.status == "warn" and problem in check.detail and not_said not in check.detail
+    assert any(problem in note for note in diagnosis.recommend(fake).notes)
+
+
 def test_card_without_fast_fp16_is_told_fp32_is_needed():
     recommendation = diagnosis.recommend(MACHINES["GTX 1060 6 GB"])
     assert any("fp32 needed" in note for note in recommendation.notes)
@@ -120,6 +131,30 @@ def test_large_card_without_triton_gets_advanced_with_a_note():
     recommendation = diagnosis.recommend(machine(A100, compiler_available=False))
     assert recommendation.preset == "advanced"
     assert any("Triton" in note for note in recommendation.notes)
+
+
+def test_pascal_card_with_triton_is_told_torch_compile_does_not_run():
+    """Triton compiles for compute capability 7.0+ only: on a GTX 1060 torch.compile raises GPUTooOldForTriton,
+    and installing Triton does not help."""
+    checks = {c.name: c for c in diagnosis.run_checks(MACHINES["GTX 1060 6 GB"])}
+    check = checks["torch.compile"]
+    assert check.status == "warn" and "7.0+" in check.detail and "pip install triton" not in check.fix
+    # A 24 GB Pascal card (Tesla P40) without Triton: advanced, and no advice to install Triton.
+    p40 = machine(gpu("Tesla P40", (6, 1), 22919), compiler_available=False)
+    check = {c.name: c for c in diagnosis.run_checks(p40)}["torch.compile"]
+    assert check.status == "warn" and "7.0+" in check.detail and "pip install triton" not in check.fix
+    recommendation = diagnosis.recommend(p40)
+    assert recommendation.preset == "advanced"
+    assert any("7.0+" in note for note in recommendation.notes)
+    assert not any("pip install triton" in note for note in recommendation.notes)
+
+
+def test_several_gpus_without_triton_get_deploy_with_a_note():
+    """deploy compiles like expert: without Triton it runs eager, and the user should hear it."""
+    two = machine(A100, gpu("NVIDIA A100-SXM4-80GB", (8, 0), 81154, index=1), compiler_available=False)
+    recommendation = diagnosis.recommend(two)
+    assert recommendation.preset == "deploy"
+    assert any("pip install triton" in note for note in recommendation.notes)
 
 
 def test_small_gpus_do_not_make_a_deploy_machine():

@@ -15,11 +15,13 @@ error a run can be resumed with a smaller batch.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
 import random
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,15 +69,36 @@ def infotext(prompt: str, negative: str, params: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-def _write_atomically(path: Path, write) -> None:
+def _write_atomically(path: Path, write, overwrite: bool = False) -> None:
     """`write(temporary)` to a hidden name in the same folder, then rename: readers see all or nothing,
-    and an interruption leaves no partial file behind."""
-    temporary = path.with_name(f".{path.name}.part")
+    and an interruption leaves no partial file behind. The temporary name is this writer's own (process id
+    and a random part), so two runs writing the same name at once never write into one file. Unless
+    `overwrite`, an existing `path` is never replaced: FileExistsError (another run took the name)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
     try:
         write(temporary)
-        os.replace(temporary, path)
+        if overwrite:
+            os.replace(temporary, path)
+        else:
+            _publish_new(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _publish_new(temporary: Path, path: Path) -> None:
+    """`temporary` under the name `path`, which must not exist yet. A hard link does it in one step that fails
+    on an existing name (a rename would silently replace it, and checking first leaves a window for another
+    run); a filesystem without hard links (FAT, some network shares) gets the check and the rename."""
+    try:
+        os.link(temporary, path)
+        return
+    except FileExistsError:
+        raise
+    except OSError:
+        pass
+    if path.exists():
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+    os.replace(temporary, path)
 
 
 def save_png(image, path: Path, parameters: str) -> None:
@@ -149,7 +172,8 @@ def start_run(folder: Path, request_fingerprint: str, images: int, seed: int | N
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _write_atomically(manifest, lambda temporary: temporary.write_text(json.dumps(dataclasses.asdict(record)),
-                                                                           encoding="utf-8"))
+                                                                           encoding="utf-8"),
+                          overwrite=True)  # a new run's record replaces the last one's
     except OSError as exc:  # --out is a file, or a folder this user can't write to
         raise UsageError(f"cannot write to --out {folder}: {exc.strerror or exc}",
                          hint="give a folder you can write to with --out DIR") from None

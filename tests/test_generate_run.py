@@ -355,3 +355,22 @@ def test_a_huge_number_of_images_is_a_usage_error_not_a_hang(runner, tmp_path):
     assert result.exit_code == 2, result.output
     assert "not 1200000 (2 prompts x 600000)" in result.stderr
     assert not out.exists()
+
+
+def test_a_name_another_run_took_meanwhile_is_never_overwritten(runner, tmp_path, monkeypatch):
+    """Two runs into one --out plan the same numbers; with the same seed and prompt the same names too. The
+    later writer stops (exit 1) instead of silently replacing the other run's image."""
+    out = tmp_path / "out"
+    real_run_batch = generation.run_batch
+
+    def other_run_saves_first(*args, **kwargs):
+        Image.new("RGB", (8, 8)).save(out / "00000-1-castle.png")  # the other run's image, same name
+        return real_run_batch(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "run_batch", other_run_saves_first)
+    result = runner.invoke(app, ["generate", "castle", "--seed", "1", "--out", str(out), *FAST])
+    theirs = Image.open(out / "00000-1-castle.png")
+    assert theirs.size == (8, 8)  # still the other run's
+    assert result.exit_code == 1, result.output
+    assert "another run is writing to the same --out" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [".nitro-run.json", "00000-1-castle.png"]  # no .part left

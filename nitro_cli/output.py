@@ -1,7 +1,7 @@
 """Image files: names that sort in prompt order, AUTOMATIC1111 infotext, writes no reader sees half-done.
 
 Names are `NNNNN-SEED-slug.png`. How a run's names stay reproducible, so that `--resume` finds them:
-a run writes a small manifest, `.nitro-run.json`, in its output folder before its first image, holding
+a run writes a small manifest, `.nitro-run.json`, in its output folder once its model has loaded, before its first image, holding
 a fingerprint of the request (model, preset settings except batch size, prompts, images per prompt,
 `--seed`), the first free file number it started at and its first seed (drawn at random when `--seed`
 was not given). Image i of the run (in prompt order) is then number `first_index + i` with the seed the
@@ -151,7 +151,8 @@ def fingerprint(request: dict) -> str:
 
 
 def start_run(folder: Path, request_fingerprint: str, images: int, seed: int | None, resume: bool) -> RunRecord:
-    """The run's first file number and first seed: read back for `--resume`, else fresh and recorded."""
+    """The run's first file number and first seed: read back for `--resume`, else fresh (`record_run` writes
+    them down once the model has loaded)."""
     manifest = folder / MANIFEST_NAME
     if resume:
         if not manifest.is_file():
@@ -168,13 +169,28 @@ def start_run(folder: Path, request_fingerprint: str, images: int, seed: int | N
                              hint="repeat the interrupted command exactly, plus --resume; or drop --resume")
         return record
     first_seed = seed if seed is not None else random.randrange(SEED_LIMIT - images)
-    record = RunRecord(request_fingerprint, next_index(folder), first_seed, images)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _write_atomically(manifest, lambda temporary: temporary.write_text(json.dumps(dataclasses.asdict(record)),
-                                                                           encoding="utf-8"),
-                          overwrite=True)  # a new run's record replaces the last one's
-    except OSError as exc:  # --out is a file, or a folder this user can't write to
-        raise UsageError(f"cannot write to --out {folder}: {exc.strerror or exc}",
-                         hint="give a folder you can write to with --out DIR") from None
-    return record
+        writable = os.access(folder, os.W_OK)
+    except OSError as exc:  # --out is a file, or under a folder this user can't write to
+        raise _unwritable(folder, exc.strerror or str(exc)) from None
+    if not writable:
+        raise _unwritable(folder, "permission denied")
+    return RunRecord(request_fingerprint, next_index(folder), first_seed, images)
+
+
+def record_run(folder: Path, record: RunRecord) -> None:
+    """A new run's record, replacing the last one's. Written once the model has loaded, just before the first
+    image: a run that fails to load (a damaged checkpoint) or is stopped while loading leaves the record of
+    the run before it, which can then still be resumed."""
+    try:
+        _write_atomically(folder / MANIFEST_NAME,
+                          lambda temporary: temporary.write_text(json.dumps(dataclasses.asdict(record)),
+                                                                 encoding="utf-8"),
+                          overwrite=True)
+    except OSError as exc:
+        raise _unwritable(folder, exc.strerror or str(exc)) from None
+
+
+def _unwritable(folder: Path, why: str) -> UsageError:
+    return UsageError(f"cannot write to --out {folder}: {why}", hint="give a folder you can write to with --out DIR")

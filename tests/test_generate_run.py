@@ -374,3 +374,27 @@ def test_a_name_another_run_took_meanwhile_is_never_overwritten(runner, tmp_path
     assert result.exit_code == 1, result.output
     assert "another run is writing to the same --out" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == [".nitro-run.json", "00000-1-castle.png"]  # no .part left
+
+
+@pytest.mark.parametrize("failure, code", [(RuntimeError, 1), (KeyboardInterrupt, 130)])
+def test_a_run_that_never_loads_its_model_leaves_the_last_run_resumable(runner, tmp_path, monkeypatch, failure, code):
+    """A damaged checkpoint (exit 1) or Ctrl-C while loading (130): the interrupted run before it stays resumable."""
+    import nitro_cli.builder
+    from nitro_cli.errors import RuntimeFailure
+
+    out = tmp_path / "out"
+    args = ["generate", "castle", "-n", "2", "--out", str(out), *FAST]
+    assert runner.invoke(app, args).exit_code == 0
+    (out / pngs(out)[1]).unlink()  # as if the run had been stopped before its last image
+    record = (out / ".nitro-run.json").read_bytes()
+
+    def fails_to_load(*args, **kwargs):
+        raise RuntimeFailure("model failed to load") if failure is RuntimeError else KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(nitro_cli.builder, "build_pipeline", fails_to_load)
+        other = runner.invoke(app, ["generate", "a dragon", "--out", str(out), *FAST])
+    assert other.exit_code == code, other.output
+    assert (out / ".nitro-run.json").read_bytes() == record
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0 and "1 of 2 images already" in resumed.stderr and len(pngs(out)) == 2

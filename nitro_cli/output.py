@@ -150,6 +150,16 @@ def fingerprint(request: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def _read_record(manifest: Path) -> RunRecord:
+    """The record in `manifest`, its fields checked: a hand-edited or foreign file is "damaged" (a UsageError),
+    not a traceback in the middle of planning. ValueError or TypeError when it is not a record."""
+    record = RunRecord(**json.loads(manifest.read_text(encoding="utf-8")))
+    numbers = (record.first_index, record.first_seed, record.images)
+    if not isinstance(record.fingerprint, str) or not all(type(n) is int and n >= 0 for n in numbers):
+        raise ValueError("a field has the wrong type or a negative number")
+    return record
+
+
 def start_run(folder: Path, request_fingerprint: str, images: int, seed: int | None, resume: bool) -> RunRecord:
     """The run's first file number and first seed: read back for `--resume`, else fresh (`record_run` writes
     them down once the model has loaded)."""
@@ -159,7 +169,7 @@ def start_run(folder: Path, request_fingerprint: str, images: int, seed: int | N
             raise UsageError(f"--resume: no earlier run recorded in {folder}",
                              hint="run the command without --resume to start one")
         try:
-            record = RunRecord(**json.loads(manifest.read_text(encoding="utf-8")))
+            record = _read_record(manifest)
         except (ValueError, TypeError) as exc:
             raise UsageError(f"--resume: {manifest} is damaged ({exc})",
                              hint="run the command without --resume to start a new run") from None

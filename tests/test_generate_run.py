@@ -398,3 +398,19 @@ def test_a_run_that_never_loads_its_model_leaves_the_last_run_resumable(runner, 
     assert (out / ".nitro-run.json").read_bytes() == record
     resumed = runner.invoke(app, [*args, "--resume"])
     assert resumed.exit_code == 0 and "1 of 2 images already" in resumed.stderr and len(pngs(out)) == 2
+
+
+@pytest.mark.parametrize("damage", ["", '{"fingerprint": "ab', "null", "[]", '{"first_index": "x"}', "\udcff"])
+def test_a_damaged_run_record_is_a_usage_error_and_keeps_the_images(runner, tmp_path, damage):
+    out = tmp_path / "out"
+    args = ["generate", "castle", "-n", "2", "--out", str(out), *FAST]
+    assert runner.invoke(app, args).exit_code == 0
+    manifest = out / ".nitro-run.json"
+    if damage == '{"first_index": "x"}':  # the right request, a hand-edited number
+        damage = json.dumps({**json.loads(manifest.read_text(encoding="utf-8")), "first_index": "x"})
+    manifest.write_bytes(damage.encode("utf-8", "surrogateescape"))
+    before = {name: (out / name).read_bytes() for name in pngs(out)}
+    result = runner.invoke(app, [*args, "--resume"])
+    assert result.exit_code == 2, result.output
+    assert "is damaged" in result.stderr and "Traceback" not in result.output
+    assert {name: (out / name).read_bytes() for name in pngs(out)} == before

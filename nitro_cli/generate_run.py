@@ -113,10 +113,11 @@ def _check(request: GenerateRequest, machine, show: bool) -> CheckedRequest:
 
 def _make(request: GenerateRequest, checked: CheckedRequest, processes, machine) -> None:
     """The images: planned by the main process, shared out, generated, and summed up by the main process."""
+    from nitro_cli import output
     from nitro_cli.generation import CacheStats, group_batches
 
     loaded, jobs, model_name, run_device = checked.loaded, checked.jobs, checked.model_name, checked.run_device
-    pending = processes.from_main(lambda: _images_to_make(request, model_name, loaded.settings, jobs))
+    record, pending = processes.from_main(lambda: _images_to_make(request, model_name, loaded.settings, jobs))
     if not pending:
         return
     # Shares are contiguous and the main process's comes first, so it always has images (and a display).
@@ -125,6 +126,9 @@ def _make(request: GenerateRequest, checked: CheckedRequest, processes, machine)
     results, cache_stats, display, start = [], CacheStats(loaded.settings.prompt_cache), None, None
     if mine:
         built = _load(request, loaded.settings, model_name, jobs, run_device, machine(), show=processes.is_main)
+        if processes.is_main and not request.resume:
+            # Only now: a model that fails to load, or Ctrl-C while it loads, leaves the last run resumable.
+            output.record_run(request.out, record)
         start = time.perf_counter()  # the summary's time is generation's, loading apart
         results, cache_stats, display = _generate_share(request, loaded, built, model_name, mine,
                                                        show=processes.is_main)
@@ -148,7 +152,8 @@ def _read_jobs(request: GenerateRequest, prompts_text: str | None, settings):
 
 
 def _images_to_make(request: GenerateRequest, model_name: str, settings, jobs):
-    """Names and seeds, fixed before the model loads (a bad --resume costs nothing), and what is missing."""
+    """The run record and the images missing from it: names and seeds fixed before the model loads (a bad
+    --resume costs nothing)."""
     from nitro_cli import output
     from nitro_cli.generation import plan_images, request_fingerprint
 
@@ -160,7 +165,7 @@ def _images_to_make(request: GenerateRequest, model_name: str, settings, jobs):
     if request.resume:
         print(f"Resuming: {total - len(pending)} of {total} images already in {request.out}; making {len(pending)}.",
               file=sys.stderr)
-    return pending
+    return record, pending
 
 
 def _load(request: GenerateRequest, settings, model_name: str, jobs, run_device: str, machine, show: bool):

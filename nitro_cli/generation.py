@@ -341,6 +341,11 @@ class ImageWriter:
         if not result.blocked:
             try:
                 result.path = self._save(result.planned, image)
+            except FileExistsError as exc:  # the file was left as it is: another run wrote it meanwhile
+                raise RuntimeFailure(f"{exc.filename} appeared while this run was making it: another run is "
+                                     "writing to the same --out",
+                                     hint="give each run its own --out; finished images are kept: repeat the "
+                                          "command with --resume when the other run is done") from exc
             except OSError as exc:
                 raise RuntimeFailure(f"could not write {result.planned.name}: {exc.strerror or exc}",
                                      hint="check free disk space and write permission of the --out folder; "

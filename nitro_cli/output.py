@@ -1,7 +1,7 @@
 """Image files: names that sort in prompt order, AUTOMATIC1111 infotext, writes no reader sees half-done.
 
 Names are `NNNNN-SEED-slug.png`. How a run's names stay reproducible, so that `--resume` finds them:
-a run writes a small manifest, `.nitro-run.json`, in its output folder before its first image, holding
+a run writes a small manifest, `.nitro-run.json`, in its output folder once its model has loaded, before its first image, holding
 a fingerprint of the request (model, preset settings except batch size, prompts, images per prompt,
 `--seed`), the first free file number it started at and its first seed (drawn at random when `--seed`
 was not given). Image i of the run (in prompt order) is then number `first_index + i` with the seed the
@@ -15,11 +15,13 @@ error a run can be resumed with a smaller batch.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
 import random
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,15 +69,36 @@ def infotext(prompt: str, negative: str, params: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-def _write_atomically(path: Path, write) -> None:
+def _write_atomically(path: Path, write, overwrite: bool = False) -> None:
     """`write(temporary)` to a hidden name in the same folder, then rename: readers see all or nothing,
-    and an interruption leaves no partial file behind."""
-    temporary = path.with_name(f".{path.name}.part")
+    and an interruption leaves no partial file behind. The temporary name is this writer's own (process id
+    and a random part), so two runs writing the same name at once never write into one file. Unless
+    `overwrite`, an existing `path` is never replaced: FileExistsError (another run took the name)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
     try:
         write(temporary)
-        os.replace(temporary, path)
+        if overwrite:
+            os.replace(temporary, path)
+        else:
+            _publish_new(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _publish_new(temporary: Path, path: Path) -> None:
+    """`temporary` under the name `path`, which must not exist yet. A hard link does it in one step that fails
+    on an existing name (a rename would silently replace it, and checking first leaves a window for another
+    run); a filesystem without hard links (FAT, some network shares) gets the check and the rename."""
+    try:
+        os.link(temporary, path)
+        return
+    except FileExistsError:
+        raise
+    except OSError:
+        pass
+    if path.exists():
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+    os.replace(temporary, path)
 
 
 def save_png(image, path: Path, parameters: str) -> None:
@@ -127,15 +150,26 @@ def fingerprint(request: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def _read_record(manifest: Path) -> RunRecord:
+    """The record in `manifest`, its fields checked: a hand-edited or foreign file is "damaged" (a UsageError),
+    not a traceback in the middle of planning. ValueError or TypeError when it is not a record."""
+    record = RunRecord(**json.loads(manifest.read_text(encoding="utf-8")))
+    numbers = (record.first_index, record.first_seed, record.images)
+    if not isinstance(record.fingerprint, str) or not all(type(n) is int and n >= 0 for n in numbers):
+        raise ValueError("a field has the wrong type or a negative number")
+    return record
+
+
 def start_run(folder: Path, request_fingerprint: str, images: int, seed: int | None, resume: bool) -> RunRecord:
-    """The run's first file number and first seed: read back for `--resume`, else fresh and recorded."""
+    """The run's first file number and first seed: read back for `--resume`, else fresh (`record_run` writes
+    them down once the model has loaded)."""
     manifest = folder / MANIFEST_NAME
     if resume:
         if not manifest.is_file():
             raise UsageError(f"--resume: no earlier run recorded in {folder}",
                              hint="run the command without --resume to start one")
         try:
-            record = RunRecord(**json.loads(manifest.read_text(encoding="utf-8")))
+            record = _read_record(manifest)
         except (ValueError, TypeError) as exc:
             raise UsageError(f"--resume: {manifest} is damaged ({exc})",
                              hint="run the command without --resume to start a new run") from None
@@ -145,12 +179,28 @@ def start_run(folder: Path, request_fingerprint: str, images: int, seed: int | N
                              hint="repeat the interrupted command exactly, plus --resume; or drop --resume")
         return record
     first_seed = seed if seed is not None else random.randrange(SEED_LIMIT - images)
-    record = RunRecord(request_fingerprint, next_index(folder), first_seed, images)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _write_atomically(manifest, lambda temporary: temporary.write_text(json.dumps(dataclasses.asdict(record)),
-                                                                           encoding="utf-8"))
-    except OSError as exc:  # --out is a file, or a folder this user can't write to
-        raise UsageError(f"cannot write to --out {folder}: {exc.strerror or exc}",
-                         hint="give a folder you can write to with --out DIR") from None
-    return record
+        writable = os.access(folder, os.W_OK)
+    except OSError as exc:  # --out is a file, or under a folder this user can't write to
+        raise _unwritable(folder, exc.strerror or str(exc)) from None
+    if not writable:
+        raise _unwritable(folder, "permission denied")
+    return RunRecord(request_fingerprint, next_index(folder), first_seed, images)
+
+
+def record_run(folder: Path, record: RunRecord) -> None:
+    """A new run's record, replacing the last one's. Written once the model has loaded, just before the first
+    image: a run that fails to load (a damaged checkpoint) or is stopped while loading leaves the record of
+    the run before it, which can then still be resumed."""
+    try:
+        _write_atomically(folder / MANIFEST_NAME,
+                          lambda temporary: temporary.write_text(json.dumps(dataclasses.asdict(record)),
+                                                                 encoding="utf-8"),
+                          overwrite=True)
+    except OSError as exc:
+        raise _unwritable(folder, exc.strerror or str(exc)) from None
+
+
+def _unwritable(folder: Path, why: str) -> UsageError:
+    return UsageError(f"cannot write to --out {folder}: {why}", hint="give a folder you can write to with --out DIR")

@@ -355,3 +355,62 @@ def test_a_huge_number_of_images_is_a_usage_error_not_a_hang(runner, tmp_path):
     assert result.exit_code == 2, result.output
     assert "not 1200000 (2 prompts x 600000)" in result.stderr
     assert not out.exists()
+
+
+def test_a_name_another_run_took_meanwhile_is_never_overwritten(runner, tmp_path, monkeypatch):
+    """Two runs into one --out plan the same numbers; with the same seed and prompt the same names too. The
+    later writer stops (exit 1) instead of silently replacing the other run's image."""
+    out = tmp_path / "out"
+    real_run_batch = generation.run_batch
+
+    def other_run_saves_first(*args, **kwargs):
+        Image.new("RGB", (8, 8)).save(out / "00000-1-castle.png")  # the other run's image, same name
+        return real_run_batch(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "run_batch", other_run_saves_first)
+    result = runner.invoke(app, ["generate", "castle", "--seed", "1", "--out", str(out), *FAST])
+    theirs = Image.open(out / "00000-1-castle.png")
+    assert theirs.size == (8, 8)  # still the other run's
+    assert result.exit_code == 1, result.output
+    assert "another run is writing to the same --out" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [".nitro-run.json", "00000-1-castle.png"]  # no .part left
+
+
+@pytest.mark.parametrize("failure, code", [(RuntimeError, 1), (KeyboardInterrupt, 130)])
+def test_a_run_that_never_loads_its_model_leaves_the_last_run_resumable(runner, tmp_path, monkeypatch, failure, code):
+    """A damaged checkpoint (exit 1) or Ctrl-C while loading (130): the interrupted run before it stays resumable."""
+    import nitro_cli.builder
+    from nitro_cli.errors import RuntimeFailure
+
+    out = tmp_path / "out"
+    args = ["generate", "castle", "-n", "2", "--out", str(out), *FAST]
+    assert runner.invoke(app, args).exit_code == 0
+    (out / pngs(out)[1]).unlink()  # as if the run had been stopped before its last image
+    record = (out / ".nitro-run.json").read_bytes()
+
+    def fails_to_load(*args, **kwargs):
+        raise RuntimeFailure("model failed to load") if failure is RuntimeError else KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(nitro_cli.builder, "build_pipeline", fails_to_load)
+        other = runner.invoke(app, ["generate", "a dragon", "--out", str(out), *FAST])
+    assert other.exit_code == code, other.output
+    assert (out / ".nitro-run.json").read_bytes() == record
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0 and "1 of 2 images already" in resumed.stderr and len(pngs(out)) == 2
+
+
+@pytest.mark.parametrize("damage", ["", '{"fingerprint": "ab', "null", "[]", '{"first_index": "x"}', "\udcff"])
+def test_a_damaged_run_record_is_a_usage_error_and_keeps_the_images(runner, tmp_path, damage):
+    out = tmp_path / "out"
+    args = ["generate", "castle", "-n", "2", "--out", str(out), *FAST]
+    assert runner.invoke(app, args).exit_code == 0
+    manifest = out / ".nitro-run.json"
+    if damage == '{"first_index": "x"}':  # the right request, a hand-edited number
+        damage = json.dumps({**json.loads(manifest.read_text(encoding="utf-8")), "first_index": "x"})
+    manifest.write_bytes(damage.encode("utf-8", "surrogateescape"))
+    before = {name: (out / name).read_bytes() for name in pngs(out)}
+    result = runner.invoke(app, [*args, "--resume"])
+    assert result.exit_code == 2, result.output
+    assert "is damaged" in result.stderr and "Traceback" not in result.output
+    assert {name: (out / name).read_bytes() for name in pngs(out)} == before

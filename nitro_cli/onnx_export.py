@@ -304,9 +304,28 @@ def exported_folder(source: models.ModelSource) -> Path:
     return folder
 
 
+def missing_files(folder: Path, *, with_safety_checker: bool) -> list[str]:
+    """The files of the export in `folder` that its model_index.json names but that are not there.
+
+    Checked before loading: diffusers loads an empty tokenizer folder without a word, and the tokenizer then
+    fails at the first prompt with a traceback (OverflowError)."""
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    needed = ["tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json"]
+    for name, entry in index.items():
+        if name == "safety_checker" and not with_safety_checker:
+            continue
+        if isinstance(entry, list) and entry[-1] == "OnnxRuntimeModel":
+            needed.append(f"{name}/{ONNX_FILE}")
+    return [path for path in needed if not (folder / path).is_file()]
+
+
 def load_onnx_pipeline(folder: Path, *, provider: str, with_safety_checker: bool):
     """OnnxStableDiffusionPipeline on one ONNX Runtime execution provider."""
     require_onnx_packages()
+    missing = missing_files(folder, with_safety_checker=with_safety_checker)
+    if missing:
+        raise RuntimeFailure(f"the ONNX export {folder} is incomplete: no {', '.join(missing)}",
+                             hint="export it again: " + EXPORT_HINT.format(model="MODEL"))
     from diffusers import OnnxStableDiffusionPipeline
     from diffusers.utils import logging
 

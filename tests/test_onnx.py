@@ -255,3 +255,19 @@ def test_an_interrupted_re_export_is_not_taken_for_a_whole_one(runner, tmp_path,
                                  "--out", str(tmp_path / "images")])
     assert result.exit_code == 2 and "unfinished ONNX export" in result.stderr, result.output
     assert not (tmp_path / "images").exists() or not list((tmp_path / "images").glob("*.png"))
+
+
+@pytest.mark.parametrize("part", ["tokenizer", "unet"])
+def test_an_export_with_a_missing_file_is_a_one_line_error(runner, tmp_path, exported, part):
+    """An empty tokenizer folder loaded without a word and failed at the first prompt with a traceback."""
+    import shutil
+
+    out = tmp_path / "onnx"
+    shutil.copytree(exported, out)
+    shutil.rmtree(out / part)
+    (out / part).mkdir()
+    result = runner.invoke(app, ["generate", "castle", *FAST, "--model", str(out), "--set", "backend=onnx",
+                                 "--out", str(tmp_path / "images")])
+    assert result.exit_code == 1, result.output
+    assert f"is incomplete: no {part}/" in result.stderr and "Traceback" not in result.output
+    assert not list(tmp_path.glob("images/*.png"))

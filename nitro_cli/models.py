@@ -70,6 +70,11 @@ def resolve_model(spec: str | None) -> ModelSource:
                          hint="give a single-file SD 1.x checkpoint (.safetensors/.ckpt), a diffusers folder, "
                               "owner/name, or random:tiny")
     if path.is_dir():
+        from nitro_cli.onnx_export import is_partial_export  # here: onnx_export imports this module
+
+        if is_partial_export(path):  # with or without an earlier export's model_index.json: half of it is new
+            raise UsageError(f"{spec} is an unfinished ONNX export (`nitro export onnx` stopped half way)",
+                             hint="run the same `nitro export onnx --out` into it again")
         if not (path / "model_index.json").is_file():
             raise UsageError(f"{spec} is a folder but not a diffusers pipeline (no model_index.json)",
                              hint="save one with pipe.save_pretrained(DIR), or give a hub id or a .safetensors file")

@@ -36,6 +36,9 @@ ONNX_PIPELINE_CLASS = "OnnxStableDiffusionPipeline"
 DEFAULT_OPSET = 17  # LayerNormalization as one op; every onnxruntime since 1.14 runs it
 ONNX_FILE = "model.onnx"
 EXTERNAL_WEIGHTS_FILE = "weights.pb"  # the name diffusers' OnnxRuntimeModel copies along with model.onnx
+# Lies in an export folder from the start of `nitro export onnx` until its last file is written: a folder
+# with it is a half export (Ctrl-C, a crash), never loaded, and the next export into it may replace it.
+PARTIAL_MARKER = ".nitro-export-partial"
 SD_VAE_SCALE_FACTOR = 8  # SD 1.x latents are 1/8 of the image side
 # SD 1.x VAE latent scale: an export keeps no VAE config, and diffusers' ONNX pipeline hard-codes it too.
 SD_VAE_SCALING_FACTOR = 0.18215
@@ -61,12 +64,24 @@ def require_onnx_packages() -> None:
 def is_onnx_folder(path: str | Path) -> bool:
     """True for a folder that `nitro export onnx` (or diffusers' ONNX conversion script) wrote."""
     index = Path(path).expanduser() / "model_index.json"
-    if not index.is_file():
+    if not index.is_file() or is_partial_export(path):
         return False
     try:
         return json.loads(index.read_text(encoding="utf-8")).get("_class_name") == ONNX_PIPELINE_CLASS
     except (ValueError, UnicodeDecodeError):
         return False
+
+
+def is_partial_export(path: str | Path) -> bool:
+    """True for a folder an interrupted `nitro export onnx` left: rerunning the export there replaces it."""
+    return (Path(path).expanduser() / PARTIAL_MARKER).exists()
+
+
+def _mark_partial(out: Path) -> None:
+    """Mark `out` as a half export before the first graph is written. An earlier export's model_index.json goes
+    too: an interrupted re-export would otherwise leave a folder that looks whole over a mix of old and new graphs."""
+    (out / PARTIAL_MARKER).write_text("nitro export onnx did not finish here; run it again\n", encoding="utf-8")
+    (out / "model_index.json").unlink(missing_ok=True)
 
 
 def _export_modules(pipe) -> dict[str, tuple[Any, tuple, list[str], list[str], dict[str, dict[int, str]]]]:
@@ -195,7 +210,7 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder", hint="give a new or empty folder")
-    if out.exists() and any(out.iterdir()) and not is_onnx_folder(out):
+    if out.exists() and any(out.iterdir()) and not (is_onnx_folder(out) or is_partial_export(out)):
         raise UsageError(f"--out {out} is not empty and is not an ONNX export",
                          hint="give a new or empty folder (an earlier export there is replaced)")
     source = models.resolve_model(model)
@@ -211,6 +226,7 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
                          hint="give a folder you can write to") from None
     if not os.access(out, os.W_OK):
         raise UsageError(f"--out {out}: the folder is not writable", hint="give a folder you can write to")
+    _mark_partial(out)
     import torch
     from diffusers import OnnxRuntimeModel, OnnxStableDiffusionPipeline
 
@@ -243,6 +259,7 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
             feature_extractor=pipe.feature_extractor, requires_safety_checker="safety_checker" in report.components)
         onnx_pipe.save_pretrained(out)
     _save_scheduler_as_given(pipe.scheduler, out / "scheduler")
+    (out / PARTIAL_MARKER).unlink()  # the last step: only now is the folder a whole export
     return report
 
 
@@ -287,9 +304,28 @@ def exported_folder(source: models.ModelSource) -> Path:
     return folder
 
 
+def missing_files(folder: Path, *, with_safety_checker: bool) -> list[str]:
+    """The files of the export in `folder` that its model_index.json names but that are not there.
+
+    Checked before loading: diffusers loads an empty tokenizer folder without a word, and the tokenizer then
+    fails at the first prompt with a traceback (OverflowError)."""
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    needed = ["tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json"]
+    for name, entry in index.items():
+        if name == "safety_checker" and not with_safety_checker:
+            continue
+        if isinstance(entry, list) and entry[-1] == "OnnxRuntimeModel":
+            needed.append(f"{name}/{ONNX_FILE}")
+    return [path for path in needed if not (folder / path).is_file()]
+
+
 def load_onnx_pipeline(folder: Path, *, provider: str, with_safety_checker: bool):
     """OnnxStableDiffusionPipeline on one ONNX Runtime execution provider."""
     require_onnx_packages()
+    missing = missing_files(folder, with_safety_checker=with_safety_checker)
+    if missing:
+        raise RuntimeFailure(f"the ONNX export {folder} is incomplete: no {', '.join(missing)}",
+                             hint="export it again: " + EXPORT_HINT.format(model="MODEL"))
     from diffusers import OnnxStableDiffusionPipeline
     from diffusers.utils import logging
 

@@ -210,3 +210,64 @@ def test_an_opset_torch_cannot_export_is_a_usage_error_before_loading(runner, tm
     assert f"Error: --opset {opset}: torch" in result.stderr and "graph" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 2  # Error: and Hint:
     assert not out.exists()
+
+
+def interrupt_at_unet(monkeypatch):
+    """Ctrl-C while the UNet is being exported, after the text encoder was written."""
+    from nitro_cli import onnx_export
+
+    real = onnx_export._export_one
+
+    def export_one(module, example, inputs, outputs, axes, folder, opset):
+        if folder.name == "unet":
+            raise KeyboardInterrupt
+        return real(module, example, inputs, outputs, axes, folder, opset)
+
+    monkeypatch.setattr(onnx_export, "_export_one", export_one)
+
+
+def test_an_interrupted_export_is_finished_by_running_it_again(runner, tmp_path, monkeypatch):
+    """A Ctrl-C'd export left a half folder that the rerun refused as 'not empty and not an ONNX export'."""
+    out = tmp_path / "onnx"
+    with monkeypatch.context() as patch:
+        interrupt_at_unet(patch)
+        interrupted = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(out)])
+    assert interrupted.exit_code == 130, interrupted.output
+    again = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert (out / "unet" / "model.onnx").is_file() and not list(out.glob(".nitro*"))
+
+
+def test_an_interrupted_re_export_is_not_taken_for_a_whole_one(runner, tmp_path, monkeypatch, exported):
+    """Re-exporting over an earlier export and stopping half way kept the old model_index.json: the folder of
+    new and old graphs loaded and generated as if whole."""
+    import shutil
+
+    from nitro_cli.onnx_export import is_onnx_folder
+
+    out = tmp_path / "onnx"
+    shutil.copytree(exported, out)
+    interrupt_at_unet(monkeypatch)
+    interrupted = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(out)])
+    assert interrupted.exit_code == 130, interrupted.output
+    assert not is_onnx_folder(out)
+    result = runner.invoke(app, ["generate", "castle", *FAST, "--model", str(out), "--set", "backend=onnx",
+                                 "--out", str(tmp_path / "images")])
+    assert result.exit_code == 2 and "unfinished ONNX export" in result.stderr, result.output
+    assert not (tmp_path / "images").exists() or not list((tmp_path / "images").glob("*.png"))
+
+
+@pytest.mark.parametrize("part", ["tokenizer", "unet"])
+def test_an_export_with_a_missing_file_is_a_one_line_error(runner, tmp_path, exported, part):
+    """An empty tokenizer folder loaded without a word and failed at the first prompt with a traceback."""
+    import shutil
+
+    out = tmp_path / "onnx"
+    shutil.copytree(exported, out)
+    shutil.rmtree(out / part)
+    (out / part).mkdir()
+    result = runner.invoke(app, ["generate", "castle", *FAST, "--model", str(out), "--set", "backend=onnx",
+                                 "--out", str(tmp_path / "images")])
+    assert result.exit_code == 1, result.output
+    assert f"is incomplete: no {part}/" in result.stderr and "Traceback" not in result.output
+    assert not list(tmp_path.glob("images/*.png"))

@@ -91,14 +91,12 @@ def _publish_new(temporary: Path, path: Path) -> None:
     run); a filesystem without hard links (FAT, some network shares) gets the check and the rename."""
     try:
         os.link(temporary, path)
-        return
     except FileExistsError:
         raise
-    except OSError:
-        pass
-    if path.exists():
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
-    os.replace(temporary, path)
+    except OSError:  # no hard links here
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(temporary, path)
 
 
 def save_png(image, path: Path, parameters: str) -> None:

@@ -414,3 +414,18 @@ def test_a_damaged_run_record_is_a_usage_error_and_keeps_the_images(runner, tmp_
     assert result.exit_code == 2, result.output
     assert "is damaged" in result.stderr and "Traceback" not in result.output
     assert {name: (out / name).read_bytes() for name in pngs(out)} == before
+
+
+def test_a_filesystem_without_hard_links_still_never_replaces_an_image(tmp_path, monkeypatch):
+    """FAT and some network shares refuse os.link: the image is then published by a check and a rename."""
+    from nitro_cli import output
+
+    def no_hard_links(source, target):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(output.os, "link", no_hard_links)
+    path = tmp_path / "00000-1-castle.png"
+    output._write_atomically(path, lambda temporary: temporary.write_bytes(b"first"))
+    with pytest.raises(FileExistsError):
+        output._write_atomically(path, lambda temporary: temporary.write_bytes(b"second"))
+    assert path.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == [path.name]

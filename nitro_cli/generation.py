@@ -1,8 +1,9 @@
 """Batch generation: the pipeline-call core that generate and bench share, and generate's run loop.
 
 Prompts are encoded through `PromptCache` (the article's §3.3): with the preset's `prompt_cache` on,
-each distinct (prompt, negative prompt) is encoded once per run and its embeddings reused; off, every
-call encodes again. Either way the encoding time is measured apart from denoising.
+each distinct (prompt, negative prompt) is encoded once and its embeddings reused while it is among the
+`PROMPT_CACHE_SIZE` most recently used; off, every call encodes again. Either way the encoding time is
+measured apart from denoising.
 
 A run is planned image by image in prompt order (`plan_images`), then images that share size, steps
 and CFG scale are grouped into pipeline calls of up to `batch_size` (`group_batches`), across prompts.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import queue
 import signal
+from collections import OrderedDict
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -32,14 +34,20 @@ from nitro_cli.prompts import PromptJob
 SEED_MAX = 2**64 - 1  # the largest seed torch.Generator.manual_seed takes
 MAX_RUN_IMAGES = 1_000_000  # images one generate run plans (check_run_size)
 RESUME_HINT = "finished images are kept: repeat the command with --resume to make the rest"
+# Distinct prompts whose embeddings PromptCache keeps (a prompt and its negative: 2 x 77 x 768 values,
+# about 0.25 MB in fp16), least recently used first out: a prompts file of many thousands of distinct
+# lines would otherwise fill the GPU with embeddings never used again. Repeats come close together
+# (a prompt's images are planned in a row; bench repeats one prompt), so a few hundred is plenty.
+PROMPT_CACHE_SIZE = 256
 
 
 class PromptCache:
-    def __init__(self, pipe, device: str, enabled: bool):
+    def __init__(self, pipe, device: str, enabled: bool, size: int = PROMPT_CACHE_SIZE):
         self._pipe = pipe
         self._device = device
         self.enabled = enabled
-        self._store: dict[tuple[str, str, bool], tuple[Any, Any]] = {}
+        self._size = size
+        self._store: OrderedDict[tuple[str, str, bool], tuple[Any, Any]] = OrderedDict()
         self.encode_seconds = 0.0
         self.encodes = 0
         self.hits = 0
@@ -50,6 +58,7 @@ class PromptCache:
         key = (prompt, negative, use_guidance)
         if self.enabled and key in self._store:
             self.hits += 1
+            self._store.move_to_end(key)
             return self._store[key]
         with timed(self._device) as encoding:
             encoded = self._pipe.encode_prompt(prompt, self._pipe._execution_device, 1, use_guidance,
@@ -58,6 +67,8 @@ class PromptCache:
         self.encodes += 1
         if self.enabled:
             self._store[key] = encoded
+            if len(self._store) > self._size:
+                self._store.popitem(last=False)
         return encoded
 
     def stats(self) -> "CacheStats":

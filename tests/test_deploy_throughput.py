@@ -40,6 +40,19 @@ def tiny_pipe():
     return pipe
 
 
+def test_the_prompt_cache_keeps_only_the_most_recently_used_prompts(tiny_pipe):
+    """A prompts file of thousands of distinct lines must not fill memory with embeddings: the cache is
+    bounded, and what it drops is the prompt used longest ago (a repeated prompt stays)."""
+    cache = generation.PromptCache(tiny_pipe, "cpu", enabled=True, size=2)
+    first_castle = cache.embeddings("castle", "", 7.5)
+    for prompt in ("dragon", "castle", "cat", "castle", "dragon", "cat"):
+        cache.embeddings(prompt, "", 7.5)
+    # castle stays while it is used; dragon, then cat, then castle make way for newer prompts.
+    assert (cache.stats().encodes, cache.stats().hits) == (5, 2)
+    assert cache.embeddings("cat", "", 7.5) is cache.embeddings("cat", "", 7.5)
+    assert cache.embeddings("castle", "", 7.5) is not first_castle  # dropped by dragon and cat, encoded again
+
+
 def tiny_plan(prompts: list[str]) -> list[PlannedImage]:
     jobs = [PromptJob(prompt=p, negative="", seed=None, steps=2, guidance=7.5, width=64, height=64) for p in prompts]
     return plan_images(jobs, 1, first_index=0, first_seed=10)

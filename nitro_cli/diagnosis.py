@@ -19,8 +19,9 @@ REQUIRED = ("torch", "diffusers", "transformers", "accelerate", "safetensors")
 
 # A card class, not a memory limit (vram.py decides what fits): 16 GB and up marks the fast cards where
 # torch.compile's one-off cost pays back. torch reports a card's memory less what the driver keeps (a 12 GB
-# RTX 3060: 12045 MiB), so a 16 GB card shows about 16050 MiB: 15 GiB is the line between 12 GB and 16 GB cards.
-LARGE_VRAM_MIB = 15 * 1024
+# RTX 3060: 12045 MiB; a 16 GB card about 16050 MiB), and ECC on a GDDR card keeps 1/16 more (a 16 GB
+# Tesla T4 or RTX A4000 with ECC on: about 15100 MiB): 14 GiB is the line between 12 GB and 16 GB cards.
+LARGE_VRAM_MIB = 14 * 1024
 LOW_DISK_MIB = 1024
 
 

@@ -97,10 +97,15 @@ def test_vram_on_named_card_sizes(total_mib, preset):
 
 def test_a_16_gb_card_is_a_large_card():
     """torch reports a card's memory less what the driver keeps (fake_machines' RTX 3060 12 GB: 12045 MiB), so a
-    16 GB card (RTX 4080, A4000) shows under 16384 MiB and must still count as 16 GB for the expert rule."""
+    16 GB card (RTX 4080, A4000) shows under 16384 MiB, with ECC on well under, and must still count as 16 GB
+    for the expert rule."""
     card_16_gb = round(16384 * RTX_3060.total_vram_mib / (12 * 1024))
     assert card_16_gb < 16384
     assert diagnosis.recommend(_card(card_16_gb, "NVIDIA GeForce RTX 4080", (8, 9))).preset == "expert"
+    # ECC on a GDDR card keeps a sixteenth of it back: a 16 GB RTX A4000 with ECC on shows about 15100 MiB.
+    card_16_gb_with_ecc = round(card_16_gb * 15 / 16)
+    assert card_16_gb_with_ecc < 15 * 1024
+    assert diagnosis.recommend(_card(card_16_gb_with_ecc, "NVIDIA RTX A4000", (8, 6))).preset == "expert"
     assert diagnosis.recommend(_card(12288, "NVIDIA GeForce RTX 4070", (8, 9))).preset == "advanced"
 
 

@@ -22,6 +22,7 @@ import os
 import random
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,11 @@ from nitro_cli.errors import UsageError
 
 MANIFEST_NAME = ".nitro-run.json"
 SEED_LIMIT = 2**32  # drawn seeds stay in A1111's range, so they can be typed back into it
+
+# _write_atomically's temporary files: `.NAME.PID-RANDOM.part`. Writing one takes well under a second, so
+# one older than STALE_TEMPORARY_SECONDS was left by a killed process (SIGKILL, the OOM killer, a power cut).
+TEMPORARY_PATTERN = re.compile(r"^\..+\.\d+-[0-9a-f]{8}\.part$")
+STALE_TEMPORARY_SECONDS = 3600
 
 # Five digits at least: past 99999 the numbers simply grow (`100000-...`), and still count.
 NAME_PATTERN = re.compile(r"^(\d{5,})-(\d+)-.*\.png$")
@@ -74,7 +80,7 @@ def _write_atomically(path: Path, write, overwrite: bool = False) -> None:
     and an interruption leaves no partial file behind. The temporary name is this writer's own (process id
     and a random part), so two runs writing the same name at once never write into one file. Unless
     `overwrite`, an existing `path` is never replaced: FileExistsError (another run took the name)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")  # the form TEMPORARY_PATTERN matches
     try:
         write(temporary)
         if overwrite:
@@ -97,6 +103,18 @@ def _publish_new(temporary: Path, path: Path) -> None:
         if path.exists():
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
         os.replace(temporary, path)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """The temporary files killed runs left in `folder`. Their age tells, not their process id: on a folder
+    shared by several machines (a multi-node launch), a process id may be another machine's."""
+    cutoff = time.time() - STALE_TEMPORARY_SECONDS
+    for path in folder.glob(".*.part"):
+        try:
+            if TEMPORARY_PATTERN.match(path.name) and path.stat().st_mtime < cutoff:
+                path.unlink()
+        except OSError:  # removed meanwhile, or not this user's to remove: it only takes space
+            pass
 
 
 def save_png(image, path: Path, parameters: str) -> None:
@@ -160,7 +178,7 @@ def _read_record(manifest: Path) -> RunRecord:
 
 def start_run(folder: Path, request_fingerprint: str, images: int, seed: int | None, resume: bool) -> RunRecord:
     """The run's first file number and first seed: read back for `--resume`, else fresh (`record_run` writes
-    them down once the model has loaded)."""
+    them down once the model has loaded). Temporary files killed runs left in the folder are removed."""
     manifest = folder / MANIFEST_NAME
     if resume:
         if not manifest.is_file():
@@ -175,6 +193,7 @@ def start_run(folder: Path, request_fingerprint: str, images: int, seed: int | N
             raise UsageError(f"--resume: the last run in {folder} was a different request "
                              "(prompts, seed, images per prompt, model or preset differ)",
                              hint="repeat the interrupted command exactly, plus --resume; or drop --resume")
+        remove_stale_temporaries(folder)
         return record
     first_seed = seed if seed is not None else random.randrange(SEED_LIMIT - images)
     try:
@@ -184,6 +203,7 @@ def start_run(folder: Path, request_fingerprint: str, images: int, seed: int | N
         raise _unwritable(folder, exc.strerror or str(exc)) from None
     if not writable:
         raise _unwritable(folder, "permission denied")
+    remove_stale_temporaries(folder)
     return RunRecord(request_fingerprint, next_index(folder), first_seed, images)
 
 

@@ -204,6 +204,31 @@ def test_resume_makes_exactly_the_missing_images(runner, tmp_path, monkeypatch):
     assert changed.exit_code == 2 and "different request" in changed.stderr
 
 
+def test_a_run_removes_the_temporary_files_a_killed_run_left(runner, tmp_path):
+    """SIGKILL (the OOM killer) gives no chance to clean up: the next run, new or resumed, removes the hidden
+    `.part` files it left. Only old ones: a fresh one may be another run's write in progress."""
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["generate", "castle", "-n", "2", "--out", str(out), *FAST]
+    two_hours_ago = os.stat(out).st_mtime - 7200
+
+    def left_by_a_killed_run(name):
+        (out / name).write_bytes(b"half a PNG")
+        os.utime(out / name, (two_hours_ago, two_hours_ago))
+
+    left_by_a_killed_run(".00000-5-castle.png.4242-0a1b2c3d.part")
+    left_by_a_killed_run(".my-notes.part")  # the user's own, not nitro's form
+    (out / ".00001-6-castle.png.4343-0a1b2c3d.part").write_bytes(b"a write in progress")
+    assert runner.invoke(app, args).exit_code == 0
+    assert sorted(p.name for p in out.glob(".*.part")) == [".00001-6-castle.png.4343-0a1b2c3d.part", ".my-notes.part"]
+
+    (out / pngs(out)[1]).unlink()
+    left_by_a_killed_run(".00001-7-castle.png.4444-0a1b2c3d.part")
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0 and len(pngs(out)) == 2
+    assert not (out / ".00001-7-castle.png.4444-0a1b2c3d.part").exists()
+
+
 def test_a_mistyped_model_leaves_the_run_record_to_resume_from(runner, tmp_path):
     out = tmp_path / "out"
     args = ["generate", "castle", "-n", "2", "--out", str(out), *FAST]

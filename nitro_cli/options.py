@@ -55,6 +55,13 @@ def check_not_blank(value: str | None, option: str, hint: str) -> None:
         raise UsageError(f"{option} is empty", hint=hint)
 
 
+def out_folder(value: str) -> Path:
+    """`--out` as typed: typer's Path type would read "" (a script's `--out "$DIR"`, the variable unset) as the
+    current folder."""
+    check_not_blank(value, "--out", "give a folder, e.g. --out outputs (--out . is the current folder)")
+    return Path(value)
+
+
 def check_report_file(path: Path | None, option: str) -> None:
     """A file to write after a long run: a missing folder or a folder given as the file is found before it."""
     from nitro_cli.errors import UsageError

@@ -1,5 +1,6 @@
 """The minimal generate path: one PNG with A1111 metadata, printed path."""
 
+import pytest
 from PIL import Image
 
 from nitro_cli.cli import app
@@ -17,3 +18,14 @@ def test_generate_writes_png_with_parameters(runner, tmp_path):
     assert "Steps: 2, Sampler: Euler a, CFG scale: 7.5, Seed: 7, Size: 64x64" in params
     assert 'Model: "random:tiny", Preset: beginner' in params
     assert str(files[0]) in result.stdout
+
+
+@pytest.mark.parametrize("command", [["generate", "castle", *FAST], ["export", "onnx", "--model", "random:tiny"]])
+def test_an_empty_out_is_a_usage_error_not_the_current_folder(runner, tmp_path, monkeypatch, command):
+    """`--out "$DIR"` with the variable unset: typer's Path type reads "" as ".", so images (or an export)
+    went into whatever folder the script ran in."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, [*command, "--out", ""])
+    assert result.exit_code == 2, result.output
+    assert "Error: --out is empty" in result.stderr and "Hint:" in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,7 +13,7 @@ from nitro_cli.onnx_export import DEFAULT_OPSET
 
 def onnx(
     model: options.ModelOption = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (new, empty, or an earlier export).")] = ...,
+    out: Annotated[str, typer.Option("--out", "-o", metavar="DIR", help="Folder to write (new, empty, or an earlier export).")] = ...,
     opset: Annotated[int, typer.Option("--opset", min=14, help="ONNX opset of the graphs.")] = DEFAULT_OPSET,
 ) -> None:
     """Export UNet, text encoder, VAE decoder/encoder (+ safety checker) as ONNX, with tokenizer and scheduler.
@@ -28,7 +27,7 @@ def onnx(
     from nitro_cli.models import DEFAULT_MODEL
     from nitro_cli.onnx_export import export_onnx
 
-    report = export_onnx(model, out, opset=opset)
+    report = export_onnx(model, options.out_folder(out), opset=opset)
     table = Table(title=f"ONNX export of {model or DEFAULT_MODEL}")
     table.add_column("component")
     table.add_column("size", justify="right")

@@ -36,7 +36,7 @@ def generate(
     height: options.HeightOption = None,
     num_images: Annotated[int, typer.Option("--num-images", "-n", min=1, help="Images per prompt.")] = 1,
     batch_size: options.BatchSizeOption = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("outputs"),
+    out: Annotated[str, typer.Option("--out", "-o", metavar="DIR", help="Output folder.")] = "outputs",
     resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted run: same command plus --resume makes only the missing images.")] = False,
     device: options.DeviceOption = options.Device.auto,
     max_vram: options.MaxVramOption = None,
@@ -54,9 +54,10 @@ def generate(
                          hint='nitro generate "arcane style castle" --model random:tiny')
     options.check_not_blank(preset, "--preset", "leave it out for beginner, or name a preset (shipped or a .yaml file)")
     options.check_max_vram(max_vram)
+    out_folder = options.out_folder(out)
     generate_run.run(generate_run.GenerateRequest(
         prompt=prompt, prompts_file=prompts_file, styles=[s.value for s in style or []], preset=preset,
         overrides=list(set_ or []) + flag_overrides(steps=steps, guidance=guidance, width=width, height=height,
                                                     batch_size=batch_size),
-        model=model, negative=negative, seed=seed, num_images=num_images, out=out, resume=resume,
+        model=model, negative=negative, seed=seed, num_images=num_images, out=out_folder, resume=resume,
         device=device.value, max_vram=max_vram, json_output=json_output))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import re
-import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -204,22 +203,9 @@ def single_file_folder(path: str, torch_dtype) -> Path:
 
 
 def _saved_once(folder: Path, build) -> Path:
-    """`folder`, saved from the pipeline `build()` gives unless it is already there. The folder is written under
-    a temporary name and renamed when complete, so a reader never sees half a model."""
-    if (folder / "model_index.json").is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        build().save_pretrained(staging)
-        staging.rename(folder)
-    except OSError:
-        if not (folder / "model_index.json").is_file():
-            raise
-        # another process saved it first: theirs is as good
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    """`folder`, saved from the pipeline `build()` gives unless it is already there (see paths.made_once)."""
+    return paths.made_once(folder, lambda staging: build().save_pretrained(staging),
+                           lambda saved: (saved / "model_index.json").is_file())
 
 
 def _from_single_file(path: str, **kwargs):

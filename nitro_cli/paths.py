@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 
 def cache_dir() -> Path:
@@ -22,3 +25,25 @@ def bench_dir() -> Path:
 def compile_cache_dir() -> Path:
     """torch.compile's on-disk caches (inductor), so a second process skips most compilation."""
     return cache_dir() / "torch-compile"
+
+
+def made_once(folder: Path, make: Callable[[Path], object], is_complete: Callable[[Path], bool]) -> Path:
+    """`folder`, unless `is_complete` already, made by `make(staging)` in a new hidden folder beside it and
+    renamed into place: a reader never sees half of it, an interrupted `make` leaves nothing there, and
+    processes making it at once (one per GPU) never write into one folder: the first rename wins."""
+    if is_complete(folder):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        make(staging)
+        if folder.exists() and not is_complete(folder):  # damaged (a file in it deleted by hand): replaced
+            shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+    except OSError:
+        if not is_complete(folder):
+            raise
+        # another process made it first: theirs is as good
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder

@@ -164,6 +164,30 @@ def test_backend_onnx_generates_end_to_end(runner, tmp_path, exported):
         assert psnr(np.asarray(Image.open(torch_dir / name)), np.asarray(Image.open(record["path"]))) >= 30
 
 
+def test_processes_exporting_a_random_model_at_once_never_share_a_folder(exported, monkeypatch):
+    """Under a launcher, every process of an ONNX run of random:tiny exports it into the cache at once: each
+    writes its own staging folder, and all of them end with the one whole export."""
+    import shutil
+
+    from nitro_cli import models, onnx_export
+    from nitro_cli.paths import cache_dir
+
+    source = models.resolve_model("random:tiny")
+    written = []
+
+    def export_while_another_process_does(spec, out):
+        written.append(out)
+        if len(written) == 1:  # another process starts and finishes its export meanwhile
+            onnx_export.exported_folder(source)
+        shutil.copytree(exported, out, dirs_exist_ok=True)
+
+    monkeypatch.setattr(onnx_export, "export_onnx", export_while_another_process_does)
+    folder = onnx_export.exported_folder(source)
+    assert folder == cache_dir() / "onnx" / "random-tiny" and onnx_export.is_onnx_folder(folder)
+    assert len(written) == 2 and written[0] != written[1]
+    assert [p.name for p in folder.parent.iterdir()] == ["random-tiny"]  # no staging folder left
+
+
 def test_backend_onnx_rejects_what_it_cannot_run(runner, tmp_path, tiny_model_dir, exported):
     not_exported = runner.invoke(app, ["generate", "castle", "--set", "backend=onnx",
                                        "--out", str(tmp_path), *FAST, "--model", str(tiny_model_dir)])

@@ -123,13 +123,16 @@ def _make(request: GenerateRequest, checked: CheckedRequest, processes, machine)
     # Shares are contiguous and the main process's comes first, so it always has images (and a display).
     mine = [image for batch in processes.share(group_batches(pending, loaded.settings.batch_size))
             for image in batch]
-    results, cache_stats, display, start = [], CacheStats(loaded.settings.prompt_cache), None, None
+    results, cache_stats, display = [], CacheStats(loaded.settings.prompt_cache), None
+    # A model that fails to load on any process stops them all, each told once.
+    built = processes.on_every(lambda: _load(request, loaded.settings, model_name, jobs, run_device, machine(),
+                                             show=processes.is_main) if mine else None)
+    if not request.resume:
+        # Only now: a model that fails to load, or Ctrl-C while it loads, leaves the last run resumable. And
+        # before any process saves an image: an interrupted run is always the one --resume finds.
+        processes.from_main(lambda: output.record_run(request.out, record))
+    start = time.perf_counter()  # the summary's time is generation's, loading apart
     if mine:
-        built = _load(request, loaded.settings, model_name, jobs, run_device, machine(), show=processes.is_main)
-        if processes.is_main and not request.resume:
-            # Only now: a model that fails to load, or Ctrl-C while it loads, leaves the last run resumable.
-            output.record_run(request.out, record)
-        start = time.perf_counter()  # the summary's time is generation's, loading apart
         results, cache_stats, display = _generate_share(request, loaded, built, model_name, mine,
                                                        show=processes.is_main)
     everyone = processes.gather((results, cache_stats))

@@ -214,6 +214,44 @@ def test_a_bad_request_is_told_once_by_the_main_process(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_under_a_launcher_the_run_is_recorded_after_every_load_and_before_any_image(runner, tmp_path, monkeypatch):
+    """A model that fails to load on any process stops them all (`on_every`, each failure told once), and the
+    main process writes the run record while the others wait (`from_main`) before any of them saves an image:
+    an interrupted run is always the one --resume finds. The processes are stood in for by one that logs."""
+    from nitro_cli import builder, distributed
+
+    events = []
+
+    class LoggedProcesses(distributed.Processes):
+        def on_every(self, work):
+            events.append("every process: start")
+            value = work()
+            events.append("every process: end")
+            return value
+
+        def from_main(self, decide):
+            events.append("main: start")
+            value = decide()
+            events.append("main: end")
+            return value
+
+    def logged(name, function):
+        return lambda *args, **kwargs: events.append(name) or function(*args, **kwargs)
+
+    monkeypatch.setattr(distributed, "launched", lambda environ=None: True)
+    monkeypatch.setattr(distributed, "processes", lambda cpu: LoggedProcesses())
+    monkeypatch.setattr(builder, "build_pipeline", logged("load", builder.build_pipeline))
+    monkeypatch.setattr(output, "record_run", logged("record", output.record_run))
+    monkeypatch.setattr(output, "save_image", logged("save", output.save_image))
+    result = runner.invoke(app, ["generate", "castle", "-n", "2", "--out", str(tmp_path), *FAST])
+    assert result.exit_code == 0, result.output
+    assert events == ["every process: start", "every process: end",  # the request checked
+                      "main: start", "main: end",  # the images planned
+                      "every process: start", "load", "every process: end",
+                      "main: start", "record", "main: end",
+                      "save", "save"]
+
+
 def test_world_size_without_a_launcher_is_a_usage_error(runner, tmp_path, monkeypatch):
     """WORLD_SIZE left over in a shell or job script: an Error line and exit 2, not accelerate's traceback."""
     monkeypatch.setenv("WORLD_SIZE", "2")

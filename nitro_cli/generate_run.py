@@ -142,12 +142,14 @@ def _make(request: GenerateRequest, checked: CheckedRequest, processes, machine)
 def _read_jobs(request: GenerateRequest, prompts_text: str | None, settings):
     """The prompts (`prompts_text`: the prompts file's, if any), each with the preset's values where its
     line sets none."""
+    from nitro_cli.presets import SAMPLER_NAMES
     from nitro_cli.prompts import PromptJob, apply_styles, parse_prompts
 
     defaults = PromptJob(prompt="", negative=request.negative, seed=None, steps=settings.steps,
                          guidance=settings.guidance, width=settings.width, height=settings.height)
     if prompts_text is not None:
-        return parse_prompts(prompts_text, request.prompts_file, defaults, request.styles)
+        return parse_prompts(prompts_text, request.prompts_file, defaults, request.styles,
+                             sampler=SAMPLER_NAMES[settings.scheduler])
     return [replace(defaults, prompt=apply_styles(request.prompt, request.styles))]
 
 
@@ -157,7 +159,7 @@ def _images_to_make(request: GenerateRequest, model_name: str, settings, jobs):
     from nitro_cli import output
     from nitro_cli.generation import plan_images, request_fingerprint
 
-    total = len(jobs) * request.num_images
+    total = sum(job.image_count(request.num_images) for job in jobs)
     record = output.start_run(request.out, request_fingerprint(model_name, settings, jobs, request.num_images,
                                                                request.seed), total, request.seed, request.resume)
     planned = plan_images(jobs, request.num_images, record.first_index, record.first_seed)

@@ -188,13 +188,14 @@ def _generate_share(request: GenerateRequest, loaded, built, model_name: str, mi
     """This process's images, generated and saved: (results, prompt-cache stats, the display)."""
     from nitro_cli import output
     from nitro_cli.generation import PromptCache, generate_images
-    from nitro_cli.presets import SAMPLER_NAMES
+    from nitro_cli.presets import SAMPLER_NAMES, SCHEDULE_TYPES
     from nitro_cli.progress import RunDisplay
 
     settings = loaded.settings
     cache = PromptCache(built.pipe, built.device, enabled=settings.prompt_cache)
     save = partial(output.save_image, folder=request.out, sampler=SAMPLER_NAMES[settings.scheduler],
-                   model=model_name, preset=loaded.name, overrides=loaded.overrides)
+                   schedule_type=SCHEDULE_TYPES.get(settings.scheduler), model=model_name, preset=loaded.name,
+                   overrides=loaded.overrides)
     display = RunDisplay(len(mine), json_output=request.json_output, model=model_name, preset=loaded.name, bars=show,
                          compiled=built.compiled)
     with display:

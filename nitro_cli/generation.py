@@ -202,8 +202,10 @@ def check_run_size(jobs: list[PromptJob], num_images: int) -> None:
     same --out, which numbers on."""
     total = sum(job.image_count(num_images) for job in jobs)
     if total > MAX_RUN_IMAGES:
-        alone = len(jobs) == 1 and jobs[0].images is None
-        per = f"--num-images {num_images}" if alone else f"{len(jobs)} prompts"
+        if any(job.images is not None for job in jobs):
+            per = "counting the prompts file's --n_iter x --batch_size"
+        else:
+            per = f"{len(jobs)} prompts x {num_images}" if len(jobs) > 1 else f"--num-images {num_images}"
         raise UsageError(f"a run makes at most {MAX_RUN_IMAGES} images, not {total} ({per})",
                          hint="split the work into several runs with the same --out: their file numbers follow on")
 

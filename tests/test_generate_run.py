@@ -414,6 +414,10 @@ def test_a_huge_number_of_images_is_a_usage_error_not_a_hang(runner, tmp_path):
     result = runner.invoke(app, ["generate", "--prompts-file", str(prompts), *FAST, "-n", "600000", "--out", str(out)])
     assert result.exit_code == 2, result.output
     assert "not 1200000 (2 prompts x 600000)" in result.stderr
+    prompts = write_prompts(tmp_path, "a dog\n--prompt a cat --n_iter 100000 --batch_size 100000\n")
+    result = runner.invoke(app, ["generate", "--prompts-file", str(prompts), *FAST, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "not 10000000001 (counting the prompts file's --n_iter x --batch_size)" in result.stderr
     assert not out.exists()
 
 

@@ -145,12 +145,14 @@ def _make(request: GenerateRequest, checked: CheckedRequest, processes, machine)
 def _read_jobs(request: GenerateRequest, prompts_text: str | None, settings):
     """The prompts (`prompts_text`: the prompts file's, if any), each with the preset's values where its
     line sets none."""
+    from nitro_cli.presets import SAMPLER_NAMES
     from nitro_cli.prompts import PromptJob, apply_styles, parse_prompts
 
     defaults = PromptJob(prompt="", negative=request.negative, seed=None, steps=settings.steps,
                          guidance=settings.guidance, width=settings.width, height=settings.height)
     if prompts_text is not None:
-        return parse_prompts(prompts_text, request.prompts_file, defaults, request.styles)
+        return parse_prompts(prompts_text, request.prompts_file, defaults, request.styles,
+                             sampler=SAMPLER_NAMES[settings.scheduler])
     return [replace(defaults, prompt=apply_styles(request.prompt, request.styles))]
 
 
@@ -160,7 +162,7 @@ def _images_to_make(request: GenerateRequest, model_name: str, settings, jobs):
     from nitro_cli import output
     from nitro_cli.generation import plan_images, request_fingerprint
 
-    total = len(jobs) * request.num_images
+    total = sum(job.image_count(request.num_images) for job in jobs)
     record = output.start_run(request.out, request_fingerprint(model_name, settings, jobs, request.num_images,
                                                                request.seed), total, request.seed, request.resume)
     planned = plan_images(jobs, request.num_images, record.first_index, record.first_seed)
@@ -189,13 +191,14 @@ def _generate_share(request: GenerateRequest, loaded, built, model_name: str, mi
     """This process's images, generated and saved: (results, prompt-cache stats, the display)."""
     from nitro_cli import output
     from nitro_cli.generation import PromptCache, generate_images
-    from nitro_cli.presets import SAMPLER_NAMES
+    from nitro_cli.presets import SAMPLER_NAMES, SCHEDULE_TYPES
     from nitro_cli.progress import RunDisplay
 
     settings = loaded.settings
     cache = PromptCache(built.pipe, built.device, enabled=settings.prompt_cache)
     save = partial(output.save_image, folder=request.out, sampler=SAMPLER_NAMES[settings.scheduler],
-                   model=model_name, preset=loaded.name, overrides=loaded.overrides)
+                   schedule_type=SCHEDULE_TYPES.get(settings.scheduler), model=model_name, preset=loaded.name,
+                   overrides=loaded.overrides)
     display = RunDisplay(len(mine), json_output=request.json_output, model=model_name, preset=loaded.name, bars=show,
                          compiled=built.compiled)
     with display:

@@ -179,7 +179,8 @@ def request_fingerprint(model: str, settings, jobs: list[PromptJob], num_images:
 
     pixels_settings = {key: value for key, value in flatten(settings).items() if key != "batch_size"}
     return fingerprint({"model": model, "settings": pixels_settings, "num_images": num_images, "seed": seed,
-                        "prompts": [[j.prompt, j.negative, j.seed, j.steps, j.guidance, j.width, j.height] for j in jobs]})
+                        "prompts": [[j.prompt, j.negative, j.seed, j.steps, j.guidance, j.width, j.height, j.images]
+                                    for j in jobs]})
 
 
 @dataclass(frozen=True)
@@ -193,11 +194,12 @@ class PlannedImage:
 
 
 def plan_images(jobs: list[PromptJob], num_images: int, first_index: int, first_seed: int) -> list[PlannedImage]:
-    """Every image of the run in prompt order. Image i has file number first_index + i and seed
-    first_seed + i, unless its prompt line set `--seed S`: then that prompt's k-th image has S + k."""
+    """Every image of the run in prompt order (`num_images` of each prompt, or its line's own count). Image i
+    has file number first_index + i and seed first_seed + i, unless its prompt line set `--seed S`: then that
+    prompt's k-th image has S + k."""
     planned = []
     for job in jobs:
-        for k in range(num_images):
+        for k in range(job.image_count(num_images)):
             i = len(planned)
             seed = job.seed + k if job.seed is not None else first_seed + i
             planned.append(PlannedImage(i, job, seed, image_name(first_index + i, seed, job.prompt)))
@@ -209,9 +211,12 @@ def check_run_size(jobs: list[PromptJob], num_images: int) -> None:
     plan forever and fill memory, and past 2**32 images no seed range is left to draw from. A million
     images plan in seconds and about 300 MB (a day of a fast GPU); a larger set is several runs into the
     same --out, which numbers on."""
-    total = len(jobs) * num_images
+    total = sum(job.image_count(num_images) for job in jobs)
     if total > MAX_RUN_IMAGES:
-        per = f"{len(jobs)} prompts x {num_images}" if len(jobs) > 1 else f"--num-images {num_images}"
+        if any(job.images is not None for job in jobs):
+            per = "counting the prompts file's --n_iter x --batch_size"
+        else:
+            per = f"{len(jobs)} prompts x {num_images}" if len(jobs) > 1 else f"--num-images {num_images}"
         raise UsageError(f"a run makes at most {MAX_RUN_IMAGES} images, not {total} ({per})",
                          hint="split the work into several runs with the same --out: their file numbers follow on")
 

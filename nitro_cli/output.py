@@ -65,11 +65,23 @@ def _quote(value: str) -> str:
     return json.dumps(text, ensure_ascii=False) if quoted else text
 
 
+# A line break, and the blank space after it, before a line that A1111's reader would take for the start of
+# the negative prompt (it strips each line, then looks for this at its start).
+_BEFORE_NEGATIVE_PROMPT_LINE = re.compile(r"\n\s*(?=Negative prompt:)")
+
+
+def _readable_by_a1111(text: str) -> str:
+    """A prompt with a line starting `Negative prompt:` would be cut there by A1111's reader; CLIP's tokenizer
+    reads any run of blank space as one space, so joining that line to the one before it gives the text
+    that made the image, read back right."""
+    return _BEFORE_NEGATIVE_PROMPT_LINE.sub(" ", text)
+
+
 def infotext(prompt: str, negative: str, params: dict[str, object]) -> str:
     """The `parameters` text A1111 writes: prompt, `Negative prompt:` line, then `Key: value, ...`."""
-    lines = [prompt]
+    lines = [_readable_by_a1111(prompt)]
     if negative:
-        lines.append(f"Negative prompt: {negative}")
+        lines.append(f"Negative prompt: {_readable_by_a1111(negative)}")
     params = {**params, "Version": f"nitro {__version__}"}
     lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in params.items() if value is not None))
     return "\n".join(lines)
@@ -138,12 +150,14 @@ def preset_overrides(overrides: tuple[str, ...]) -> str | None:
     return "; ".join(shown) or None
 
 
-def save_image(planned, image, *, folder: Path, sampler: str, model: str, preset: str,
+def save_image(planned, image, *, folder: Path, sampler: str, schedule_type: str | None, model: str, preset: str,
                overrides: tuple[str, ...]) -> Path:
-    """One planned image (a generation.PlannedImage) with its A1111 parameters, written atomically."""
+    """One planned image (a generation.PlannedImage) with its A1111 parameters, written atomically.
+    `schedule_type`: A1111's name for the sampler's noise schedule, where its name alone would be misread."""
     job, path = planned.job, folder / planned.name
     save_png(image, path, infotext(job.prompt, job.negative, {
-        "Steps": job.steps, "Sampler": sampler, "CFG scale": job.guidance, "Seed": planned.seed,
+        "Steps": job.steps, "Sampler": sampler, "Schedule type": schedule_type, "CFG scale": job.guidance,
+        "Seed": planned.seed,
         "Size": f"{job.width}x{job.height}", "Model": model, "Preset": preset,
         "Preset overrides": preset_overrides(overrides),
     }))

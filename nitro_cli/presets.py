@@ -41,6 +41,9 @@ SAMPLER_NAMES = {
     "ddim": "DDIM",
     "unipc": "UniPC",
 }
+# A1111 1.9 on reads a sampler given without a `Schedule type` with that sampler's own default schedule, which
+# for DPM++ 2M is Karras: plain DPM++ 2M (evenly spaced timesteps) names its schedule, as A1111 writes it.
+SCHEDULE_TYPES = {"dpmpp_2m": "Uniform"}
 
 
 def _setting(default: Any, *, choices: tuple = (), minimum: float | None = None,

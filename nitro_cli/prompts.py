@@ -1,26 +1,33 @@
 """Prompts: Nitro-Diffusion's style tokens, prompt files, and CLIP's 77-token limit.
 
 A prompts file is AUTOMATIC1111's prompts-from-file format: UTF-8, one prompt per line, blank lines
-and `#` lines skipped. A line with `--` in it is a list of options, parsed like a shell command line:
+and `#` lines skipped. A line that starts with an option (or has one in it) is a list of options,
+parsed like a shell command line:
 
     --prompt "castle on a cliff" --negative_prompt blurry --seed 5 --steps 20 --cfg_scale 6
-    --prompt a princess --style arcane --style disney --width 512 --height 768
+    --prompt a princess --style arcane --style disney --width 512 --height 768 --n_iter 4
 
 `--prompt` and `--negative_prompt` take every word up to the next option, quoted or not (as A1111
-does); `--style` may repeat and adds to the command line's styles. Any other line is the prompt.
+does); `--style` may repeat and adds to the command line's styles; `--seed -1` is A1111's "random":
+the run's seeds; `--n_iter N` and `--batch_size B` make N x B images of the line (a missing one
+counts 1) instead of the run's --num-images. Any other line is the prompt, "--" and all ("a sword --
+glowing"). A1111's other options are taken where their value asks for what nitro does anyway
+(`--restore_faces false`, `--do_not_save_grid true`, `--sampler_name` naming the run's sampler), so
+a file written for A1111 runs as it is; any other value is an error saying what nitro does instead.
 The whole file is checked before a model is loaded: every bad line is reported with its number.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from nitro_cli.errors import UsageError
-from nitro_cli.presets import check_setting, closest
+from nitro_cli.presets import SAMPLER_NAMES, check_setting, closest
 
 # The model card's tokens; several together give a mixed style.
 STYLE_TOKENS = {"archer": "archer style", "arcane": "arcane style", "disney": "modern disney style"}
@@ -28,7 +35,31 @@ STYLE_TOKENS = {"archer": "archer style", "arcane": "arcane style", "disney": "m
 # A1111's option names -> PromptJob fields checked against the preset's rules for that field.
 _SETTING_OPTIONS = {"steps": "steps", "cfg_scale": "guidance", "width": "width", "height": "height"}
 _TEXT_OPTIONS = ("prompt", "negative_prompt")
-LINE_OPTIONS = (*_TEXT_OPTIONS, "seed", *_SETTING_OPTIONS, "style")
+_IMAGE_COUNT_OPTIONS = ("n_iter", "batch_size")  # A1111 makes n_iter batches of batch_size images
+LINE_OPTIONS = (*_TEXT_OPTIONS, "seed", *_SETTING_OPTIONS, "style", *_IMAGE_COUNT_OPTIONS, "sampler_name")
+
+
+# AUTOMATIC1111's other options (scripts/prompts_from_file.py, `prompt_tags`): name -> (how A1111 reads the
+# value, which values ask for what nitro does anyway, what nitro does instead of any other value).
+_ANY, _NONE = (lambda value: True), (lambda value: False)
+_A1111_OPTIONS = {
+    "sd_model": (str, _NONE, "a run has one model: give it as --model"),
+    "outpath_samples": (str, _NONE, "a run saves every image in its --out: run these lines on their own"),
+    "outpath_grids": (str, _ANY, ""),  # nitro makes no grids
+    "prompt_for_display": (str, _ANY, ""),  # only what A1111's gallery shows
+    "styles": (str, _NONE, "A1111's saved styles (styles.csv) are not in nitro: paste their text into --prompt "
+                           f"(nitro's --style takes {', '.join(STYLE_TOKENS)})"),
+    "subseed": (int, _ANY, ""),  # used only with a --subseed_strength, which nitro refuses
+    "subseed_strength": (float, lambda value: value == 0, "nitro has no variation seeds (make it 0)"),
+    "seed_resize_from_w": (int, lambda value: value <= 0, "nitro does not resize seeds (make it 0)"),
+    "seed_resize_from_h": (int, lambda value: value <= 0, "nitro does not resize seeds (make it 0)"),
+    "sampler_index": (int, _NONE, "give the sampler by name: --sampler_name"),
+    "restore_faces": (bool, lambda value: not value, "nitro has no face restoration (make it false)"),
+    "tiling": (bool, lambda value: not value, "nitro makes no seamless tiles (make it false)"),
+    "do_not_save_samples": (bool, lambda value: not value, "nitro saves every image it makes (make it false)"),
+    "do_not_save_grid": (bool, _ANY, ""),  # nitro makes no grids
+}
+_ALL_OPTIONS = (*LINE_OPTIONS, *_A1111_OPTIONS)
 
 
 def apply_styles(prompt: str, styles: list[str]) -> str:
@@ -53,10 +84,28 @@ class PromptJob:
     width: int
     height: int
     line: int | None = None   # where it came from in the prompts file
+    images: int | None = None  # the line's --n_iter x --batch_size; None: the run's --num-images
+
+    def image_count(self, run_images: int) -> int:
+        """How many images this prompt gets in a run that makes `run_images` per prompt."""
+        return run_images if self.images is None else self.images
 
 
 class _BadLine(ValueError):
     pass
+
+
+def _is_option(word: str) -> bool:
+    return word.startswith("--") and word[2:3].isalpha()
+
+
+def _is_option_line(text: str) -> bool:
+    """A1111 takes a line with `--` anywhere for options and, when they don't parse, the whole line for the
+    prompt: "a sword -- glowing" is a prompt there, and so here. But a mistyped line of options would be
+    drawn into the picture: a line that starts with an option, or names one of the options anywhere
+    (`castle --seed 5`), is read as options, and its mistakes are reported."""
+    words = text.split()
+    return _is_option(words[0]) or any(_is_option(word) and word[2:] in _ALL_OPTIONS for word in words)
 
 
 def _parse_options(text: str) -> dict[str, object]:
@@ -72,8 +121,8 @@ def _parse_options(text: str) -> dict[str, object]:
         if not word.startswith("--"):
             raise _BadLine(f"'{word}' is not an option; write the prompt as --prompt \"...\"")
         name = word[2:]
-        if name not in LINE_OPTIONS:
-            close = closest(name, list(LINE_OPTIONS))
+        if name not in _ALL_OPTIONS:
+            close = closest(name, list(_ALL_OPTIONS))
             guess = f" (did you mean --{close}?)" if close else ""
             raise _BadLine(f"unknown option {word}{guess}; allowed: {', '.join('--' + o for o in LINE_OPTIONS)}")
         values = []
@@ -86,7 +135,8 @@ def _parse_options(text: str) -> dict[str, object]:
         if name in _TEXT_OPTIONS:
             found[name] = " ".join(values)
         elif len(values) > 1:
-            raise _BadLine(f"{word} takes one value, got {len(values)}: {' '.join(values)}")
+            raise _BadLine(f"{word} takes one value, got {len(values)}: {' '.join(values)} "
+                           "(put a value with spaces in quotes)")
         elif name == "style":
             found["style"].append(values[0])
         else:
@@ -94,7 +144,12 @@ def _parse_options(text: str) -> dict[str, object]:
     return found
 
 
-def _number(option: str, raw: object, kind: type) -> int | float:
+def _value(option: str, raw: object, kind: type) -> object:
+    """An option's text as A1111 reads it (`kind`: str, int, float or bool), or why it can't be."""
+    if kind is bool:  # A1111 reads anything but "true" as false; a "True" meant true, so only these two
+        if str(raw).lower() not in ("true", "false"):
+            raise _BadLine(f"--{option} must be true or false, not '{raw}'")
+        return str(raw).lower() == "true"
     try:
         return kind(raw)
     except ValueError:
@@ -102,21 +157,42 @@ def _number(option: str, raw: object, kind: type) -> int | float:
         raise _BadLine(f"--{option} must be {what}, not '{raw}'") from None
 
 
-def parse_line(text: str, defaults: PromptJob, styles: list[str]) -> PromptJob:
-    """One non-blank, non-comment line on top of the command line's settings (ValueError says why not)."""
-    options = _parse_options(text) if "--" in text else {"prompt": text.strip(), "style": []}
+def _check_sampler(asked: str, sampler: str) -> None:
+    """A line's --sampler_name must be the run's: one run has one scheduler (A1111 reads names in any case)."""
+    if asked.lower() == sampler.lower():
+        return
+    key = next((key for key, name in SAMPLER_NAMES.items() if name.lower() == asked.lower()), None)
+    how = (f"for {asked}, run its lines with --set scheduler={key}" if key
+           else f"nitro has no {asked}: its samplers are {', '.join(SAMPLER_NAMES.values())}")
+    raise _BadLine(f"--sampler_name '{asked}': a run has one sampler, and this run's is {sampler}; {how}")
+
+
+def parse_line(text: str, defaults: PromptJob, styles: list[str], sampler: str) -> PromptJob:
+    """One non-blank, non-comment line on top of the command line's settings (ValueError says why not).
+    `sampler`: the run's, by its A1111 name."""
+    options = _parse_options(text) if _is_option_line(text) else {"prompt": text.strip(), "style": []}
     changes: dict[str, object] = {}
     if "negative_prompt" in options:
         changes["negative"] = options["negative_prompt"]
     if "seed" in options:
-        seed = _number("seed", options["seed"], int)
-        if seed < 0:
-            raise _BadLine(f"--seed must be 0 or more, not {seed}")
-        changes["seed"] = seed
+        seed = _value("seed", options["seed"], int)
+        if seed < -1:
+            raise _BadLine(f"--seed must be 0 or more (or -1: the run's seeds), not {seed}")
+        changes["seed"] = None if seed == -1 else seed  # -1 is A1111's "a random seed"
     for option, field in _SETTING_OPTIONS.items():
         if option in options:
-            value = _number(option, options[option], float if field == "guidance" else int)
+            value = _value(option, options[option], float if field == "guidance" else int)
             changes[field] = check_setting(field, value, label=f"--{option}")
+    counts = [_value(option, options[option], int) for option in _IMAGE_COUNT_OPTIONS if option in options]
+    if counts:
+        if min(counts) < 1:
+            raise _BadLine("--n_iter and --batch_size must be at least 1")
+        changes["images"] = math.prod(counts)
+    if "sampler_name" in options:
+        _check_sampler(str(options["sampler_name"]), sampler)
+    for option, (kind, accepted, instead) in _A1111_OPTIONS.items():
+        if option in options and not accepted(_value(option, options[option], kind)):
+            raise _BadLine(f"--{option} {options[option]}: {instead}")
     unknown = [s for s in options["style"] if s not in STYLE_TOKENS]
     if unknown:
         raise _BadLine(f"unknown style '{unknown[0]}'; allowed: {', '.join(STYLE_TOKENS)}")
@@ -180,14 +256,15 @@ def _lines(text: str) -> list[str]:
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
-def parse_prompts(text: str, path: Path, defaults: PromptJob, styles: list[str]) -> list[PromptJob]:
-    """Every prompt in the text of prompts file `path`, or a UsageError listing each bad line by number."""
+def parse_prompts(text: str, path: Path, defaults: PromptJob, styles: list[str], sampler: str) -> list[PromptJob]:
+    """Every prompt in the text of prompts file `path`, or a UsageError listing each bad line by number.
+    `sampler`: the run's, by its A1111 name (a line's --sampler_name must be it)."""
     jobs, problems = [], []
     for number, line in enumerate(_lines(text), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
-            jobs.append(dataclasses.replace(parse_line(line, defaults, styles), line=number))
+            jobs.append(dataclasses.replace(parse_line(line, defaults, styles, sampler), line=number))
         except ValueError as exc:
             problems.append(f"line {number}: {exc}")
     if problems:

@@ -21,8 +21,8 @@ def write(tmp_path, text: str, encoding="utf-8"):
     return path
 
 
-def read_jobs(path, defaults, styles):
-    return parse_prompts(read_prompts_text(path), path, defaults, styles)
+def read_jobs(path, defaults, styles, sampler="Euler a"):
+    return parse_prompts(read_prompts_text(path), path, defaults, styles, sampler)
 
 
 def test_plain_lines_comments_blanks_and_unicode(tmp_path):
@@ -41,11 +41,65 @@ def test_a1111_overrides_on_a_line(tmp_path):
                             seed=5, steps=20, guidance=6.5, width=512, height=768, line=1)
 
 
+def test_a_file_written_for_a1111_runs_as_it_is(tmp_path):
+    """AUTOMATIC1111's options (scripts/prompts_from_file.py) whose values ask for what nitro does anyway are
+    taken; --seed -1 is A1111's random seed (the run's seeds); --n_iter x --batch_size images of the line."""
+    path = write(tmp_path, '--prompt "castle, at dawn" --negative_prompt "blurry" --steps 20 --cfg_scale 7 '
+                           '--sampler_name "euler a" --seed -1 --width 512 --height 512 --restore_faces false '
+                           '--tiling False --do_not_save_grid true --do_not_save_samples false '
+                           '--outpath_grids outputs/grids --prompt_for_display castle --subseed 12 '
+                           '--subseed_strength 0 --seed_resize_from_w -1 --seed_resize_from_h 0 '
+                           '--n_iter 3 --batch_size 2\r\n'
+                           '--prompt tower --seed 9 --n_iter 2\r\n')
+    first, second = read_jobs(path, DEFAULTS, [])
+    assert first == PromptJob(prompt="castle, at dawn", negative="blurry", seed=None, steps=20, guidance=7.0,
+                              width=512, height=512, line=1, images=6)
+    assert (second.prompt, second.seed, second.images) == ("tower", 9, 2)
+    planned = plan_images([first, second, DEFAULTS], 2, first_index=0, first_seed=40)
+    assert [p.seed for p in planned] == [40, 41, 42, 43, 44, 45, 9, 10, 48, 49]
+
+
+@pytest.mark.parametrize("line", ["a sword -- glowing", "a knight's blade -- sharp", "---- castle ----",
+                                  "em--dash --and more", "-- a lone dash"])
+def test_a_line_with_dashes_but_no_option_is_the_prompt(tmp_path, line):
+    """A1111 falls back to the whole line as the prompt; nitro reads it so at once."""
+    [job] = read_jobs(write(tmp_path, line + "\n"), DEFAULTS, [])
+    assert job.prompt == line
+
+
+@pytest.mark.parametrize("line, problem", [
+    ('--prompt c --sampler_name "DPM++ 2M Karras"',
+     "--sampler_name 'DPM++ 2M Karras': a run has one sampler, and this run's is Euler a; "
+     "for DPM++ 2M Karras, run its lines with --set scheduler=dpmpp_2m_karras"),
+    ("--prompt c --sampler_name Heun", "--sampler_name 'Heun': a run has one sampler, and this run's is Euler a; nitro has no Heun: its "
+     "samplers are PLMS, Euler a, Euler, "),
+    ("--prompt c --sampler_name DPM++ 2M", "--sampler_name takes one value, got 2: DPM++ 2M (put a value with"),
+    ("--prompt c --sampler_index 3", "--sampler_index 3: give the sampler by name: --sampler_name"),
+    ("--prompt c --restore_faces true", "--restore_faces true: nitro has no face restoration (make it false)"),
+    ("--prompt c --restore_faces yes", "--restore_faces must be true or false, not 'yes'"),
+    ("--prompt c --tiling True", "--tiling True: nitro makes no seamless tiles"),
+    ("--prompt c --do_not_save_samples true", "--do_not_save_samples true: nitro saves every image it makes"),
+    ('--prompt c --styles "Cinematic"', "--styles Cinematic: A1111's saved styles (styles.csv) are not in nitro"),
+    ("--prompt c --sd_model v1-5-pruned", "--sd_model v1-5-pruned: a run has one model: give it as --model"),
+    ("--prompt c --outpath_samples /x", "--outpath_samples /x: a run saves every image in its --out"),
+    ("--prompt c --subseed_strength 0.3", "--subseed_strength 0.3: nitro has no variation seeds"),
+    ("--prompt c --seed_resize_from_w 768", "--seed_resize_from_w 768: nitro does not resize seeds"),
+    ("--prompt c --n_iter 0", "--n_iter and --batch_size must be at least 1"),
+    ("--prompt c --batch_size two", "--batch_size must be a whole number, not 'two'"),
+    ("--prompt c --stles x", "unknown option --stles (did you mean --styles?)"),
+])
+def test_a1111_options_nitro_cannot_honour_say_what_to_do(tmp_path, line, problem):
+    path = write(tmp_path, f"good prompt\n{line}\n")
+    with pytest.raises(UsageError) as caught:
+        read_jobs(path, DEFAULTS, [])
+    assert f"line 2: {problem}" in caught.value.message
+
+
 @pytest.mark.parametrize("line, problem", [
     ("--prompt castle --sed 5", "unknown option --sed (did you mean --seed?)"),
     ("--prompt castle --seed", "--seed needs a value"),
     ("--prompt castle --seed five", "--seed must be a whole number, not 'five'"),
-    ("--prompt castle --seed -3", "--seed must be 0 or more, not -3"),
+    ("--prompt castle --seed -3", "--seed must be 0 or more (or -1: the run's seeds), not -3"),
     ("--prompt castle --seed 1 2", "--seed takes one value"),
     ("--prompt castle --steps 0", "'--steps' must be at least 1"),
     ("--prompt castle --cfg_scale high", "--cfg_scale must be a number"),
@@ -206,3 +260,17 @@ def test_standard_input_is_refused_when_several_processes_share_the_run(runner, 
     result = runner.invoke(app, ["generate", "-f", "-", *FAST, "--out", str(tmp_path)], input="castle\n")
     assert result.exit_code == 2 and "reaches only one of the processes" in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_a1111_line_options_reach_the_run(runner, tmp_path):
+    """The run's sampler (its preset's scheduler) is what a line's --sampler_name is checked against, and a
+    line's --n_iter x --batch_size is its number of images."""
+    prompts = write(tmp_path, '--prompt castle --sampler_name "Euler a" --seed 3 --n_iter 2\ntower --- at night\n')
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["generate", "-f", str(prompts), *FAST, "--seed", "10", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.glob("*.png")) == ["00000-3-castle.png", "00001-4-castle.png",
+                                                         "00002-12-tower-at-night.png"]
+    other = runner.invoke(app, ["generate", "-f", str(prompts), *FAST, "--set", "scheduler=ddim", "--out", str(out)])
+    assert other.exit_code == 2
+    assert "line 1: --sampler_name 'Euler a': a run has one sampler, and this run's is DDIM" in other.stderr

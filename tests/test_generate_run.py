@@ -17,8 +17,9 @@ from nitro_cli.cli import app
 from tests.conftest import FAST
 
 REPO = Path(__file__).resolve().parent.parent
-# AUTOMATIC1111's own infotext pattern (modules/infotext_utils.py): `Key: value` pairs, values maybe quoted.
+# AUTOMATIC1111's own patterns, copied from modules/infotext_utils.py (re_param_code, re_imagesize).
 A1111_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+A1111_IMAGE_SIZE = re.compile(r"^(\d+)x(\d+)$")
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -30,27 +31,44 @@ def pngs(folder: Path) -> list[str]:
 
 
 def parse_infotext(text: str) -> tuple[str, str, dict[str, str]]:
-    """Read `parameters` back as A1111's `parse_generation_parameters` does (modules/infotext_utils.py): the
-    last line holds the params if it has three or more; the lines before are the prompt, then, from the
-    `Negative prompt:` line on, the negative prompt (each line stripped); a value in quotes is a JSON string."""
-    *lines, last = text.strip().split("\n")
-    if len(A1111_PARAM.findall(last)) < 3:
-        lines, last = [*lines, last], ""
-    prompt, negative, in_negative = [], [], False
+    """Read `parameters` back as A1111 does: a copy of the parsing part of `parse_generation_parameters` and of
+    `unquote` (modules/infotext_utils.py; style extraction and defaults for missing keys left out). The last
+    line holds the params if it has three or more; the lines before are the prompt, then, from the line
+    starting `Negative prompt:` on, the negative prompt (each line stripped); a value in quotes is a JSON
+    string; a `WxH` value becomes `Key-1` and `Key-2`; a key with an empty value is dropped (IndexError)."""
+    res = {}
+    prompt = ""
+    negative_prompt = ""
+    done_with_prompt = False
+    *lines, lastline = text.strip().split("\n")
+    if len(A1111_PARAM.findall(lastline)) < 3:
+        lines.append(lastline)
+        lastline = ""
     for line in lines:
         line = line.strip()
         if line.startswith("Negative prompt:"):
-            in_negative, line = True, line[len("Negative prompt:"):].strip()
-        (negative if in_negative else prompt).append(line)
-    params = {}
-    for key, value in A1111_PARAM.findall(last):
-        if value[:1] == '"' and value[-1:] == '"':
-            try:
-                value = json.loads(value)
-            except ValueError:
-                pass
-        params[key] = value
-    return "\n".join(prompt), "\n".join(negative), params
+            done_with_prompt = True
+            line = line[16:].strip()
+        if done_with_prompt:
+            negative_prompt += ("" if negative_prompt == "" else "\n") + line
+        else:
+            prompt += ("" if prompt == "" else "\n") + line
+    for k, v in A1111_PARAM.findall(lastline):
+        try:
+            if v[0] == '"' and v[-1] == '"':
+                try:  # unquote
+                    v = json.loads(v)
+                except Exception:
+                    pass
+            m = A1111_IMAGE_SIZE.match(v)
+            if m is not None:
+                res[f"{k}-1"] = m.group(1)
+                res[f"{k}-2"] = m.group(2)
+            else:
+                res[k] = v
+        except Exception:
+            pass  # A1111 prints "Error parsing" and goes on
+    return prompt, negative_prompt, res
 
 
 def write_prompts(tmp_path: Path, text: str) -> Path:
@@ -106,9 +124,10 @@ def test_metadata_parses_back_like_a1111(runner, tmp_path):
     [name] = pngs(out)
     prompt, negative, params = parse_infotext(Image.open(out / name).text["parameters"])
     assert (prompt, negative) == ("princess, golden: hair, arcane style", "blurry, dark")
-    assert {k: params[k] for k in ("Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Preset")} == {
-        "Steps": "3", "Sampler": "Euler a", "CFG scale": "6.5", "Seed": "77", "Size": "72x64",
+    assert {k: params[k] for k in ("Steps", "Sampler", "CFG scale", "Seed", "Size-1", "Size-2", "Model", "Preset")} == {
+        "Steps": "3", "Sampler": "Euler a", "CFG scale": "6.5", "Seed": "77", "Size-1": "72", "Size-2": "64",
         "Model": "random:tiny", "Preset": "beginner"}
+    assert "Schedule type" not in params  # Euler a's own schedule: what A1111 reads without one
     assert "Preset overrides" not in params  # --steps, --width, --height: given as Steps and Size
 
 
@@ -128,16 +147,57 @@ def test_metadata_names_the_preset_overrides_that_made_the_image(runner, tmp_pat
     ("line one,\nline \"two\": x", "neg one\nneg, two"),
     ("Steps: 3, Sampler: x, CFG scale: 1", "Steps: 3, Seed: 4, Size: 8x8"),
     ("\u57ce\u5821, back\\slash", "tab\there"),
+    ("ch\u00e2teau \u00fcber alles, \u2728 \U0001f409", "\u0443\u0440\u043e\u0434\u043b\u0438\u0432\u044b\u0439"),
+    ("castle, then Negative prompt: inside a line", "dark, Negative prompt: again"),
+    ("a castle, " * 3000 + "the end", "blurry, " * 1000 + "last"),
 ])
 @pytest.mark.parametrize("model", ["random:tiny", "C:\\models\\a,b.ckpt", 'my "best" model', '"best"', "x, \"y\""])
-def test_infotext_round_trips_through_a1111s_reader(prompt, negative, model):
+def test_infotext_round_trips_through_a1111s_reader(prompt, negative, model, tmp_path):
+    from packaging import version
+
+    from nitro_cli.output import infotext, save_png
+
+    path = tmp_path / "image.png"  # through a PNG: tEXt holds Latin-1 only, other text goes in an iTXt chunk
+    save_png(Image.new("RGB", (8, 8)), path, infotext(prompt, negative, {
+        "Steps": 2, "Sampler": "DPM++ 2M", "Schedule type": "Uniform", "CFG scale": 7.5, "Seed": 3,
+        "Size": "64x48", "Model": model, "Preset": "my, preset"}))
+    parsed_prompt, parsed_negative, params = parse_infotext(Image.open(path).text["parameters"])
+    assert (parsed_prompt, parsed_negative) == (prompt, negative)
+    assert {k: params[k] for k in ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size-1", "Size-2",
+                                   "Model", "Preset")} == {
+        "Steps": "2", "Sampler": "DPM++ 2M", "Schedule type": "Uniform", "CFG scale": "7.5", "Seed": "3",
+        "Size-1": "64", "Size-2": "48", "Model": model, "Preset": "my, preset"}
+    # A1111's infotext_versions.parse_version: a version it can parse below 1.6 would switch on its
+    # compatibility settings for old images.
+    with pytest.raises(version.InvalidVersion):
+        version.parse(params["Version"])
+
+
+@pytest.mark.parametrize("prompt, negative", [
+    ("castle\nNegative prompt: in the sky", "blurry"),
+    ("castle,\n\n   Negative prompt: in the sky\nat dawn", ""),
+    ("castle", "blurry\nNegative prompt: twice"),
+])
+def test_a_prompt_line_starting_like_the_negative_prompt_is_read_as_prompt(prompt, negative):
+    """A1111's reader would start the negative prompt at such a line: it is joined to the line before, which
+    CLIP's tokenizer reads the same (it takes any run of blank space for one space)."""
+    from nitro_cli.models import clip_tokenizer
     from nitro_cli.output import infotext
 
-    text = infotext(prompt, negative, {"Steps": 2, "Sampler": "Euler a", "CFG scale": 7.5, "Seed": 3,
-                                       "Size": "64x64", "Model": model, "Preset": "my, preset"})
-    parsed_prompt, parsed_negative, params = parse_infotext(text)
-    assert (parsed_prompt, parsed_negative) == (prompt, negative)
-    assert (params["Model"], params["Preset"], params["Seed"], params["Size"]) == (model, "my, preset", "3", "64x64")
+    parsed_prompt, parsed_negative, _ = parse_infotext(infotext(prompt, negative, {
+        "Steps": 2, "Sampler": "Euler a", "CFG scale": 7.5, "Seed": 3}))
+    tokens = clip_tokenizer()
+    assert tokens(parsed_prompt).input_ids == tokens(prompt).input_ids
+    assert tokens(parsed_negative).input_ids == tokens(negative).input_ids
+
+
+def test_plain_dpmpp_2m_names_its_schedule(runner, tmp_path):
+    """A1111 1.9 on reads `DPM++ 2M` alone as DPM++ 2M with its default Karras schedule."""
+    assert runner.invoke(app, ["generate", "castle", "--set", "scheduler=dpmpp_2m", "--out", str(tmp_path),
+                               *FAST]).exit_code == 0
+    [name] = pngs(tmp_path)
+    params = parse_infotext(Image.open(tmp_path / name).text["parameters"])[2]
+    assert (params["Sampler"], params["Schedule type"]) == ("DPM++ 2M", "Uniform")
 
 
 def test_multiline_prompts_with_quotes_parse_back_like_a1111(runner, tmp_path):
@@ -379,6 +439,10 @@ def test_a_huge_number_of_images_is_a_usage_error_not_a_hang(runner, tmp_path):
     result = runner.invoke(app, ["generate", "--prompts-file", str(prompts), *FAST, "-n", "600000", "--out", str(out)])
     assert result.exit_code == 2, result.output
     assert "not 1200000 (2 prompts x 600000)" in result.stderr
+    prompts = write_prompts(tmp_path, "a dog\n--prompt a cat --n_iter 100000 --batch_size 100000\n")
+    result = runner.invoke(app, ["generate", "--prompts-file", str(prompts), *FAST, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "not 10000000001 (counting the prompts file's --n_iter x --batch_size)" in result.stderr
     assert not out.exists()
 
 

@@ -72,6 +72,19 @@ def test_every_bad_line_is_reported_at_once(tmp_path):
     assert "line 3: unknown option --bogus" in caught.value.message
 
 
+def test_a_typo_repeated_on_every_line_of_a_big_file_is_a_short_error(tmp_path):
+    """The same mistake on each of 5,000 lines (a big prompts file with `--negative-prompt` for
+    `--negative_prompt`) is told by its first lines and a count, not 5,000 lines of stderr."""
+    path = write(tmp_path, "".join(f"--prompt castle {i} --negative-prompt blurry\n" for i in range(5000)))
+    with pytest.raises(UsageError) as caught:
+        read_jobs(path, DEFAULTS, [])
+    message = caught.value.message
+    assert "5000 bad lines" in message
+    assert "line 1: unknown option --negative-prompt (did you mean --negative_prompt?)" in message
+    assert "line 5000:" not in message and "and 4990 more bad lines" in message
+    assert len(message.splitlines()) <= 12
+
+
 def test_not_utf8_and_empty_files(tmp_path):
     with pytest.raises(UsageError, match="line 2: not UTF-8"):
         read_jobs(write(tmp_path, "castle\ncaf\xe9\n".encode("latin-1")), DEFAULTS, [])

@@ -181,6 +181,19 @@ def test_truncation_warning_of_a_huge_prompt_stays_short():
     assert len(warning) < 500 and "more characters)" in warning
 
 
+def test_truncation_warnings_of_a_big_prompts_file_stay_a_few_lines():
+    """A1111 prompts often run past 77 tokens: 3,000 such lines printed 3,000 warnings (657 KB of stderr)
+    before the first image. The first few are quoted and the rest counted."""
+    from nitro_cli.models import clip_tokenizer
+
+    jobs = [PromptJob(" ".join(f"word{i}" for i in range(60)) + f" end {n}", "", None, 2, 7.5, 64, 64)
+            for n in range(300)]
+    warnings = truncation_warnings(clip_tokenizer(), jobs)
+    assert len(warnings) == 11
+    assert "end 0\"" in warnings[0] and "end 9\"" in warnings[9]
+    assert warnings[10] == "... and 290 more prompts or negative prompts longer than 77 tokens, cut short the same way"
+
+
 def test_plan_seeds_and_names_in_prompt_order():
     a = PromptJob("a", "", None, 2, 7.5, 64, 64)
     b = PromptJob("b", "", 100, 2, 7.5, 64, 64)  # a line with --seed 100

@@ -203,6 +203,33 @@ def test_plan_seeds_and_names_in_prompt_order():
                                          "00011-44-a.png", "00012-45-a.png"]
 
 
+def test_a_big_run_is_planned_once_with_one_slug_per_prompt(monkeypatch):
+    """Planning runs before the model loads, over every image: seeds were checked by planning the whole run a
+    second time, and each image's name ran the prompt's slug regex again (`-n 1000000` of one prompt: 13 s
+    and 18 s of the 2-vCPU dev machine's time)."""
+    from nitro_cli import generation, output
+
+    slugged = []
+    for module in (generation, output):  # wherever planning takes it from
+        monkeypatch.setattr(module, "slug", lambda prompt: slugged.append(prompt) or prompt, raising=False)
+    jobs = [PromptJob("castle", "", None, 2, 7.5, 64, 64), PromptJob("dragon", "", 5, 2, 7.5, 64, 64)]
+    generation.check_seeds(jobs, 1000, seed=None)
+    assert slugged == []
+    planned = plan_images(jobs, 1000, first_index=0, first_seed=0)
+    assert len(planned) == 2000 and slugged == ["castle", "dragon"]
+    assert (planned[999].name, planned[1999].name) == ("00999-999-castle.png", "01999-1004-dragon.png")
+
+
+def test_the_seed_check_names_the_first_seed_past_the_range():
+    from nitro_cli.generation import SEED_MAX, check_seeds
+
+    jobs = [PromptJob("a", "", None, 2, 7.5, 64, 64), PromptJob("b", "", None, 2, 7.5, 64, 64)]
+    check_seeds(jobs, 3, seed=SEED_MAX - 5)  # the last image's seed is SEED_MAX
+    # a: SEED_MAX - 4 .. SEED_MAX - 2; b: SEED_MAX - 1, SEED_MAX, SEED_MAX + 1
+    with pytest.raises(UsageError, match=f"^seed {SEED_MAX + 1} is too large"):
+        check_seeds(jobs, 3, seed=SEED_MAX - 4)
+
+
 def test_batches_cross_prompts_but_never_mix_sizes_or_steps():
     small, other, tall = (PromptJob("s", "", None, 2, 7.5, 64, 64), PromptJob("o", "", None, 2, 7.5, 64, 64),
                           PromptJob("t", "", None, 2, 7.5, 64, 128))

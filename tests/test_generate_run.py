@@ -204,6 +204,21 @@ def test_resume_makes_exactly_the_missing_images(runner, tmp_path, monkeypatch):
     assert changed.exit_code == 2 and "different request" in changed.stderr
 
 
+def test_a_new_run_looks_up_no_file_per_planned_image(runner, tmp_path, monkeypatch):
+    """A new run's names are numbered past every image in --out, yet it looked for each one on disk before
+    the model loaded: most of a million-image run's planning (12 of 14 s on the 2-vCPU dev machine).
+    --resume still looks, once per image."""
+    looked = []
+    real_exists = Path.exists
+    monkeypatch.setattr(Path, "exists", lambda path, *a, **k: looked.append(path.name) or real_exists(path, *a, **k))
+    monkeypatch.setattr(generation, "generate_images", lambda *args, **kwargs: [])
+    args = ["generate", "castle", "-n", "50", "--seed", "0", "--out", str(tmp_path), *FAST]
+    assert runner.invoke(app, args).exit_code == 0
+    assert [name for name in looked if name.endswith("-castle.png")] == []
+    assert runner.invoke(app, [*args, "--resume"]).exit_code == 0
+    assert sorted(name for name in looked if name.endswith("-castle.png")) == [f"{i:05d}-{i}-castle.png" for i in range(50)]
+
+
 def test_a_mistyped_model_leaves_the_run_record_to_resume_from(runner, tmp_path):
     out = tmp_path / "out"
     args = ["generate", "castle", "-n", "2", "--out", str(out), *FAST]

@@ -266,6 +266,23 @@ def test_ctrl_c_or_sigterm_saves_finished_images_leaves_no_partial_file_and_exit
         Image.open(out / name).load()  # complete files only
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_stdout_on_a_full_disk_is_an_error_with_a_hint_not_a_traceback(tmp_path):
+    """`--json > images.jsonl` on a disk that fills up: writing a line failed with ENOSPC in the writer thread
+    and came out as a traceback. /dev/full fails every write that way."""
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NITRO_CACHE_DIR": str(tmp_path / "cache")}
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "nitro_cli", "generate", "castle", "-n", "3", "--batch-size", "1",
+                               "--json", "--out", str(out), *FAST],
+                              cwd=REPO, env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=180)
+    assert done.returncode == 1, done.stderr
+    assert "Error: could not write to standard output: No space left on device" in done.stderr
+    assert "Hint: " in done.stderr and "--resume" in done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+    assert 1 <= len(pngs(out)) < 3  # the run stopped at the failure; the image whose line failed is kept
+
+
 def test_nan_from_a_half_precision_vae_is_decoded_again_in_fp32(monkeypatch):
     import torch
 

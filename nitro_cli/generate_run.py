@@ -166,10 +166,13 @@ def _images_to_make(request: GenerateRequest, model_name: str, settings, jobs):
     record = output.start_run(request.out, request_fingerprint(model_name, settings, jobs, request.num_images,
                                                                request.seed), total, request.seed, request.resume)
     planned = plan_images(jobs, request.num_images, record.first_index, record.first_seed)
+    if not request.resume:
+        # Numbered past every image in the folder: none is there yet. Looking (a stat per planned image) took
+        # most of a million-image run's planning; a name another run takes meanwhile is caught when saving.
+        return record, planned
     pending = [image for image in planned if not (request.out / image.name).exists()]
-    if request.resume:
-        print(f"Resuming: {total - len(pending)} of {total} images already in {request.out}; making {len(pending)}.",
-              file=sys.stderr)
+    print(f"Resuming: {total - len(pending)} of {total} images already in {request.out}; making {len(pending)}.",
+          file=sys.stderr)
     return record, pending
 
 

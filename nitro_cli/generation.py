@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from nitro_cli.errors import OUT_OF_MEMORY_HINT, RuntimeFailure, UsageError
 from nitro_cli.measure import Measurement, measure, timed
-from nitro_cli.output import fingerprint, image_name
+from nitro_cli.output import fingerprint, image_name, slug
 from nitro_cli.prompts import PromptJob
 
 SEED_MAX = 2**64 - 1  # the largest seed torch.Generator.manual_seed takes
@@ -193,16 +193,26 @@ class PlannedImage:
     name: str
 
 
-def plan_images(jobs: list[PromptJob], num_images: int, first_index: int, first_seed: int) -> list[PlannedImage]:
-    """Every image of the run in prompt order (`num_images` of each prompt, or its line's own count). Image i
-    has file number first_index + i and seed first_seed + i, unless its prompt line set `--seed S`: then that
-    prompt's k-th image has S + k."""
-    planned = []
+def _first_seeds(jobs: list[PromptJob], num_images: int, first_seed: int) -> list[int]:
+    """Each prompt's first seed; its k-th image has that seed + k. Image i of the run has seed first_seed + i,
+    unless its prompt line set `--seed S`: then S is the prompt's first seed."""
+    seeds, before = [], 0
     for job in jobs:
-        for k in range(job.image_count(num_images)):
+        seeds.append(job.seed if job.seed is not None else first_seed + before)
+        before += job.image_count(num_images)
+    return seeds
+
+
+def plan_images(jobs: list[PromptJob], num_images: int, first_index: int, first_seed: int) -> list[PlannedImage]:
+    """Every image of the run in prompt order (`num_images` of each prompt, or its line's own count): image i
+    has file number first_index + i and the seed `_first_seeds` gives. A prompt's slug is made once, not per
+    image (`-n 1000000` of one prompt)."""
+    planned = []
+    for job, start in zip(jobs, _first_seeds(jobs, num_images, first_seed)):
+        prompt_slug = slug(job.prompt)
+        for seed in range(start, start + job.image_count(num_images)):
             i = len(planned)
-            seed = job.seed + k if job.seed is not None else first_seed + i
-            planned.append(PlannedImage(i, job, seed, image_name(first_index + i, seed, job.prompt)))
+            planned.append(PlannedImage(i, job, seed, image_name(first_index + i, seed, prompt_slug)))
     return planned
 
 
@@ -222,13 +232,15 @@ def check_run_size(jobs: list[PromptJob], num_images: int) -> None:
 
 
 def check_seeds(jobs: list[PromptJob], num_images: int, seed: int | None) -> None:
-    """Every seed the plan gives (a prompt's k-th image: its seed + k) fits the generator: a UsageError
-    before anything is written or loaded. Drawn seeds are small; only given ones can be too large."""
-    for image in plan_images(jobs, num_images, first_index=0, first_seed=seed or 0):
-        if image.seed > SEED_MAX:
-            from_line = image.job.seed is not None and image.job.line
-            where = f"prompts file line {image.job.line}: " if from_line else ""
-            raise UsageError(f"{where}seed {image.seed} is too large: seeds go up to {SEED_MAX} (2**64 - 1)",
+    """Every seed the plan gives (a prompt's k-th image: its first seed + k) fits the generator: a UsageError
+    before anything is written or loaded. Drawn seeds are small; only given ones can be too large. Checked
+    per prompt, from its last seed: planning the images here too made a million-image run plan twice."""
+    for job, start in zip(jobs, _first_seeds(jobs, num_images, seed or 0)):
+        if start + job.image_count(num_images) - 1 > SEED_MAX:
+            from_line = job.seed is not None and job.line
+            where = f"prompts file line {job.line}: " if from_line else ""
+            raise UsageError(f"{where}seed {max(start, SEED_MAX + 1)} is too large: seeds go up to {SEED_MAX} "
+                             "(2**64 - 1)",
                              hint=f"image i of a prompt uses its seed + i: give a smaller --seed"
                                   f"{' on that line' if from_line else ''}")
 

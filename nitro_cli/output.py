@@ -52,8 +52,9 @@ def next_index(folder: Path) -> int:
     return max(numbers, default=-1) + 1
 
 
-def image_name(index: int, seed: int, prompt: str) -> str:
-    return f"{index:05d}-{seed}-{slug(prompt)}.png"
+def image_name(index: int, seed: int, prompt_slug: str) -> str:
+    """`prompt_slug`: `slug(prompt)`, made once for all the images of a prompt."""
+    return f"{index:05d}-{seed}-{prompt_slug}.png"
 
 
 def _quote(value: str) -> str:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from nitro_cli.errors import RuntimeFailure
 from nitro_cli.generation import CacheStats, ImageResult, PlannedImage, RunObserver
 
 
@@ -100,11 +101,22 @@ class RunDisplay(RunObserver):
             sys.stdout.flush()
         except BrokenPipeError:
             # The reader went away (`nitro generate ... | head -1`): the images are the work, so the run goes
-            # on. stdout now points at devnull, as Python's docs advise, so no later flush fails again.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            self._stdout_gone = True
+            # on, without printing.
+            self._stop_stdout()
             self.console.print("Note: stdout's reader went away; the run goes on, saving images without printing "
                                "their paths.", markup=False)
+        except OSError as exc:
+            # `--json > images.jsonl` on a disk that filled up: a record that goes on without its lines would be
+            # silently incomplete, so the run stops (raised again in the run's thread when this is the writer's).
+            self._stop_stdout()
+            raise RuntimeFailure(f"could not write to standard output: {exc.strerror or exc}",
+                                 hint="free space where stdout goes (its last line may be cut short); finished "
+                                      "images are kept: repeat the command with --resume to make the rest") from exc
+
+    def _stop_stdout(self) -> None:
+        """stdout pointed at devnull, as Python's docs advise, so no later flush (at exit) fails again."""
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        self._stdout_gone = True
 
     def summary(self, results: list[ImageResult], cache: CacheStats, total_seconds: float, device: str,
                 processes: list[int] | None = None) -> None:

@@ -14,7 +14,8 @@ counts 1) instead of the run's --num-images. Any other line is the prompt, "--" 
 glowing"). A1111's other options are taken where their value asks for what nitro does anyway
 (`--restore_faces false`, `--do_not_save_grid true`, `--sampler_name` naming the run's sampler), so
 a file written for A1111 runs as it is; any other value is an error saying what nitro does instead.
-The whole file is checked before a model is loaded: every bad line is reported with its number.
+The whole file is checked before a model is loaded: bad lines are counted and reported with their numbers
+(the first `LISTED_AT_MOST` of them).
 """
 
 from __future__ import annotations
@@ -256,8 +257,21 @@ def _lines(text: str) -> list[str]:
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
+# Bad lines an error lists, and long prompts the warnings quote: one mistake repeated down a 100,000-line file
+# (`--negative-prompt`) listed every line, 20,000 lines and 3.5 MB of stderr that scrolled the error's first
+# line away; 3,000 prompts past 77 tokens printed 657 KB of warnings before the first image.
+LISTED_AT_MOST = 10
+
+
+def _listed(items: list[str], more: str) -> list[str]:
+    """The first LISTED_AT_MOST items, then a line counting the rest (`more` says what they are)."""
+    if len(items) <= LISTED_AT_MOST:
+        return items
+    return [*items[:LISTED_AT_MOST], f"... and {len(items) - LISTED_AT_MOST} more {more}"]
+
+
 def parse_prompts(text: str, path: Path, defaults: PromptJob, styles: list[str], sampler: str) -> list[PromptJob]:
-    """Every prompt in the text of prompts file `path`, or a UsageError listing each bad line by number.
+    """Every prompt in the text of prompts file `path`, or a UsageError listing its bad lines by number.
     `sampler`: the run's, by its A1111 name (a line's --sampler_name must be it)."""
     jobs, problems = [], []
     for number, line in enumerate(_lines(text), start=1):
@@ -268,7 +282,8 @@ def parse_prompts(text: str, path: Path, defaults: PromptJob, styles: list[str],
         except ValueError as exc:
             problems.append(f"line {number}: {exc}")
     if problems:
-        listed = problems[0] if len(problems) == 1 else f"{len(problems)} bad lines:\n  " + "\n  ".join(problems)
+        listed = problems[0] if len(problems) == 1 else f"{len(problems)} bad lines:\n  " + "\n  ".join(
+            _listed(problems, "bad lines"))
         raise UsageError(f"prompts file {_named(path)}: {listed}",
                          hint="fix the lines above; nothing was generated")
     if not jobs:
@@ -288,7 +303,7 @@ def _shortened(text: str) -> str:
 def truncation_warnings(tokenizer, jobs: list[PromptJob]) -> list[str]:
     """One warning per distinct prompt or negative prompt longer than the text encoder reads (77 tokens
     for CLIP), quoting the part that is dropped as the user wrote it (decoded tokens would read
-    `number 1 0 ,` for `number 10,`)."""
+    `number 1 0 ,` for `number 10,`); past LISTED_AT_MOST of them, a last one counts the rest."""
     limit = tokenizer.model_max_length
     warnings = []
     texts = dict.fromkeys((text, label) for job in jobs
@@ -300,4 +315,4 @@ def truncation_warnings(tokenizer, jobs: list[PromptJob]) -> list[str]:
             dropped = _shortened(text[offsets[limit - 1][0]:].strip())
             warnings.append(f"{label} longer than {limit} tokens; this end of it is ignored: \"{dropped}\" "
                             f"(in \"{text[:40]}...\")")
-    return warnings
+    return _listed(warnings, f"prompts or negative prompts longer than {limit} tokens, cut short the same way")

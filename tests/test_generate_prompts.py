@@ -126,6 +126,19 @@ def test_every_bad_line_is_reported_at_once(tmp_path):
     assert "line 3: unknown option --bogus" in caught.value.message
 
 
+def test_a_typo_repeated_on_every_line_of_a_big_file_is_a_short_error(tmp_path):
+    """The same mistake on each of 5,000 lines (a big prompts file with `--negative-prompt` for
+    `--negative_prompt`) is told by its first lines and a count, not 5,000 lines of stderr."""
+    path = write(tmp_path, "".join(f"--prompt castle {i} --negative-prompt blurry\n" for i in range(5000)))
+    with pytest.raises(UsageError) as caught:
+        read_jobs(path, DEFAULTS, [])
+    message = caught.value.message
+    assert "5000 bad lines" in message
+    assert "line 1: unknown option --negative-prompt (did you mean --negative_prompt?)" in message
+    assert "line 5000:" not in message and "and 4990 more bad lines" in message
+    assert len(message.splitlines()) <= 12
+
+
 def test_not_utf8_and_empty_files(tmp_path):
     with pytest.raises(UsageError, match="line 2: not UTF-8"):
         read_jobs(write(tmp_path, "castle\ncaf\xe9\n".encode("latin-1")), DEFAULTS, [])
@@ -222,6 +235,19 @@ def test_truncation_warning_of_a_huge_prompt_stays_short():
     assert len(warning) < 500 and "more characters)" in warning
 
 
+def test_truncation_warnings_of_a_big_prompts_file_stay_a_few_lines():
+    """A1111 prompts often run past 77 tokens: 3,000 such lines printed 3,000 warnings (657 KB of stderr)
+    before the first image. The first few are quoted and the rest counted."""
+    from nitro_cli.models import clip_tokenizer
+
+    jobs = [PromptJob(" ".join(f"word{i}" for i in range(60)) + f" end {n}", "", None, 2, 7.5, 64, 64)
+            for n in range(300)]
+    warnings = truncation_warnings(clip_tokenizer(), jobs)
+    assert len(warnings) == 11
+    assert "end 0\"" in warnings[0] and "end 9\"" in warnings[9]
+    assert warnings[10] == "... and 290 more prompts or negative prompts longer than 77 tokens, cut short the same way"
+
+
 def test_plan_seeds_and_names_in_prompt_order():
     a = PromptJob("a", "", None, 2, 7.5, 64, 64)
     b = PromptJob("b", "", 100, 2, 7.5, 64, 64)  # a line with --seed 100
@@ -229,6 +255,33 @@ def test_plan_seeds_and_names_in_prompt_order():
     assert [p.seed for p in planned] == [40, 41, 100, 101, 44, 45]
     assert [p.name for p in planned] == ["00007-40-a.png", "00008-41-a.png", "00009-100-b.png", "00010-101-b.png",
                                          "00011-44-a.png", "00012-45-a.png"]
+
+
+def test_a_big_run_is_planned_once_with_one_slug_per_prompt(monkeypatch):
+    """Planning runs before the model loads, over every image: seeds were checked by planning the whole run a
+    second time, and each image's name ran the prompt's slug regex again (`-n 1000000` of one prompt: 13 s
+    and 18 s of the 2-vCPU dev machine's time)."""
+    from nitro_cli import generation, output
+
+    slugged = []
+    for module in (generation, output):  # wherever planning takes it from
+        monkeypatch.setattr(module, "slug", lambda prompt: slugged.append(prompt) or prompt, raising=False)
+    jobs = [PromptJob("castle", "", None, 2, 7.5, 64, 64), PromptJob("dragon", "", 5, 2, 7.5, 64, 64)]
+    generation.check_seeds(jobs, 1000, seed=None)
+    assert slugged == []
+    planned = plan_images(jobs, 1000, first_index=0, first_seed=0)
+    assert len(planned) == 2000 and slugged == ["castle", "dragon"]
+    assert (planned[999].name, planned[1999].name) == ("00999-999-castle.png", "01999-1004-dragon.png")
+
+
+def test_the_seed_check_names_the_first_seed_past_the_range():
+    from nitro_cli.generation import SEED_MAX, check_seeds
+
+    jobs = [PromptJob("a", "", None, 2, 7.5, 64, 64), PromptJob("b", "", None, 2, 7.5, 64, 64)]
+    check_seeds(jobs, 3, seed=SEED_MAX - 5)  # the last image's seed is SEED_MAX
+    # a: SEED_MAX - 4 .. SEED_MAX - 2; b: SEED_MAX - 1, SEED_MAX, SEED_MAX + 1
+    with pytest.raises(UsageError, match=f"^seed {SEED_MAX + 1} is too large"):
+        check_seeds(jobs, 3, seed=SEED_MAX - 4)
 
 
 def test_batches_cross_prompts_but_never_mix_sizes_or_steps():

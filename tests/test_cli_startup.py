@@ -89,3 +89,16 @@ def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path):
     assert first.startswith(b'{"path": ') and process.returncode == 0, stderr.decode()
     assert len(list(tmp_path.glob("*.png"))) == 4
     assert b"stdout's reader went away" in stderr
+
+
+def test_a_closed_stdout_still_gets_every_image(tmp_path):
+    """`nitro generate ... >&-` (a service started without stdout): Python sets sys.stdout to None, and the first
+    image's path line raised AttributeError: a traceback, exit 1, the rest of the run lost."""
+    from tests.conftest import FAST
+
+    done = subprocess.run([sys.executable, "-m", "nitro_cli", "generate", "a castle", *FAST, "-n", "2",
+                           "--out", str(tmp_path), "--json"],
+                          stderr=subprocess.PIPE, text=True, timeout=120, preexec_fn=lambda: os.close(1),
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert len(list(tmp_path.glob("*.png"))) == 2 and "Traceback" not in done.stderr

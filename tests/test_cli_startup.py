@@ -2,6 +2,7 @@
 and stdout/stderr free of library noise and encoding crashes."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,8 +42,6 @@ def test_a_run_prints_no_log_lines_or_warnings_of_the_libraries(tmp_path, preset
     """diffusers imports torchao whenever it is installed (the test extra installs it), and torchao logs each
     optional kernel library this torch can't load; torch logs a deprecation in glog style (`W1126 ...`).
     Compiling (expert) a bf16 UNet, as on a CPU with AMX, made dynamo warn about diffusers' code."""
-    import re
-
     pytest.importorskip("torchao", reason="the noise comes with torchao (pip install 'nitro-cli[fp8]')")
     from tests.conftest import FAST
 
@@ -50,9 +49,24 @@ def test_a_run_prints_no_log_lines_or_warnings_of_the_libraries(tmp_path, preset
                            "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr
-    noise = [line for line in done.stderr.splitlines()
-             if "Failed to load" in line or re.match(r"[IWE]\d{4} ", line) or "UserWarning" in line]
-    assert noise == []
+    assert library_noise(done.stderr) == []
+
+
+def library_noise(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines()
+            if "Failed to load" in line or re.match(r"[IWE]\d{4} ", line) or "UserWarning" in line
+            or line.startswith("[transformers]")]
+
+
+def test_an_onnx_export_prints_no_log_lines_of_the_libraries(tmp_path):
+    """The export imported diffusers before quieting the loggers that speak at import time."""
+    pytest.importorskip("torchao", reason="the noise comes with torchao (pip install 'nitro-cli[fp8]')")
+    pytest.importorskip("onnx")
+    done = subprocess.run([sys.executable, "-m", "nitro_cli", "export", "onnx", "--model", "random:tiny",
+                           "--out", str(tmp_path / "onnx")],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert library_noise(done.stderr) == []
 
 
 @pytest.mark.parametrize("json_lines", [True, False], ids=["json", "paths"])

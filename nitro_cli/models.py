@@ -208,8 +208,7 @@ def _saved_once(folder: Path, build) -> Path:
     a temporary name and renamed when complete, so a reader never sees half a model."""
     if (folder / "model_index.json").is_file():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=paths.make_cache_folder(folder.parent)))
     try:
         build().save_pretrained(staging)
         staging.rename(folder)

@@ -285,7 +285,7 @@ def exported_folder(source: models.ModelSource) -> Path:
     `random:` models have fixed seeded weights, so their export is made once and reused from the cache.
     Any other model is exported by the user, once, with `nitro export onnx` (minutes and GBs for SD 1.x).
     """
-    from nitro_cli.paths import cache_dir
+    from nitro_cli.paths import cache_dir, make_cache_folder
 
     if source.kind == "folder" and is_onnx_folder(source.spec):
         return Path(source.spec)
@@ -294,6 +294,7 @@ def exported_folder(source: models.ModelSource) -> Path:
                          hint=EXPORT_HINT.format(model=source.spec))
     folder = cache_dir() / "onnx" / source.spec.replace(":", "-")
     if not is_onnx_folder(folder):
+        make_cache_folder(folder.parent)
         # Written beside the final folder and renamed into place: an interrupted export leaves no half cache.
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)

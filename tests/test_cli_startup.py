@@ -116,3 +116,14 @@ def test_a_closed_stdout_still_gets_every_image(tmp_path):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr
     assert len(list(tmp_path.glob("*.png"))) == 2 and "Traceback" not in done.stderr
+
+
+def test_prompts_from_a_closed_stdin_are_a_usage_error(tmp_path):
+    """`nitro generate -f - <&-` (cron, a service): Python sets sys.stdin to None, and reading it was a traceback."""
+    from tests.conftest import FAST
+
+    done = subprocess.run([sys.executable, "-m", "nitro_cli", "generate", "-f", "-", *FAST, "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.close(0),
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "Error: prompts file (standard input) has no prompts" in done.stderr

@@ -144,6 +144,11 @@ def main() -> None:
     # `kill`, `timeout`, Slurm's preemption and torchrun stop a process with SIGTERM: treated as Ctrl-C,
     # so a run saves its finished images and exits 130, and bench keeps the presets it finished.
     signal.signal(signal.SIGTERM, _interrupt)
+    # A stream the shell closed (`<&-`, `>&-`, `2>&-`) is None in Python: `--prompts-file -` and a line for stdout
+    # would raise AttributeError, and print(file=sys.stderr) would fall back to stdout, into the --json lines.
+    for name, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, mode))
     # Scripts read stdout; one that can't encode a file name (Windows pipes, PYTHONIOENCODING=ascii) gets it
     # backslash-escaped rather than a crash after the image is saved. --json output is ASCII anyway.
     if hasattr(sys.stdout, "reconfigure"):

@@ -227,12 +227,12 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
     if not os.access(out, os.W_OK):
         raise UsageError(f"--out {out}: the folder is not writable", hint="give a folder you can write to")
     _mark_partial(out)
+    from nitro_cli.builder import quiet_libraries
+
+    quiet_libraries()  # first: it quiets the loggers that speak while diffusers imports
     import torch
     from diffusers import OnnxRuntimeModel, OnnxStableDiffusionPipeline
 
-    from nitro_cli.builder import quiet_libraries
-
-    quiet_libraries()
     pipe = models.load_pipeline(source, torch_dtype=torch.float32, with_safety_checker=True, device="cpu")
     report = ExportReport(out=out)
     for name, (module, example, inputs, outputs, axes) in _export_modules(pipe).items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -73,3 +74,7 @@ def check_report_file(path: Path | None, option: str) -> None:
     if not path.parent.is_dir():
         raise UsageError(f"{option} {path}: the folder {path.parent} does not exist",
                          hint=f"create it first (mkdir -p {path.parent}) or write elsewhere")
+    # os.access also says no for a read-only filesystem, which no file mode shows.
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{option} {path}: not writable (permissions or a read-only filesystem)",
+                         hint="write it to a folder you can write to")

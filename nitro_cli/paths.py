@@ -27,14 +27,29 @@ def compile_cache_dir() -> Path:
     return cache_dir() / "torch-compile"
 
 
+def make_cache_folder(folder: Path) -> Path:
+    """`folder`, a folder in nitro's cache, created. A cache that can't be written (a read-only home, a mistyped
+    NITRO_CACHE_DIR) is named as such: without this it read as a traceback, or as a bad `--out` the user never gave."""
+    from nitro_cli.errors import UsageError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        why = None if os.access(folder, os.W_OK) else "not writable"  # also a read-only filesystem
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    if why:
+        raise UsageError(f"nitro's cache folder {folder} can't be written ({why})",
+                         hint="set NITRO_CACHE_DIR to a folder you can write to")
+    return folder
+
+
 def made_once(folder: Path, make: Callable[[Path], object], is_complete: Callable[[Path], bool]) -> Path:
-    """`folder`, unless `is_complete` already, made by `make(staging)` in a new hidden folder beside it and
+    """`folder` in nitro's cache, unless `is_complete` already, made by `make(staging)` in a new hidden folder beside it and
     renamed into place: a reader never sees half of it, an interrupted `make` leaves nothing there, and
     processes making it at once (one per GPU) never write into one folder: the first rename wins."""
     if is_complete(folder):
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=make_cache_folder(folder.parent)))
     try:
         make(staging)
         if folder.exists() and not is_complete(folder):  # damaged (a file in it deleted by hand): replaced

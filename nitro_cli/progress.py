@@ -42,8 +42,11 @@ class RunDisplay(RunObserver):
         self.console = Console(stderr=True, soft_wrap=True)
         self._json = json_output
         self._model, self._preset = model, preset
+        # Rich's bars move stdout's writes onto their console (stderr), above the bars: right when stdout is the
+        # same terminal, but `nitro generate --json > images.jsonl` typed in a terminal would get an empty file.
         self._progress = Progress(TextColumn("{task.description:<7}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), console=self.console, disable=not (bars and self.console.is_terminal))
+                                  TimeElapsedColumn(), console=self.console, disable=not (bars and self.console.is_terminal),
+                                  redirect_stdout=sys.stdout is not None and sys.stdout.isatty())
         self._images = self._progress.add_task("images", total=total_images)
         self._steps = self._progress.add_task("steps", total=None)
         self._vae_fp32_said = False

@@ -3,7 +3,9 @@
 import csv
 import json
 import math
+import os
 import weakref
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -312,6 +314,25 @@ def test_bad_report_paths_are_usage_errors_before_any_preset_runs(runner, tmp_pa
         assert f"Error: {option} {path}" in result.stderr and message in result.stderr
     assert "beginner" not in result.stderr.split("Error:")[0]  # nothing was loaded or measured
     assert list(paths.bench_dir().glob("bench-*.json")) == []
+
+
+@pytest.mark.parametrize("option", ["--json", "--csv"])
+@pytest.mark.parametrize("locked", ["folder", "file"])
+def test_a_report_path_that_cannot_be_written_is_a_usage_error_before_any_preset_runs(runner, tmp_path, monkeypatch,
+                                                                                       option, locked):
+    """A read-only folder or file (another user's, a read-only mount) was found only once every preset had run."""
+    target = tmp_path / "reports" / "bench.out"
+    target.parent.mkdir()
+    target.touch()
+    denied = target.parent if locked == "folder" else target
+    real_access = os.access
+    # Tests may run as root, whom no file mode stops: the filesystem's answer is simulated.
+    monkeypatch.setattr(os, "access", lambda path, mode, *args, **kwargs:
+                        False if Path(path) == denied and mode & os.W_OK else real_access(path, mode, *args, **kwargs))
+    result = runner.invoke(app, ["bench", "--presets", "beginner", *FAST, option, str(target)])
+    assert result.exit_code == 2, result.output
+    assert f"Error: {option} {target}: not writable" in result.stderr
+    assert not paths.bench_dir().exists()  # nothing was measured
 
 
 def test_json_and_csv_into_one_file_is_a_usage_error_before_any_preset_runs(runner, tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 and stdout/stderr free of library noise and encoding crashes."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,8 +42,6 @@ def test_a_run_prints_no_log_lines_or_warnings_of_the_libraries(tmp_path, preset
     """diffusers imports torchao whenever it is installed (the test extra installs it), and torchao logs each
     optional kernel library this torch can't load; torch logs a deprecation in glog style (`W1126 ...`).
     Compiling (expert) a bf16 UNet, as on a CPU with AMX, made dynamo warn about diffusers' code."""
-    import re
-
     pytest.importorskip("torchao", reason="the noise comes with torchao (pip install 'nitro-cli[fp8]')")
     from tests.conftest import FAST
 
@@ -50,9 +49,24 @@ def test_a_run_prints_no_log_lines_or_warnings_of_the_libraries(tmp_path, preset
                            "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr
-    noise = [line for line in done.stderr.splitlines()
-             if "Failed to load" in line or re.match(r"[IWE]\d{4} ", line) or "UserWarning" in line]
-    assert noise == []
+    assert library_noise(done.stderr) == []
+
+
+def library_noise(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines()
+            if "Failed to load" in line or re.match(r"[IWE]\d{4} ", line) or "UserWarning" in line
+            or line.startswith("[transformers]")]
+
+
+def test_an_onnx_export_prints_no_log_lines_of_the_libraries(tmp_path):
+    """The export imported diffusers before quieting the loggers that speak at import time."""
+    pytest.importorskip("torchao", reason="the noise comes with torchao (pip install 'nitro-cli[fp8]')")
+    pytest.importorskip("onnx")
+    done = subprocess.run([sys.executable, "-m", "nitro_cli", "export", "onnx", "--model", "random:tiny",
+                           "--out", str(tmp_path / "onnx")],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert library_noise(done.stderr) == []
 
 
 @pytest.mark.parametrize("json_lines", [True, False], ids=["json", "paths"])
@@ -89,3 +103,27 @@ def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path):
     assert first.startswith(b'{"path": ') and process.returncode == 0, stderr.decode()
     assert len(list(tmp_path.glob("*.png"))) == 4
     assert b"stdout's reader went away" in stderr
+
+
+def test_a_closed_stdout_still_gets_every_image(tmp_path):
+    """`nitro generate ... >&-` (a service started without stdout): Python sets sys.stdout to None, and the first
+    image's path line raised AttributeError: a traceback, exit 1, the rest of the run lost."""
+    from tests.conftest import FAST
+
+    done = subprocess.run([sys.executable, "-m", "nitro_cli", "generate", "a castle", *FAST, "-n", "2",
+                           "--out", str(tmp_path), "--json"],
+                          stderr=subprocess.PIPE, text=True, timeout=120, preexec_fn=lambda: os.close(1),
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert len(list(tmp_path.glob("*.png"))) == 2 and "Traceback" not in done.stderr
+
+
+def test_prompts_from_a_closed_stdin_are_a_usage_error(tmp_path):
+    """`nitro generate -f - <&-` (cron, a service): Python sets sys.stdin to None, and reading it was a traceback."""
+    from tests.conftest import FAST
+
+    done = subprocess.run([sys.executable, "-m", "nitro_cli", "generate", "-f", "-", *FAST, "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.close(0),
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "Error: prompts file (standard input) has no prompts" in done.stderr

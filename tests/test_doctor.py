@@ -272,3 +272,23 @@ def test_human_report_prints_brackets_as_text(runner, fake_probe, monkeypatch):
     fake_probe(machine(gpu("NVIDIA L4", (8, 9), 22478), packages={"torchao": None}))
     result = runner.invoke(app, ["doctor"])
     assert "pip install 'nitro-cli[fp8]'" in result.stderr
+
+
+def test_a_long_compile_cache_path_is_shown_whole(runner, fake_probe, monkeypatch):
+    """The Machine table cut a long path to fit the terminal ("/home/me/.../nitro…"): useless to copy."""
+    import dataclasses
+
+    folder = "/srv/shared/" + "/".join(f"team-{i}-caches" for i in range(8)) + "/nitro/torch-compile"
+    fake_probe(dataclasses.replace(MACHINES["no GPU"], compile_cache_dir=folder))
+    monkeypatch.setenv("COLUMNS", "80")
+    result = runner.invoke(app, ["doctor"])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    row = next(i for i, line in enumerate(lines) if "compile cache" in line)
+    values = []  # the value column of the row and its continuation lines (an empty first column)
+    for line in lines[row:]:
+        cells = line.split("│")
+        if len(cells) != 4 or (values and cells[1].strip()):
+            break
+        values.append(cells[2].strip())
+    assert "".join(values) == folder

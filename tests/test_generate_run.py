@@ -230,6 +230,21 @@ def test_json_lines_are_the_only_stdout(runner, tmp_path):
     assert "Prompt encoding:" in result.stderr
 
 
+@pytest.mark.parametrize("json_output", [True, False], ids=["json", "paths"])
+def test_stdout_lines_stay_on_stdout_while_progress_bars_draw(runner, tmp_path, monkeypatch, json_output):
+    """`nitro generate ... --json > images.jsonl` typed in a terminal: stderr is a terminal, so the bars draw,
+    and rich's progress moved stdout's lines onto the terminal (stderr), leaving the file empty. FORCE_COLOR=1
+    (set by many CI setups) makes rich take stderr for a terminal the same way."""
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    result = runner.invoke(app, ["generate", "castle", "-n", "2", "--out", str(tmp_path), *FAST,
+                                 *(["--json"] if json_output else [])])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    paths = [json.loads(line)["path"] for line in lines] if json_output else lines
+    assert paths == [str(tmp_path / name) for name in pngs(tmp_path)] and len(paths) == 2
+    assert str(tmp_path) not in result.stderr
+
+
 def test_resume_makes_exactly_the_missing_images(runner, tmp_path, monkeypatch):
     out = tmp_path / "out"
     args = ["generate", "castle", "-n", "3", "--batch-size", "1", "--out", str(out), *FAST]

@@ -182,3 +182,16 @@ def test_an_inpainting_unet_is_a_clear_error(runner, tiny_model_dir, tmp_path):
     result = runner.invoke(app, ["generate", "castle", "--model", str(inpainting), "--out", str(tmp_path / "o"), *args])
     assert result.exit_code == 2, result.output
     assert "9 input channels" in result.stderr
+
+
+def test_a_cache_that_cannot_be_written_is_a_usage_error_naming_it(tmp_path, monkeypatch):
+    """A random model to quantize is first saved into nitro's cache: an unwritable cache was a traceback."""
+    from nitro_cli.errors import UsageError
+    from nitro_cli.models import random_model_folder
+
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("NITRO_CACHE_DIR", str(not_a_folder))
+    with pytest.raises(UsageError, match="nitro's cache folder .* can't be written") as error:
+        random_model_folder("random:tiny")
+    assert "NITRO_CACHE_DIR" in error.value.hint

@@ -295,3 +295,15 @@ def test_an_export_with_a_missing_file_is_a_one_line_error(runner, tmp_path, exp
     assert result.exit_code == 1, result.output
     assert f"is incomplete: no {part}/" in result.stderr and "Traceback" not in result.output
     assert not list(tmp_path.glob("images/*.png"))
+
+
+def test_a_cache_that_cannot_be_written_is_named_with_its_variable(runner, tmp_path, monkeypatch):
+    """`random:` models are exported once into nitro's cache; an unwritable cache (a read-only home, a mistyped
+    NITRO_CACHE_DIR) read as a bad `--out` the user never gave, with a hint to change it."""
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("NITRO_CACHE_DIR", str(not_a_folder))
+    result = runner.invoke(app, ["generate", "castle", *FAST, "--set", "backend=onnx", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert f"Error: nitro's cache folder {not_a_folder / 'onnx'} can't be written" in result.stderr
+    assert "Hint: set NITRO_CACHE_DIR" in result.stderr and "--out" not in result.stderr

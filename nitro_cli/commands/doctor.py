@@ -68,6 +68,8 @@ def _show(machine, checks, recommendation) -> None:
     console = Console(stderr=True)
     packages = machine.packages
     info = Table(title="Machine", show_header=False)
+    info.add_column()
+    info.add_column(overflow="fold")  # a long path (the compile cache) wraps whole instead of ending in "…"
     info.add_row("OS", machine.os)
     info.add_row("Python", machine.python)
     info.add_row("torch", f"{packages.get('torch')} (CUDA build {machine.torch_cuda or 'none'}, "

@@ -7,9 +7,10 @@
 #     quarter of a second process's compile time: docs/benchmarks.md);
 #  2. deploy sustained over 200 prompts with `nitro generate` (issue 8: images/s);
 #  3. minvram beside beginner (issue 7: peak VRAM <= 1 GiB, time), when time is left.
-# Then, in a second call within the machine's idle window, the GPU-only tests (about 5 minutes: no
-# per-step host sync, flash attention for the UNet only, compiled vs eager PSNR on random:sd15,
-# fp8 matmuls with CUDA graphs, low-VRAM presets, probe): bash docs/gpu/run-gpu-tests.sh
+# The GPU-only tests need a device session of their own (a call of about 5.5 minutes; after this one, the
+# machine's start and a 15-minute budget leave too little): no per-step host sync, flash attention for the
+# UNet only, compiled vs eager PSNR on random:sd15, fp8 matmuls with CUDA graphs, low-VRAM presets, probe:
+# bash docs/gpu/run-gpu-tests.sh
 # Results and logs go to $OUT (or ./gpu-out). Needs .whl/ as docs/gpu/run-tiers.sh does.
 . "$(dirname "$0")/setup.sh"
 V=docs/gpu-variants

@@ -290,6 +290,33 @@ def test_psnr_db():
     assert benchmark.psnr_db(off_by_one, black) == pytest.approx(20 * math.log10(255))
 
 
+def test_a_gpu_table_in_a_log_keeps_every_number_whole():
+    """Piped to a log (the GPU scripts' case), a row with a variant file's long stem and a GPU's VRAM column is
+    wider than the 120 columns a pipe gets: no number may be cut to an ellipsis."""
+    import io
+
+    from rich.console import Console
+
+    from nitro_cli.commands.bench import _print_report
+
+    environment = {"model": "random:sd15", "device": "NVIDIA H200", "device_type": "cuda", "runs": 3, "warmup": 1,
+                   "prompt": benchmark.BENCH_PROMPT, "seed": benchmark.BENCH_SEED, "steps_override": None,
+                   "baseline": "expert", "max_vram_gib": None, "note": None}
+    rows = [benchmark.PresetResult(preset=name, steps=25, batch_size=1, width=512, height=512, median_s=0.1834,
+                                   min_s=0.1821, max_s=0.1852, it_per_s=136.3, speedup_vs_baseline=1.0,
+                                   peak_vram_mib=3521.0, peak_device_vram_mib=5012.0, peak_rss_mib=3378.0,
+                                   load_s=12.34, first_call_s=104.56, psnr_vs_baseline_db=31.2)
+            for name in ("expert", "expert-compile-text-encoder")]
+    log = io.StringIO()
+    console = Console(file=log, width=120)  # what `nitro bench` gives a pipe
+    _print_report(console, benchmark.BenchReport(environment=environment, results=rows))
+    table_rows = [line for line in log.getvalue().splitlines() if line.startswith(" expert")]
+    assert len(table_rows) == 2
+    for line in table_rows:
+        assert "…" not in line
+        assert "0.182-0.185" in line and "3521 (5012)" in line and "104.56" in line and "31.2" in line
+
+
 @pytest.mark.gpu
 def test_gpu_rows_report_allocator_peaks_and_half_precision(runner, tmp_path):
     report_file = tmp_path / "bench.json"

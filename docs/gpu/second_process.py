@@ -21,6 +21,10 @@ finally:
     if "torch" in sys.modules:  # --help and usage errors never import it
         from torch._dynamo.utils import compile_times
 
+        # The "csv" form, not "str": "str" is a table whose layout depends on whether the `tabulate` package is
+        # installed, and run-variants.sh reads these lines as "phase, seconds".
+        phases, seconds = compile_times(repr="csv", aggregate=True)
         print("torch.compile time by phase, seconds (all compiled graphs together):", file=sys.stderr)
-        print(compile_times(repr="str", aggregate=True), file=sys.stderr)
+        for phase, total in sorted(zip(phases, map(float, seconds)), key=lambda row: -row[1]):
+            print(f"{phase}, {total:.4f}", file=sys.stderr)
 sys.exit(code)

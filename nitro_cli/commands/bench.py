@@ -78,6 +78,11 @@ def _print_report(console, report) -> None:
         notes.append(f"{env['model']}: {env['note']}")
     table.caption = "\n".join(notes)
     table.caption_justify = "left"
+    if not console.is_terminal:
+        # Logs and pipes: a full table beats ellipses. A GPU's VRAM column and a variant file's long stem make a
+        # row wider than the 120 columns bench() gives a pipe, which cut numbers ("0.182…") there.
+        needed = console.measure(table, options=console.options.update_width(10_000)).maximum
+        console.width = max(console.width, needed)
     console.print(table)
     for r in report.results:
         if r.error:

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from nitro_cli.errors import RuntimeFailure
 from nitro_cli.generation import CacheStats, ImageResult, PlannedImage, RunObserver
+from nitro_cli.tables import print_table
 
 
 def image_record(result: ImageResult, *, model: str, preset: str) -> dict:
@@ -142,7 +143,7 @@ class RunDisplay(RunObserver):
             notes += ["BLOCKED: not saved"] if result.blocked else []
             table.add_row(result.planned.name, str(result.planned.seed), f"{result.seconds:.2f}",
                           f"{result.it_per_s:.2f}", f"{peak:.0f}", ", ".join(notes))
-        self.console.print(table)
+        print_table(self.console, table)
         reuse = f", {cache.hits} reused from the cache" if cache.enabled else " (prompt cache off)"
         blocked = sum(r.blocked for r in results)
         self.console.print(f"Prompt encoding: {cache.encode_seconds:.2f} s for {cache.encodes} encode(s){reuse}. "

@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from nitro_cli import benchmark, options, paths
+from nitro_cli.tables import print_table
 from nitro_cli.errors import EXIT_INTERRUPTED, RuntimeFailure, UsageError
 
 DEFAULT_PRESETS = ",".join(benchmark.DEFAULT_PRESETS)
@@ -78,12 +79,7 @@ def _print_report(console, report) -> None:
         notes.append(f"{env['model']}: {env['note']}")
     table.caption = "\n".join(notes)
     table.caption_justify = "left"
-    if not console.is_terminal:
-        # Logs and pipes: a full table beats ellipses. A GPU's VRAM column and a variant file's long stem make a
-        # row wider than the 120 columns bench() gives a pipe, which cut numbers ("0.182…") there.
-        needed = console.measure(table, options=console.options.update_width(10_000)).maximum
-        console.width = max(console.width, needed)
-    console.print(table)
+    print_table(console, table)
     for r in report.results:
         if r.error:
             console.print(f"[bold]{r.preset}[/bold] [red]failed:[/red] {escape(r.error)}")

@@ -12,7 +12,7 @@ import traceback
 import typer
 from typer.core import TyperGroup
 
-from nitro_cli import __version__, distributed
+from nitro_cli import __version__, distributed, streams
 from nitro_cli.commands import bench, checklist, doctor, export, generate
 from nitro_cli.errors import EXIT_INTERRUPTED, OUT_OF_MEMORY_HINT, NitroError, RuntimeFailure, UsageError, first_line
 
@@ -144,13 +144,5 @@ def main() -> None:
     # `kill`, `timeout`, Slurm's preemption and torchrun stop a process with SIGTERM: treated as Ctrl-C,
     # so a run saves its finished images and exits 130, and bench keeps the presets it finished.
     signal.signal(signal.SIGTERM, _interrupt)
-    # A stream the shell closed (`<&-`, `>&-`, `2>&-`) is None in Python: `--prompts-file -` and a line for stdout
-    # would raise AttributeError, and print(file=sys.stderr) would fall back to stdout, into the --json lines.
-    for name, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
-        if getattr(sys, name) is None:
-            setattr(sys, name, open(os.devnull, mode))
-    # Scripts read stdout; one that can't encode a file name (Windows pipes, PYTHONIOENCODING=ascii) gets it
-    # backslash-escaped rather than a crash after the image is saved. --json output is ASCII anyway.
-    if hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="backslashreplace")
+    streams.prepare()
     app()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from rich.console import Console
@@ -12,6 +11,7 @@ from rich.table import Table
 
 from nitro_cli.errors import RuntimeFailure
 from nitro_cli.generation import CacheStats, ImageResult, PlannedImage, RunObserver
+from nitro_cli.streams import to_devnull
 from nitro_cli.tables import print_table
 
 
@@ -118,8 +118,7 @@ class RunDisplay(RunObserver):
                                       "images are kept: repeat the command with --resume to make the rest") from exc
 
     def _stop_stdout(self) -> None:
-        """stdout pointed at devnull, as Python's docs advise, so no later flush (at exit) fails again."""
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        to_devnull(sys.stdout)
         self._stdout_gone = True
 
     def summary(self, results: list[ImageResult], cache: CacheStats, total_seconds: float, device: str,

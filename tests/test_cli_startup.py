@@ -127,3 +127,20 @@ def test_prompts_from_a_closed_stdin_are_a_usage_error(tmp_path):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "Error: prompts file (standard input) has no prompts" in done.stderr
+
+
+def test_a_run_goes_on_when_the_reader_of_stderr_goes_away(tmp_path):
+    """`nitro generate ... 2>&1 | head -5`: once head had its lines, the next note or warning raised
+    BrokenPipeError, and the run died (exit 1) with its images unmade. Notes are not the work: it goes on."""
+    from tests.conftest import FAST
+
+    run = subprocess.Popen([sys.executable, "-m", "nitro_cli", "generate", "a castle", *FAST, "-n", "2",
+                            "--batch-size", "1", "--out", str(tmp_path)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    for line in run.stderr:  # printed before the first image; the summary table comes after the last
+        if line.startswith("Note: random:tiny has random weights"):
+            break
+    run.stderr.close()  # the reader goes away
+    assert run.wait(timeout=120) == 0
+    assert len(list(tmp_path.glob("*.png"))) == 2

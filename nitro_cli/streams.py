@@ -1,0 +1,51 @@
+"""The standard streams as scripts and shells hand them to nitro: closed, or with a reader that goes away."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def to_devnull(stream) -> None:
+    """`stream`'s file descriptor pointed at devnull, as Python's docs advise for a broken pipe: no later write
+    or flush (at exit) fails again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+
+class _StderrWithoutReader:
+    """sys.stderr, writing to devnull once its reader went away (`nitro generate ... 2>&1 | head -5`): notes,
+    warnings and progress are not the work. Python would raise BrokenPipeError at the next one, which stopped
+    a run before its first image."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            to_devnull(self._stream)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            to_devnull(self._stream)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def prepare() -> None:
+    """The streams set up before any command runs."""
+    # A stream the shell closed (`<&-`, `>&-`, `2>&-`) is None in Python: `--prompts-file -` and a line for stdout
+    # would raise AttributeError, and print(file=sys.stderr) would fall back to stdout, into the --json lines.
+    for name, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, mode))
+    sys.stderr = _StderrWithoutReader(sys.stderr)
+    # Scripts read stdout; one that can't encode a file name (Windows pipes, PYTHONIOENCODING=ascii) gets it
+    # backslash-escaped rather than a crash after the image is saved. --json output is ASCII anyway.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")

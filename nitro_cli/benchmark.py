@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import gc
+import io
 import json
 import math
 import statistics
@@ -318,9 +319,13 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda me
     return BenchReport(environment=environment, results=results)
 
 
+def json_text(report: BenchReport) -> str:
+    return json.dumps(report.to_dict(), indent=2) + "\n"
+
+
 def save_json(report: BenchReport, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    path.write_text(json_text(report), encoding="utf-8")
 
 
 def save_to_history(report: BenchReport) -> Path:
@@ -349,12 +354,11 @@ def _csv_cell(value: Any) -> Any:
     return value
 
 
-def save_csv(report: BenchReport, path: Path) -> None:
+def csv_text(report: BenchReport) -> str:
     """One row per preset, the JSON's result fields as columns."""
-    rows = report.to_dict()["results"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[f.name for f in dataclasses.fields(PresetResult)])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: _csv_cell(value) for key, value in row.items()})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=[f.name for f in dataclasses.fields(PresetResult)])
+    writer.writeheader()
+    for row in report.to_dict()["results"]:
+        writer.writerow({key: _csv_cell(value) for key, value in row.items()})
+    return text.getvalue()

@@ -63,11 +63,14 @@ def out_folder(value: str) -> Path:
     return Path(value)
 
 
+STDOUT = Path("-")  # a report file given as `-`: standard output
+
+
 def check_report_file(path: Path | None, option: str) -> None:
     """A file to write after a long run: a missing folder or a folder given as the file is found before it."""
     from nitro_cli.errors import UsageError
 
-    if path is None:
+    if path is None or path == STDOUT:
         return
     if path.is_dir():
         raise UsageError(f"{option} {path} is a folder, not a file", hint=f"e.g. {option} {path / 'report'}")
@@ -75,6 +78,8 @@ def check_report_file(path: Path | None, option: str) -> None:
         raise UsageError(f"{option} {path}: the folder {path.parent} does not exist",
                          hint=f"create it first (mkdir -p {path.parent}) or write elsewhere")
     # os.access also says no for a read-only filesystem, which no file mode shows.
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    # An existing file is written in place (/dev/stdout too, in a /dev no user may write to); a new one is
+    # created in its folder.
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
         raise UsageError(f"{option} {path}: not writable (permissions or a read-only filesystem)",
                          hint="write it to a folder you can write to")

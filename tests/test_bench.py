@@ -1,6 +1,7 @@
 """`nitro bench` on random:tiny: contract fields, failing presets, CSV, the history copy, freeing."""
 
 import csv
+import io
 import json
 import math
 import os
@@ -10,8 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from nitro_cli import benchmark, hardware, paths
+from nitro_cli import benchmark, hardware, options, paths
 from nitro_cli.cli import app
+from nitro_cli.errors import UsageError
 from tests.conftest import FAST
 
 CONTRACT_RESULT_FIELDS = ("preset", "runs", "median_s", "min_s", "max_s", "it_per_s", "load_s",
@@ -347,10 +349,12 @@ def test_bad_report_paths_are_usage_errors_before_any_preset_runs(runner, tmp_pa
 @pytest.mark.parametrize("locked", ["folder", "file"])
 def test_a_report_path_that_cannot_be_written_is_a_usage_error_before_any_preset_runs(runner, tmp_path, monkeypatch,
                                                                                        option, locked):
-    """A read-only folder or file (another user's, a read-only mount) was found only once every preset had run."""
+    """A read-only folder to make the file in, or a read-only file (another user's, a read-only mount), was found
+    only once every preset had run."""
     target = tmp_path / "reports" / "bench.out"
     target.parent.mkdir()
-    target.touch()
+    if locked == "file":
+        target.touch()
     denied = target.parent if locked == "folder" else target
     real_access = os.access
     # Tests may run as root, whom no file mode stops: the filesystem's answer is simulated.
@@ -360,6 +364,29 @@ def test_a_report_path_that_cannot_be_written_is_a_usage_error_before_any_preset
     assert result.exit_code == 2, result.output
     assert f"Error: {option} {target}: not writable" in result.stderr
     assert not paths.bench_dir().exists()  # nothing was measured
+
+
+def test_an_existing_file_in_a_folder_no_one_may_write_is_a_report_path(monkeypatch):
+    """`--json /dev/stdout`: no user may create a file in /dev, but the file is there, to be written."""
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, *args, **kwargs:
+                        False if Path(path) == Path("/dev") and mode & os.W_OK else real_access(path, mode, *args, **kwargs))
+    options.check_report_file(Path("/dev/stdout"), "--json")
+    with pytest.raises(UsageError, match="not writable"):
+        options.check_report_file(Path("/dev/new-report.json"), "--json")
+
+
+@pytest.mark.parametrize("option", ["--json", "--csv"])
+def test_a_report_file_named_dash_is_stdout(runner, option):
+    """`nitro bench --json - | jq ...`: the report alone on stdout (tables and progress are on stderr)."""
+    result = runner.invoke(app, ["bench", "--presets", "beginner", *FAST, "--runs", "1", "--warmup", "0", option, "-"])
+    assert result.exit_code == 0, result.output
+    if option == "--json":
+        [row] = json.loads(result.stdout)["results"]
+    else:
+        [row] = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert row["preset"] == "beginner"
+    assert not Path("-").exists()
 
 
 def test_json_and_csv_into_one_file_is_a_usage_error_before_any_preset_runs(runner, tmp_path, monkeypatch):
@@ -372,14 +399,14 @@ def test_json_and_csv_into_one_file_is_a_usage_error_before_any_preset_runs(runn
 
 
 def test_a_report_file_that_fails_to_write_keeps_the_history_copy(runner, tmp_path, monkeypatch):
-    target, save_json = tmp_path / "bench.json", benchmark.save_json
+    target, write_text = tmp_path / "bench.json", Path.write_text
 
-    def disk_full_at_target(report, path):
+    def disk_full_at_target(path, *args, **kwargs):
         if path == target:
             raise OSError(28, "No space left on device")
-        return save_json(report, path)
+        return write_text(path, *args, **kwargs)
 
-    monkeypatch.setattr(benchmark, "save_json", disk_full_at_target)
+    monkeypatch.setattr(Path, "write_text", disk_full_at_target)
     result = runner.invoke(app, ["bench", "--presets", "beginner", *FAST, "--runs", "1", "--warmup", "0",
                                  "--json", str(target)])
     assert result.exit_code == 1, result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -108,9 +109,9 @@ def bench(
     device: options.DeviceOption = options.Device.auto,
     max_vram: options.BenchMaxVramOption = None,
     json_file: Annotated[Optional[Path], typer.Option("--json", metavar="FILE",
-                                                      help="Write the report as JSON.")] = None,
+                                                      help="Write the report as JSON (- for stdout).")] = None,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", metavar="FILE",
-                                                     help="Write one CSV row per preset.")] = None,
+                                                     help="Write one CSV row per preset (- for stdout).")] = None,
     baseline: Annotated[Optional[str], typer.Option(
         "--baseline", metavar="NAME", help="The row the others are compared with ('vs base', PSNR): a preset "
                                            "name or file stem among --presets, e.g. a tier beside its "
@@ -155,10 +156,12 @@ def bench(
         history = None
         console.print(f"Warning: could not save the report in {paths.bench_dir()}: {exc.strerror or exc} "
                       "(set NITRO_CACHE_DIR to a writable folder)", markup=False)
-    for path, save in ((json_file, benchmark.save_json), (csv_file, benchmark.save_csv)):
-        if path:
+    for path, text in ((json_file, benchmark.json_text), (csv_file, benchmark.csv_text)):
+        if path == options.STDOUT:
+            sys.stdout.write(text(report))
+        elif path:
             try:
-                save(report, path)
+                path.write_text(text(report), encoding="utf-8", newline="")  # the CSV's own \r\n line ends
             except OSError as exc:
                 raise RuntimeFailure(f"could not write {path}: {exc.strerror or exc}",
                                      hint=f"the report is saved in {history}; copy it from there" if history

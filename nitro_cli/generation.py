@@ -285,8 +285,8 @@ class StopAfterStep:
     def _handle(self, signum, frame) -> None:
         self.requested = True
         self._restore()
-        print(f"{self.SIGNALS[signum]}: stopping after the current step (Ctrl-C again to stop at once)...",
-              file=sys.stderr)
+        name = self.SIGNALS[signum]
+        print(f"{name}: stopping after the current step (a second {name} stops at once)...", file=sys.stderr)
 
     def check(self) -> None:
         if self.requested:

@@ -361,7 +361,7 @@ def test_ctrl_c_or_sigterm_saves_finished_images_leaves_no_partial_file_and_exit
     finally:
         process.kill()
     assert process.returncode == 130, stderr
-    assert f"{said}: stopping after the current step" in stderr
+    assert f"{said}: stopping after the current step (a second {said} stops at once)" in stderr
     reported = [json.loads(line)["path"] for line in [first_line, *rest.splitlines()]]
     assert sorted(Path(p).name for p in reported) == pngs(out) and 1 <= len(reported) < 200
     assert [p.name for p in out.iterdir() if not p.name.endswith(".png")] == [".nitro-run.json"]

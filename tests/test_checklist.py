@@ -103,8 +103,8 @@ def test_reads_the_newest_bench_report_from_the_cache(runner, fake_probe):
     assert tier["measured"]["speedup_vs_baseline"] == pytest.approx(3.0)
     assert tier["measured"]["file"] == str(newest)
     human = runner.invoke(app, ["checklist", "--tier", "beginner"])
-    assert f"Measured: from {newest}" in human.stderr.replace("\n", "")
-    assert "not measured" in human.stderr  # beginner is not in the report
+    assert f"Measured: from {newest}" in human.stdout.replace("\n", "")
+    assert "not measured" in human.stdout  # beginner is not in the report
 
 
 def test_bench_option_and_where_it_looked(runner, fake_probe, tmp_path):
@@ -180,10 +180,10 @@ def test_an_unreadable_report_in_the_cache_is_a_warning_not_an_error(runner, fak
     assert json.loads(result.stdout)[0]["measured"] is None
     assert f"Warning: bench report {broken}" in result.stderr.replace("\n", "")
     human = runner.invoke(app, ["checklist", "--tier", "advanced"], env={"COLUMNS": "300"})
-    assert human.exit_code == 0 and "not measured" in human.stderr
+    assert human.exit_code == 0 and "not measured" in human.stdout
     # The report is there, damaged: the last line says so, not that there is none.
-    assert f"Measured: nothing; the newest bench report, {broken}, is damaged" in human.stderr
-    assert "no bench report in" not in human.stderr
+    assert f"Measured: nothing; the newest bench report, {broken}, is damaged" in human.stdout
+    assert "no bench report in" not in human.stdout
 
 
 def test_fields_of_the_wrong_type_in_a_report_are_not_measurements(runner, fake_probe, tmp_path):
@@ -201,7 +201,7 @@ def test_fields_of_the_wrong_type_in_a_report_are_not_measurements(runner, fake_
     assert measured["advanced"]["device"] is None and measured["beginner"] is None
     human = runner.invoke(app, ["checklist", "--bench", str(report)])
     assert human.exit_code == 0, human.output
-    assert "0.5 s/image" in human.stderr
+    assert "0.5 s/image" in human.stdout
 
 
 def test_infinity_and_nan_in_an_old_report_stay_valid_json(runner, fake_probe, tmp_path):
@@ -229,7 +229,7 @@ def test_human_tables_print_brackets_as_text(runner, fake_probe, tmp_path, monke
     fake_probe(machine(RTX_3060))
     result = runner.invoke(app, ["checklist", "--tier", str(mine)])
     assert result.exit_code == 0, result.output
-    assert "nitro-cli[xformers]" in result.stderr and "[red]x[/red] test" in result.stderr
+    assert "nitro-cli[xformers]" in result.stdout and "[red]x[/red] test" in result.stdout
 
 
 @pytest.mark.parametrize("fake, device, overrides, setting, reason", [
@@ -304,6 +304,6 @@ def test_a_measurement_names_the_model_it_was_made_with(runner, fake_probe, tmp_
     fake_probe(MACHINES["no GPU"])
     report = write_bench(tmp_path, "mine.json", 0.5, model=model)
     human = runner.invoke(app, ["checklist", "--tier", "advanced", "--bench", str(report)], env={"COLUMNS": "300"})
-    assert f"0.5 s/image, 4.20x vs baseline, 2724 MiB peak VRAM, {shown}, on NVIDIA H200" in human.stderr
+    assert f"0.5 s/image, 4.20x vs baseline, 2724 MiB peak VRAM, {shown}, on NVIDIA H200" in human.stdout
     markdown = runner.invoke(app, ["checklist", "--markdown", "--tier", "advanced", "--bench", str(report)])
     assert f"{shown}, on NVIDIA H200" in markdown.stdout

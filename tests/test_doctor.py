@@ -203,13 +203,14 @@ def test_missing_required_package_fails_and_offline_uncached_model_warns():
     assert {c.name: c for c in diagnosis.run_checks(cached)}["model"].status == "ok"
 
 
-def test_human_output_goes_to_stderr_with_a_summary_line(runner, fake_probe):
+def test_the_human_report_goes_to_stdout_with_a_summary_line_and_the_error_to_stderr(runner, fake_probe):
+    """The report is the command's output: `nitro doctor > doctor.txt` for a bug report, `| grep`, `| less`."""
     fake_probe(MACHINES["broken xformers"])
     result = runner.invoke(app, ["doctor"])
     assert result.exit_code == 1
-    assert result.stdout == ""
-    assert "Recommended preset" in result.stderr
-    summary = next(line for line in result.stderr.splitlines() if line.startswith("nitro "))
+    assert "Recommended preset" in result.stdout and "Recommended preset" not in result.stderr
+    assert result.stderr.startswith("Error: 1 check(s) failed: xformers")
+    summary = next(line for line in result.stdout.splitlines() if line.startswith("nitro "))
     assert "NVIDIA GeForce RTX 3060" in summary and "1 fail" in summary and "recommended advanced" in summary
 
 
@@ -271,7 +272,7 @@ def test_human_report_prints_brackets_as_text(runner, fake_probe, monkeypatch):
     monkeypatch.setenv("COLUMNS", "400")  # no cell wraps
     fake_probe(machine(gpu("NVIDIA L4", (8, 9), 22478), packages={"torchao": None}))
     result = runner.invoke(app, ["doctor"])
-    assert "pip install 'nitro-cli[fp8]'" in result.stderr
+    assert "pip install 'nitro-cli[fp8]'" in result.stdout
 
 
 def test_a_long_compile_cache_path_is_shown_whole(runner, fake_probe, monkeypatch):
@@ -283,7 +284,7 @@ def test_a_long_compile_cache_path_is_shown_whole(runner, fake_probe, monkeypatc
     monkeypatch.setenv("COLUMNS", "80")
     result = runner.invoke(app, ["doctor"])
     assert result.exit_code == 0, result.output
-    lines = result.stderr.splitlines()
+    lines = result.stdout.splitlines()
     row = next(i for i, line in enumerate(lines) if "compile cache" in line)
     values = []  # the value column of the row and its continuation lines (an empty first column)
     for line in lines[row:]:

@@ -49,7 +49,7 @@ def _show(tiers, source_line: str, machine_line: str) -> None:
 
     from nitro_cli.tier_checklist import measured_text
 
-    console = Console(stderr=True)
+    console = Console()  # the report is the command's output (`nitro checklist | less`); warnings go to stderr
     console.print(f"Machine: {machine_line}", markup=False)
     for tier in tiers:
         # Text, not markup: a reason's `pip install 'nitro-cli[xformers]'` must keep its [xformers].

@@ -65,7 +65,7 @@ def _show(machine, checks, recommendation) -> None:
     from rich.panel import Panel
     from rich.table import Table
 
-    console = Console(stderr=True)
+    console = Console()  # the report is the command's output (`nitro doctor > doctor.txt`); errors go to stderr
     packages = machine.packages
     info = Table(title="Machine", show_header=False)
     info.add_column()

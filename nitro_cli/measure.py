@@ -5,7 +5,7 @@ Peak VRAM is the torch allocator's peak since the region began. Nothing runs bes
 work: a sampling thread competes for the GIL with the launch-bound denoising loop (measured on an
 H200, 2026-11-26: a 20 ms RSS/NVML sampler made an eager fp16 image 1.5x slower). So peak RSS is the
 kernel's own high-water mark (VmHWM), reset at the start of the region through /proc/self/clear_refs
-on Linux (elsewhere the process-lifetime peak), and the device-level figure nvidia-smi shows is read
+on Linux (elsewhere the process-lifetime peak: getrusage on macOS, the peak working set on Windows), and the device-level figure nvidia-smi shows is read
 from NVML once at the end, when nvidia-ml-py is installed: the caching allocator keeps what it
 reserved, so that reading holds the region's reserve plus the CUDA context (and other processes).
 """
@@ -57,9 +57,14 @@ def _peak_rss_mib() -> float:
                 return int(line.split()[1]) / 1024  # kB
     except OSError:
         pass
-    import resource
     import sys
 
+    try:
+        import resource
+    except ImportError:  # Windows: no `resource` module; psutil has the peak working set
+        import psutil
+
+        return psutil.Process().memory_info().peak_wset / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 

@@ -1,0 +1,30 @@
+"""measure.py's peak memory where /proc is missing (macOS, Windows): the fallbacks, simulated on Linux."""
+
+import sys
+from types import SimpleNamespace
+
+from nitro_cli import measure
+
+
+def test_peak_rss_without_proc_or_resource_is_the_peak_working_set(monkeypatch, tmp_path):
+    """Windows has neither /proc nor the `resource` module: every generate and bench call raised
+    ModuleNotFoundError there when its first measured region ended."""
+    import psutil
+
+    monkeypatch.setattr(measure, "_STATUS", tmp_path / "no-proc-status")
+    monkeypatch.setitem(sys.modules, "resource", None)  # `import resource` raises ImportError, as on Windows
+    monkeypatch.setattr(psutil, "Process",
+                        lambda: SimpleNamespace(memory_info=lambda: SimpleNamespace(peak_wset=300 * 2**20)))
+    assert measure._peak_rss_mib() == 300
+
+
+def test_peak_rss_without_proc_is_getrusage_in_its_units(monkeypatch, tmp_path):
+    """ru_maxrss is kB on Linux and bytes on macOS."""
+    import resource
+
+    monkeypatch.setattr(measure, "_STATUS", tmp_path / "no-proc-status")
+    monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=300 * 2**20))
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert measure._peak_rss_mib() == 300
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert measure._peak_rss_mib() == 300 * 1024

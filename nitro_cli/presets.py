@@ -169,8 +169,14 @@ def check_unique_keys(node, walked: set[int] | None = None) -> None:
             check_unique_keys(item, walked)
 
 
-# A float in YAML 1.2's core schema: unlike YAML 1.1 it needs no dot before an exponent.
-YAML_12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
+class PresetLoader(yaml.SafeLoader):
+    """PyYAML's safe loader reading floats with an exponent as YAML 1.2 does (YAML 1.1, PyYAML's, reads `1e-05`,
+    how Python writes 0.00001, and `1e3` as text): a preset file and `--set` read the same number alike."""
+
+
+PresetLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                   re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+                                   list("-+.0123456789"))
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -181,11 +187,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise UsageError(f"--set {pair!r}: expected KEY=VALUE", hint="e.g. --set steps=20 --set vae.tiling=true")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.load(raw, Loader=PresetLoader) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        if isinstance(value, str) and YAML_12_FLOAT.fullmatch(value.strip()):
-            value = float(value)  # PyYAML (YAML 1.1) reads 1e-05, which is how Python writes 0.00001, as text
         target = nested
         *parents, leaf = key.strip().split(".")
         for parent in parents:
@@ -304,22 +308,39 @@ def flatten(preset: Preset, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def load_preset(name_or_path: str, overrides: list[str] | None = None) -> LoadedPreset:
-    """Read, merge `--set` overrides into, and validate one preset."""
-    path = resolve_path(name_or_path)
+def _read_yaml(path: Path) -> Any:
+    """The document in a preset file (None when it has none); a usage error naming the file and the line if
+    it can't be read as one YAML document in UTF-8."""
     try:
-        text = path.read_text(encoding="utf-8")
-        check_unique_keys(yaml.compose(text, Loader=yaml.SafeLoader))
-        data = yaml.safe_load(text) or {}
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read preset {path}: {exc.strerror or first_line(exc)}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise UsageError(f"preset {path} is not UTF-8 text (line {line}: byte 0x{raw[exc.start]:02x})",
+                         hint="save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
+    try:
+        check_unique_keys(yaml.compose(text, Loader=PresetLoader))
+        return yaml.load(text, Loader=PresetLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         # The context is half of some messages: "expected a single document in the stream, but found another".
         what = ", ".join(part for part in (exc.context, exc.problem) if part)
         raise UsageError(f"preset {path} is not valid YAML{where}: {what}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+    except yaml.YAMLError as exc:
         raise UsageError(f"preset {path} is not valid YAML: {first_line(exc)}") from None
-    if not isinstance(data, dict):
+
+
+def load_preset(name_or_path: str, overrides: list[str] | None = None) -> LoadedPreset:
+    """Read, merge `--set` overrides into, and validate one preset."""
+    path = resolve_path(name_or_path)
+    data = _read_yaml(path)
+    if data is None:  # an empty file, or comments only: every field keeps its default
+        data = {}
+    if not isinstance(data, dict):  # `0`, `false`, `[]` too: refused, not read as "no fields"
         raise UsageError(f"preset {path} must be a mapping of keys to values, not {type(data).__name__}")
     try:
         settings = _build(Preset, data)

@@ -1,10 +1,12 @@
 """Presets: shipped files load, overrides apply, every class of bad input is exit 2 naming the problem."""
 
+from pathlib import Path
+
 import pytest
 
 from nitro_cli.cli import app
 from nitro_cli.errors import UsageError
-from nitro_cli.presets import all_keys, flatten, load_preset, parse_overrides, shipped_names
+from nitro_cli.presets import Preset, all_keys, flatten, load_preset, parse_overrides, shipped_names
 from tests.conftest import FAST
 
 SHIPPED = ["baseline", "beginner", "advanced", "expert", "deploy"]
@@ -181,3 +183,47 @@ def test_a_shipped_name_with_yaml_appended_suggests_the_name(tmp_path, monkeypat
     with pytest.raises(UsageError) as error:
         load_preset("advanced.yaml")
     assert "--preset advanced" in error.value.hint
+
+
+@pytest.mark.parametrize("document", ["0\n", "false\n", "[]\n", "''\n"])
+def test_a_document_that_is_no_mapping_is_refused_even_when_it_is_falsy(tmp_path, document):
+    """`0` or `false` as the whole file once ran the untuned defaults without a word."""
+    odd = tmp_path / "odd.yaml"
+    odd.write_text(document)
+    with pytest.raises(UsageError, match="must be a mapping of keys to values"):
+        load_preset(str(odd))
+
+
+def test_an_empty_preset_file_keeps_every_default(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing changed yet\n")
+    assert load_preset(str(empty)).settings == Preset()
+
+
+def test_a_preset_file_reads_exponent_numbers_as_set_does(tmp_path):
+    """PyYAML (YAML 1.1) read `guidance: 1e1` in a file as text while `--set guidance=1e1` was a number."""
+    own = tmp_path / "own.yaml"
+    own.write_text("guidance: 1e1\nsteps: 20\n")
+    assert load_preset(str(own)).settings.guidance == 10.0
+
+
+def test_a_preset_file_not_in_utf8_names_the_line(runner, tmp_path):
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("steps: 20\ntier: café\n".encode("latin-1"))
+    result = runner.invoke(app, ["checklist", "--tier", str(latin1)])
+    assert result.exit_code == 2
+    assert f"Error: preset {latin1} is not UTF-8 text (line 2: byte 0xe9)" in result.stderr
+    assert "Hint: save it as UTF-8" in result.stderr
+
+
+def test_an_unreadable_preset_file_is_a_usage_error_not_a_traceback(tmp_path, monkeypatch):
+    """A file without read permission (root, who runs the tests, reads any: so its opening is refused here)."""
+    locked = tmp_path / "locked.yaml"
+    locked.write_text("steps: 20\n")
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(UsageError, match=f"cannot read preset {locked}: Permission denied"):
+        load_preset(str(locked))

@@ -226,24 +226,25 @@ def _check_value(key: str, value: Any, f: dataclasses.Field) -> Any:
     """The value converted to the field's type, or a message saying what is allowed."""
     rules = f.metadata
     kind = {"bool": bool, "int": int, "float": float, "str": str}[f.type]  # annotations are strings here
+    low, high = rules.get("min"), rules.get("max")
+    bounds = f"; allowed: {low} to {high}" if low is not None and high is not None else ""
     if kind is bool and not isinstance(value, bool):
         raise ValueError(f"'{key}' must be true or false, not {value!r}")
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(f"'{key}' must be a whole number, not {value!r}")
+        raise ValueError(f"'{key}' must be a whole number, not {value!r}{bounds}")
     if kind is float:
         # NaN passes every range check (all comparisons are false), so it is refused by name.
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise ValueError(f"'{key}' must be a number, not {value!r}")
+            raise ValueError(f"'{key}' must be a number, not {value!r}{bounds}")
         value = float(value)
     if kind is str and not isinstance(value, str):
-        raise ValueError(f"'{key}' must be text, not {value!r}"
-                         + (f"; allowed: {', '.join(rules['choices'])}" if rules.get("choices") else ""))
+        # YAML reads `tier: no` as false and `tier: 2024` as a number: quotes keep them text.
+        allowed = f"; allowed: {', '.join(rules['choices'])}" if rules.get("choices") else " (put it in quotes)"
+        raise ValueError(f"'{key}' must be text, not {value!r}{allowed}")
     if rules.get("choices") and value not in rules["choices"]:
         close = closest(str(value), list(rules["choices"]))
         guess = f" (did you mean '{close}'?)" if close else ""
         raise ValueError(f"'{key}' is {value!r}{guess}; allowed: {', '.join(rules['choices'])}")
-    low, high = rules.get("min"), rules.get("max")
-    bounds = f"; allowed: {low} to {high}" if low is not None and high is not None else ""
     if low is not None and value < low:
         raise ValueError(f"'{key}' must be at least {low}, not {value!r}{bounds}")
     if high is not None and value > high:
@@ -271,6 +272,10 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in fields:
+            group, _, leaf = str(key).partition(".")
+            if leaf and dotted in all_keys():  # `vae.tiling: true`, written in a file as it is on --set
+                raise ValueError(f"unknown key '{dotted}'", f"dotted keys are for --set; in a YAML file nest it: "
+                                                             f"'{group}:', and '  {leaf}: ...' on the line below")
             close = closest(str(key), list(fields))
             guess = f"did you mean '{prefix}{close}'? " if close else ""
             raise ValueError(f"unknown key '{dotted}'", f"{guess}valid keys: {', '.join(all_keys(cls, prefix))}")

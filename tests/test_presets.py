@@ -227,3 +227,28 @@ def test_an_unreadable_preset_file_is_a_usage_error_not_a_traceback(tmp_path, mo
     monkeypatch.setattr(Path, "open", refuse)
     with pytest.raises(UsageError, match=f"cannot read preset {locked}: Permission denied"):
         load_preset(str(locked))
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("steps: '25'", "'steps' must be a whole number, not '25'; allowed: 1 to 1000"),
+    ("guidance: high", "'guidance' must be a number, not 'high'; allowed: 0.0 to 50.0"),
+    ("tier: no", "'tier' must be text, not False (put it in quotes)"),
+    ("compile: off", "'compile' must be text, not False; allowed: none, default"),
+])
+def test_a_value_of_the_wrong_type_names_what_is_allowed(tmp_path, line, expected):
+    """The contract: bad values name the allowed values, a wrong type as much as an out-of-range number."""
+    own = tmp_path / "own.yaml"
+    own.write_text(line + "\n")
+    with pytest.raises(UsageError) as error:
+        load_preset(str(own))
+    assert expected in error.value.message and str(own) in error.value.message
+
+
+def test_a_dotted_key_in_a_file_says_to_nest_it(tmp_path):
+    """`vae.tiling: true`, as it is written on --set, once got "did you mean 'attention'?"."""
+    own = tmp_path / "own.yaml"
+    own.write_text("vae.tiling: true\n")
+    with pytest.raises(UsageError) as error:
+        load_preset(str(own))
+    assert "unknown key 'vae.tiling'" in error.value.message
+    assert "nest it: 'vae:', and '  tiling: ...' on the line below" in error.value.hint

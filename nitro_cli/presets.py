@@ -131,11 +131,11 @@ def resolve_path(name_or_path: str) -> Path:
     if looks_like_path:
         if path.is_dir():
             raise UsageError(f"{name_or_path} is a folder, not a preset file", hint="give a .yaml file in it")
+        if path.exists() and not path.is_file():
+            # bench and --max-vram read a preset more than once, which a pipe (`<(...)`) can't give.
+            raise UsageError(f"{name_or_path} is not a regular file", hint="save the preset to a .yaml file")
         if not path.is_file():
-            shipped = path.stem if path.parent == Path(".") and path.stem in shipped_names() else None
-            guess = f"did you mean the shipped preset (--preset {shipped})? " if shipped else ""
-            raise UsageError(f"preset file not found: {name_or_path}",
-                             hint=f"{guess}shipped presets: {', '.join(shipped_names())}")
+            raise UsageError(f"preset file not found: {name_or_path}", hint=_missing_file_hint(path))
         return path
     candidate = shipped_dir() / f"{name_or_path}.yaml"
     if candidate.is_file():
@@ -145,6 +145,19 @@ def resolve_path(name_or_path: str) -> Path:
     hint = f"did you mean '{close}'? " if close else ""
     raise UsageError(f"unknown preset '{name_or_path}'",
                      hint=f"{hint}shipped presets: {', '.join(names)}; or give a path to a .yaml file")
+
+
+def _missing_file_hint(path: Path) -> str:
+    """A mistyped file's neighbour (`mine.yml` for `mine.yaml`), or the shipped preset a name spelled as a file means."""
+    shipped = path.stem if path.parent == Path(".") and path.stem in shipped_names() else None
+    try:
+        neighbours = {p.stem: p.name for p in path.parent.iterdir() if p.suffix in (".yaml", ".yml")}
+    except OSError:  # no such folder, or one we may not list
+        neighbours = {}
+    close = closest(path.stem, list(neighbours))  # stems: every name shares the suffix, which would match alone
+    guess = (f"did you mean the shipped preset (--preset {shipped})? " if shipped
+             else f"did you mean {path.parent / neighbours[close]}? " if close else "")
+    return f"{guess}shipped presets: {', '.join(shipped_names())}"
 
 
 def check_unique_keys(node, walked: set[int] | None = None) -> None:

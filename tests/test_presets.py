@@ -1,5 +1,6 @@
 """Presets: shipped files load, overrides apply, every class of bad input is exit 2 naming the problem."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,19 @@ def test_a_dotted_key_in_a_file_says_to_nest_it(tmp_path):
         load_preset(str(own))
     assert "unknown key 'vae.tiling'" in error.value.message
     assert "nest it: 'vae:', and '  tiling: ...' on the line below" in error.value.hint
+
+
+@pytest.mark.parametrize("asked, meant", [("mine.yml", "mine.yaml"), ("mien.yaml", "mine.yaml"), ("mine", "mine.yaml")])
+def test_a_mistyped_preset_file_suggests_its_neighbour(tmp_path, asked, meant):
+    (tmp_path / "mine.yaml").write_text("steps: 20\n")
+    with pytest.raises(UsageError, match="preset file not found") as error:
+        load_preset(f"{tmp_path}/{asked}")
+    assert f"did you mean {tmp_path / meant}?" in error.value.hint
+
+
+def test_a_pipe_given_as_preset_is_named_not_a_file(tmp_path):
+    """`--preset <(...)` once said "preset file not found" for a file that is there (bench reads a preset twice)."""
+    pipe = tmp_path / "pipe.yaml"
+    os.mkfifo(pipe)
+    with pytest.raises(UsageError, match="is not a regular file"):
+        load_preset(str(pipe))

@@ -1,5 +1,6 @@
 """Presets: shipped files load, overrides apply, every class of bad input is exit 2 naming the problem."""
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from nitro_cli.errors import UsageError
 from nitro_cli.presets import Preset, all_keys, flatten, load_preset, parse_overrides, shipped_names
 from tests.conftest import FAST
 
+ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ["baseline", "beginner", "advanced", "expert", "deploy"]
 
 
@@ -269,3 +271,40 @@ def test_a_pipe_given_as_preset_is_named_not_a_file(tmp_path):
     os.mkfifo(pipe)
     with pytest.raises(UsageError, match="is not a regular file"):
         load_preset(str(pipe))
+
+
+def _fields(cls=Preset, prefix=""):
+    """Every preset field by its dotted key, the groups' (`vae.tiling`) included."""
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING:
+            yield from _fields(f.default_factory, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f
+
+
+def _as_documented(f: dataclasses.Field) -> str:
+    """The `values (default)` cell docs/presets.md gives a field, written from the field's own rules."""
+    rules = f.metadata
+    default = {True: "true", False: "false"}[f.default] if f.type == "bool" else (
+        f"{f.default:g}" if f.type == "float" else f.default)
+    if f.type == "bool":
+        return f"`true`/`false` (`{default}`)"
+    if rules["choices"]:
+        return ", ".join(f"`{choice}`" for choice in rules["choices"]) + f" (`{default}`)"
+    if f.type == "str":
+        return f"text (`{default}`)" if default else "text"
+    multiple = f", multiples of {rules['multiple_of']}" if rules["multiple_of"] else ""
+    return f"{rules['min']:g}–{rules['max']:g}{multiple} (`{default}`)"
+
+
+def test_the_field_reference_gives_each_field_its_real_choices_range_and_default():
+    """docs/presets.md is the reference users write their presets from: every field, its allowed values and
+    default as the code checks them (a field row: `| `key` | values (default) | what it does | call |`)."""
+    documented = {}
+    for line in (ROOT / "docs" / "presets.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            documented.update({key.strip("`"): cells[1] for key in cells[0].split(", ")})
+    assert sorted(documented) == sorted(all_keys())
+    wrong = {key: (documented[key], _as_documented(f)) for key, f in _fields() if documented[key] != _as_documented(f)}
+    assert wrong == {}, "docs/presets.md (documented, as the code checks it)"

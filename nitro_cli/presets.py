@@ -131,11 +131,11 @@ def resolve_path(name_or_path: str) -> Path:
     if looks_like_path:
         if path.is_dir():
             raise UsageError(f"{name_or_path} is a folder, not a preset file", hint="give a .yaml file in it")
+        if path.exists() and not path.is_file():
+            # bench and --max-vram read a preset more than once, which a pipe (`<(...)`) can't give.
+            raise UsageError(f"{name_or_path} is not a regular file", hint="save the preset to a .yaml file")
         if not path.is_file():
-            shipped = path.stem if path.parent == Path(".") and path.stem in shipped_names() else None
-            guess = f"did you mean the shipped preset (--preset {shipped})? " if shipped else ""
-            raise UsageError(f"preset file not found: {name_or_path}",
-                             hint=f"{guess}shipped presets: {', '.join(shipped_names())}")
+            raise UsageError(f"preset file not found: {name_or_path}", hint=_missing_file_hint(path))
         return path
     candidate = shipped_dir() / f"{name_or_path}.yaml"
     if candidate.is_file():
@@ -145,6 +145,19 @@ def resolve_path(name_or_path: str) -> Path:
     hint = f"did you mean '{close}'? " if close else ""
     raise UsageError(f"unknown preset '{name_or_path}'",
                      hint=f"{hint}shipped presets: {', '.join(names)}; or give a path to a .yaml file")
+
+
+def _missing_file_hint(path: Path) -> str:
+    """A mistyped file's neighbour (`mine.yml` for `mine.yaml`), or the shipped preset a name spelled as a file means."""
+    shipped = path.stem if path.parent == Path(".") and path.stem in shipped_names() else None
+    try:
+        neighbours = {p.stem: p.name for p in path.parent.iterdir() if p.suffix in (".yaml", ".yml")}
+    except OSError:  # no such folder, or one we may not list
+        neighbours = {}
+    close = closest(path.stem, list(neighbours))  # stems: every name shares the suffix, which would match alone
+    guess = (f"did you mean the shipped preset (--preset {shipped})? " if shipped
+             else f"did you mean {path.parent / neighbours[close]}? " if close else "")
+    return f"{guess}shipped presets: {', '.join(shipped_names())}"
 
 
 def check_unique_keys(node, walked: set[int] | None = None) -> None:
@@ -169,8 +182,14 @@ def check_unique_keys(node, walked: set[int] | None = None) -> None:
             check_unique_keys(item, walked)
 
 
-# A float in YAML 1.2's core schema: unlike YAML 1.1 it needs no dot before an exponent.
-YAML_12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
+class PresetLoader(yaml.SafeLoader):
+    """PyYAML's safe loader reading floats with an exponent as YAML 1.2 does (YAML 1.1, PyYAML's, reads `1e-05`,
+    how Python writes 0.00001, and `1e3` as text): a preset file and `--set` read the same number alike."""
+
+
+PresetLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                   re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+                                   list("-+.0123456789"))
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -181,11 +200,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise UsageError(f"--set {pair!r}: expected KEY=VALUE", hint="e.g. --set steps=20 --set vae.tiling=true")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.load(raw, Loader=PresetLoader) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        if isinstance(value, str) and YAML_12_FLOAT.fullmatch(value.strip()):
-            value = float(value)  # PyYAML (YAML 1.1) reads 1e-05, which is how Python writes 0.00001, as text
         target = nested
         *parents, leaf = key.strip().split(".")
         for parent in parents:
@@ -222,24 +239,25 @@ def _check_value(key: str, value: Any, f: dataclasses.Field) -> Any:
     """The value converted to the field's type, or a message saying what is allowed."""
     rules = f.metadata
     kind = {"bool": bool, "int": int, "float": float, "str": str}[f.type]  # annotations are strings here
+    low, high = rules.get("min"), rules.get("max")
+    bounds = f"; allowed: {low} to {high}" if low is not None and high is not None else ""
     if kind is bool and not isinstance(value, bool):
         raise ValueError(f"'{key}' must be true or false, not {value!r}")
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(f"'{key}' must be a whole number, not {value!r}")
+        raise ValueError(f"'{key}' must be a whole number, not {value!r}{bounds}")
     if kind is float:
         # NaN passes every range check (all comparisons are false), so it is refused by name.
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise ValueError(f"'{key}' must be a number, not {value!r}")
+            raise ValueError(f"'{key}' must be a number, not {value!r}{bounds}")
         value = float(value)
     if kind is str and not isinstance(value, str):
-        raise ValueError(f"'{key}' must be text, not {value!r}"
-                         + (f"; allowed: {', '.join(rules['choices'])}" if rules.get("choices") else ""))
+        # YAML reads `tier: no` as false and `tier: 2024` as a number: quotes keep them text.
+        allowed = f"; allowed: {', '.join(rules['choices'])}" if rules.get("choices") else " (put it in quotes)"
+        raise ValueError(f"'{key}' must be text, not {value!r}{allowed}")
     if rules.get("choices") and value not in rules["choices"]:
         close = closest(str(value), list(rules["choices"]))
         guess = f" (did you mean '{close}'?)" if close else ""
         raise ValueError(f"'{key}' is {value!r}{guess}; allowed: {', '.join(rules['choices'])}")
-    low, high = rules.get("min"), rules.get("max")
-    bounds = f"; allowed: {low} to {high}" if low is not None and high is not None else ""
     if low is not None and value < low:
         raise ValueError(f"'{key}' must be at least {low}, not {value!r}{bounds}")
     if high is not None and value > high:
@@ -267,6 +285,10 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in fields:
+            group, _, leaf = str(key).partition(".")
+            if leaf and dotted in all_keys():  # `vae.tiling: true`, written in a file as it is on --set
+                raise ValueError(f"unknown key '{dotted}'", f"dotted keys are for --set; in a YAML file nest it: "
+                                                             f"'{group}:', and '  {leaf}: ...' on the line below")
             close = closest(str(key), list(fields))
             guess = f"did you mean '{prefix}{close}'? " if close else ""
             raise ValueError(f"unknown key '{dotted}'", f"{guess}valid keys: {', '.join(all_keys(cls, prefix))}")
@@ -304,22 +326,39 @@ def flatten(preset: Preset, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def load_preset(name_or_path: str, overrides: list[str] | None = None) -> LoadedPreset:
-    """Read, merge `--set` overrides into, and validate one preset."""
-    path = resolve_path(name_or_path)
+def _read_yaml(path: Path) -> Any:
+    """The document in a preset file (None when it has none); a usage error naming the file and the line if
+    it can't be read as one YAML document in UTF-8."""
     try:
-        text = path.read_text(encoding="utf-8")
-        check_unique_keys(yaml.compose(text, Loader=yaml.SafeLoader))
-        data = yaml.safe_load(text) or {}
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read preset {path}: {exc.strerror or first_line(exc)}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise UsageError(f"preset {path} is not UTF-8 text (line {line}: byte 0x{raw[exc.start]:02x})",
+                         hint="save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
+    try:
+        check_unique_keys(yaml.compose(text, Loader=PresetLoader))
+        return yaml.load(text, Loader=PresetLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         # The context is half of some messages: "expected a single document in the stream, but found another".
         what = ", ".join(part for part in (exc.context, exc.problem) if part)
         raise UsageError(f"preset {path} is not valid YAML{where}: {what}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+    except yaml.YAMLError as exc:
         raise UsageError(f"preset {path} is not valid YAML: {first_line(exc)}") from None
-    if not isinstance(data, dict):
+
+
+def load_preset(name_or_path: str, overrides: list[str] | None = None) -> LoadedPreset:
+    """Read, merge `--set` overrides into, and validate one preset."""
+    path = resolve_path(name_or_path)
+    data = _read_yaml(path)
+    if data is None:  # an empty file, or comments only: every field keeps its default
+        data = {}
+    if not isinstance(data, dict):  # `0`, `false`, `[]` too: refused, not read as "no fields"
         raise UsageError(f"preset {path} must be a mapping of keys to values, not {type(data).__name__}")
     try:
         settings = _build(Preset, data)

@@ -1,12 +1,17 @@
 """Presets: shipped files load, overrides apply, every class of bad input is exit 2 naming the problem."""
 
+import dataclasses
+import os
+from pathlib import Path
+
 import pytest
 
 from nitro_cli.cli import app
 from nitro_cli.errors import UsageError
-from nitro_cli.presets import all_keys, flatten, load_preset, parse_overrides, shipped_names
+from nitro_cli.presets import Preset, all_keys, flatten, load_preset, parse_overrides, shipped_names
 from tests.conftest import FAST
 
+ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ["baseline", "beginner", "advanced", "expert", "deploy"]
 
 
@@ -181,3 +186,125 @@ def test_a_shipped_name_with_yaml_appended_suggests_the_name(tmp_path, monkeypat
     with pytest.raises(UsageError) as error:
         load_preset("advanced.yaml")
     assert "--preset advanced" in error.value.hint
+
+
+@pytest.mark.parametrize("document", ["0\n", "false\n", "[]\n", "''\n"])
+def test_a_document_that_is_no_mapping_is_refused_even_when_it_is_falsy(tmp_path, document):
+    """`0` or `false` as the whole file once ran the untuned defaults without a word."""
+    odd = tmp_path / "odd.yaml"
+    odd.write_text(document)
+    with pytest.raises(UsageError, match="must be a mapping of keys to values"):
+        load_preset(str(odd))
+
+
+def test_an_empty_preset_file_keeps_every_default(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing changed yet\n")
+    assert load_preset(str(empty)).settings == Preset()
+
+
+def test_a_preset_file_reads_exponent_numbers_as_set_does(tmp_path):
+    """PyYAML (YAML 1.1) read `guidance: 1e1` in a file as text while `--set guidance=1e1` was a number."""
+    own = tmp_path / "own.yaml"
+    own.write_text("guidance: 1e1\nsteps: 20\n")
+    assert load_preset(str(own)).settings.guidance == 10.0
+
+
+def test_a_preset_file_not_in_utf8_names_the_line(runner, tmp_path):
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("steps: 20\ntier: café\n".encode("latin-1"))
+    result = runner.invoke(app, ["checklist", "--tier", str(latin1)])
+    assert result.exit_code == 2
+    assert f"Error: preset {latin1} is not UTF-8 text (line 2: byte 0xe9)" in result.stderr
+    assert "Hint: save it as UTF-8" in result.stderr
+
+
+def test_an_unreadable_preset_file_is_a_usage_error_not_a_traceback(tmp_path, monkeypatch):
+    """A file without read permission (root, who runs the tests, reads any: so its opening is refused here)."""
+    locked = tmp_path / "locked.yaml"
+    locked.write_text("steps: 20\n")
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(UsageError, match=f"cannot read preset {locked}: Permission denied"):
+        load_preset(str(locked))
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("steps: '25'", "'steps' must be a whole number, not '25'; allowed: 1 to 1000"),
+    ("guidance: high", "'guidance' must be a number, not 'high'; allowed: 0.0 to 50.0"),
+    ("tier: no", "'tier' must be text, not False (put it in quotes)"),
+    ("compile: off", "'compile' must be text, not False; allowed: none, default"),
+])
+def test_a_value_of_the_wrong_type_names_what_is_allowed(tmp_path, line, expected):
+    """The contract: bad values name the allowed values, a wrong type as much as an out-of-range number."""
+    own = tmp_path / "own.yaml"
+    own.write_text(line + "\n")
+    with pytest.raises(UsageError) as error:
+        load_preset(str(own))
+    assert expected in error.value.message and str(own) in error.value.message
+
+
+def test_a_dotted_key_in_a_file_says_to_nest_it(tmp_path):
+    """`vae.tiling: true`, as it is written on --set, once got "did you mean 'attention'?"."""
+    own = tmp_path / "own.yaml"
+    own.write_text("vae.tiling: true\n")
+    with pytest.raises(UsageError) as error:
+        load_preset(str(own))
+    assert "unknown key 'vae.tiling'" in error.value.message
+    assert "nest it: 'vae:', and '  tiling: ...' on the line below" in error.value.hint
+
+
+@pytest.mark.parametrize("asked, meant", [("mine.yml", "mine.yaml"), ("mien.yaml", "mine.yaml"), ("mine", "mine.yaml")])
+def test_a_mistyped_preset_file_suggests_its_neighbour(tmp_path, asked, meant):
+    (tmp_path / "mine.yaml").write_text("steps: 20\n")
+    with pytest.raises(UsageError, match="preset file not found") as error:
+        load_preset(f"{tmp_path}/{asked}")
+    assert f"did you mean {tmp_path / meant}?" in error.value.hint
+
+
+def test_a_pipe_given_as_preset_is_named_not_a_file(tmp_path):
+    """`--preset <(...)` once said "preset file not found" for a file that is there (bench reads a preset twice)."""
+    pipe = tmp_path / "pipe.yaml"
+    os.mkfifo(pipe)
+    with pytest.raises(UsageError, match="is not a regular file"):
+        load_preset(str(pipe))
+
+
+def _fields(cls=Preset, prefix=""):
+    """Every preset field by its dotted key, the groups' (`vae.tiling`) included."""
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING:
+            yield from _fields(f.default_factory, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f
+
+
+def _as_documented(f: dataclasses.Field) -> str:
+    """The `values (default)` cell docs/presets.md gives a field, written from the field's own rules."""
+    rules = f.metadata
+    default = {True: "true", False: "false"}[f.default] if f.type == "bool" else (
+        f"{f.default:g}" if f.type == "float" else f.default)
+    if f.type == "bool":
+        return f"`true`/`false` (`{default}`)"
+    if rules["choices"]:
+        return ", ".join(f"`{choice}`" for choice in rules["choices"]) + f" (`{default}`)"
+    if f.type == "str":
+        return f"text (`{default}`)" if default else "text"
+    multiple = f", multiples of {rules['multiple_of']}" if rules["multiple_of"] else ""
+    return f"{rules['min']:g}–{rules['max']:g}{multiple} (`{default}`)"
+
+
+def test_the_field_reference_gives_each_field_its_real_choices_range_and_default():
+    """docs/presets.md is the reference users write their presets from: every field, its allowed values and
+    default as the code checks them (a field row: `| `key` | values (default) | what it does | call |`)."""
+    documented = {}
+    for line in (ROOT / "docs" / "presets.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            documented.update({key.strip("`"): cells[1] for key in cells[0].split(", ")})
+    assert sorted(documented) == sorted(all_keys())
+    wrong = {key: (documented[key], _as_documented(f)) for key, f in _fields() if documented[key] != _as_documented(f)}
+    assert wrong == {}, "docs/presets.md (documented, as the code checks it)"

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+
+
+def is_broken_pipe(exc: OSError) -> bool:
+    """The reader of a pipe went away. Windows often says so with EINVAL instead of EPIPE (a write to a pipe being
+    closed fails with ERROR_NO_DATA, which its C runtime reports as EINVAL: cpython issue 79935)."""
+    return isinstance(exc, BrokenPipeError) or (sys.platform == "win32" and exc.errno == errno.EINVAL)
 
 
 def to_devnull(stream) -> None:
@@ -23,14 +30,18 @@ class _StderrWithoutReader:
     def write(self, text: str) -> int:
         try:
             return self._stream.write(text)
-        except BrokenPipeError:
+        except OSError as exc:
+            if not is_broken_pipe(exc):
+                raise
             to_devnull(self._stream)
             return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
-        except BrokenPipeError:
+        except OSError as exc:
+            if not is_broken_pipe(exc):
+                raise
             to_devnull(self._stream)
 
     def __getattr__(self, name: str):

@@ -19,6 +19,14 @@ def to_devnull(stream) -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
+def write_as_is(stream, text: str) -> None:
+    """`text` written to the text stream `stream` with its own line ends: on Windows a text stream writes each \n
+    as \r\n, which made a CSV's \r\n into \r\r\n (a blank row after every row)."""
+    stream.flush()
+    stream.buffer.write(text.encode(stream.encoding, stream.errors))
+    stream.buffer.flush()
+
+
 class _StderrWithoutReader:
     """sys.stderr, writing to devnull once its reader went away (`nitro generate ... 2>&1 | head -5`): notes,
     warnings and progress are not the work. Python would raise BrokenPipeError at the next one, which stopped

@@ -60,9 +60,11 @@ def prepare() -> None:
     """The streams set up before any command runs."""
     # A stream the shell closed (`<&-`, `>&-`, `2>&-`) is None in Python: `--prompts-file -` and a line for stdout
     # would raise AttributeError, and print(file=sys.stderr) would fall back to stdout, into the --json lines.
+    # So are all three under pythonw.exe and GUI front ends on Windows. UTF-8: in the locale's encoding (cp1252 on
+    # Windows) a prompt's other letters, in image names or warnings, raised UnicodeEncodeError on the way to devnull.
     for name, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
         if getattr(sys, name) is None:
-            setattr(sys, name, open(os.devnull, mode))
+            setattr(sys, name, open(os.devnull, mode, encoding="utf-8"))
     sys.stderr = _StderrWithoutReader(sys.stderr)
     # Scripts read stdout; one that can't encode a file name (Windows pipes, PYTHONIOENCODING=ascii) gets it
     # backslash-escaped rather than a crash after the image is saved. --json output is ASCII anyway.

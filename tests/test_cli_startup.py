@@ -184,3 +184,14 @@ def test_on_windows_stdout_without_a_reader_lets_the_run_go_on(monkeypatch):
     monkeypatch.setattr(progress, "to_devnull", lambda stream: None)
     display._print_stdout("outputs/00000-1-castle.png")  # no RuntimeFailure
     assert display._stdout_gone
+
+
+def test_a_missing_stderr_takes_any_letters_in_a_non_utf8_locale():
+    """pythonw.exe (and GUI front ends) on Windows start nitro without standard streams; devnull was opened in the
+    locale's encoding (cp1252 there, ASCII here) and a prompt's other letters in the summary raised
+    UnicodeEncodeError (exit 1, after the images were made)."""
+    script = ("import sys\nsys.stderr = None\nfrom nitro_cli import streams\nstreams.prepare()\n"
+              "sys.stderr.write('00000-1-\\u57ce.png\\n')\nsys.stderr.flush()\nprint('ok')\n")
+    done = subprocess.run([sys.executable, "-X", "utf8=0", "-c", script], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0"})
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr

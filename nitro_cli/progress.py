@@ -11,7 +11,7 @@ from rich.table import Table
 
 from nitro_cli.errors import RuntimeFailure
 from nitro_cli.generation import CacheStats, ImageResult, PlannedImage, RunObserver
-from nitro_cli.streams import to_devnull
+from nitro_cli.streams import is_broken_pipe, to_devnull
 from nitro_cli.tables import print_table
 
 
@@ -103,16 +103,16 @@ class RunDisplay(RunObserver):
             # each is a system call, between which another process sharing stdout (torchrun) can write its own.
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
-        except BrokenPipeError:
-            # The reader went away (`nitro generate ... | head -1`): the images are the work, so the run goes
-            # on, without printing.
-            self._stop_stdout()
-            self.console.print("Note: stdout's reader went away; the run goes on, saving images without printing "
-                               "their paths.", markup=False)
         except OSError as exc:
+            self._stop_stdout()
+            if is_broken_pipe(exc):
+                # The reader went away (`nitro generate ... | head -1`): the images are the work, so the run goes
+                # on, without printing.
+                self.console.print("Note: stdout's reader went away; the run goes on, saving images without "
+                                   "printing their paths.", markup=False)
+                return
             # `--json > images.jsonl` on a disk that filled up: a record that goes on without its lines would be
             # silently incomplete, so the run stops (raised again in the run's thread when this is the writer's).
-            self._stop_stdout()
             raise RuntimeFailure(f"could not write to standard output: {exc.strerror or exc}",
                                  hint="free space where stdout goes (its last line may be cut short); finished "
                                       "images are kept: repeat the command with --resume to make the rest") from exc

@@ -389,6 +389,22 @@ def test_a_report_file_named_dash_is_stdout(runner, option):
     assert not Path("-").exists()
 
 
+def test_a_csv_on_stdout_keeps_its_line_ends_on_windows(monkeypatch):
+    """`nitro bench --csv - > report.csv` on Windows: its text-mode stdout wrote each of the CSV's \r\n as \r\r\n,
+    a blank row after every row in a spreadsheet."""
+    from nitro_cli.commands import bench
+
+    written = io.BytesIO()
+    windows_stdout = io.TextIOWrapper(written, encoding="utf-8", newline="\r\n")  # Windows' newline translation
+    monkeypatch.setattr("sys.stdout", windows_stdout)
+    bench.bench(presets="beginner", model="random:tiny", runs=1, warmup=0, steps=2, width=64, height=64,
+                device=options.Device.cpu, csv_file=Path("-"))
+    windows_stdout.flush()
+    assert b"\r\r\n" not in written.getvalue()
+    [row] = list(csv.DictReader(io.StringIO(written.getvalue().decode("utf-8"), newline="")))
+    assert row["preset"] == "beginner"
+
+
 def test_json_and_csv_into_one_file_is_a_usage_error_before_any_preset_runs(runner, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the same file under two spellings
     result = runner.invoke(app, ["bench", "--presets", "beginner", *FAST, "--json", "report.txt",

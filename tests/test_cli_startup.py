@@ -1,6 +1,7 @@
 """The `nitro` process as scripts see it: a fast `--help` (no torch, diffusers or transformers imported), `python -m`,
 and stdout/stderr free of library noise and encoding crashes."""
 
+import errno
 import os
 import re
 import subprocess
@@ -144,3 +145,53 @@ def test_a_run_goes_on_when_the_reader_of_stderr_goes_away(tmp_path):
     run.stderr.close()  # the reader goes away
     assert run.wait(timeout=120) == 0
     assert len(list(tmp_path.glob("*.png"))) == 2
+
+
+class _PipeWithoutReader:
+    """A stream whose reader went away, as Windows reports it: OSError EINVAL, not BrokenPipeError."""
+
+    def write(self, text):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    def flush(self):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    def isatty(self):
+        return False
+
+
+def test_on_windows_stderr_without_a_reader_goes_on(monkeypatch):
+    """`nitro generate ... 2>&1 | head -5` in Git Bash on Windows: the broken pipe is EINVAL there (cpython
+    issue 79935), which was raised out of the next note or warning and stopped the run."""
+    from nitro_cli import streams
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    silenced = []
+    monkeypatch.setattr(streams, "to_devnull", silenced.append)
+    stderr = streams._StderrWithoutReader(_PipeWithoutReader())
+    assert stderr.write("Note: ...\n") == len("Note: ...\n")
+    stderr.flush()
+    assert len(silenced) == 2
+
+
+def test_on_windows_stdout_without_a_reader_lets_the_run_go_on(monkeypatch):
+    """`nitro generate ... | head -1` on Windows: EINVAL was taken for a full disk, and the run stopped (exit 1)."""
+    from nitro_cli import progress
+
+    display = progress.RunDisplay(1, json_output=False, model="random:tiny", preset="beginner", bars=False)
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(sys, "stdout", _PipeWithoutReader())
+    monkeypatch.setattr(progress, "to_devnull", lambda stream: None)
+    display._print_stdout("outputs/00000-1-castle.png")  # no RuntimeFailure
+    assert display._stdout_gone
+
+
+def test_a_missing_stderr_takes_any_letters_in_a_non_utf8_locale():
+    """pythonw.exe (and GUI front ends) on Windows start nitro without standard streams; devnull was opened in the
+    locale's encoding (cp1252 there, ASCII here) and a prompt's other letters in the summary raised
+    UnicodeEncodeError (exit 1, after the images were made)."""
+    script = ("import sys\nsys.stderr = None\nfrom nitro_cli import streams\nstreams.prepare()\n"
+              "sys.stderr.write('00000-1-\\u57ce.png\\n')\nsys.stderr.flush()\nprint('ok')\n")
+    done = subprocess.run([sys.executable, "-X", "utf8=0", "-c", script], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0"})
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from nitro_cli import benchmark, options, paths
+from nitro_cli import benchmark, options, paths, streams
 from nitro_cli.tables import print_table
 from nitro_cli.errors import EXIT_INTERRUPTED, RuntimeFailure, UsageError
 
@@ -158,7 +158,7 @@ def bench(
                       "(set NITRO_CACHE_DIR to a writable folder)", markup=False)
     for path, text in ((json_file, benchmark.json_text), (csv_file, benchmark.csv_text)):
         if path == options.STDOUT:
-            sys.stdout.write(text(report))
+            streams.write_as_is(sys.stdout, text(report))
         elif path:
             try:
                 path.write_text(text(report), encoding="utf-8", newline="")  # the CSV's own \r\n line ends

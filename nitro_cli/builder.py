@@ -276,7 +276,7 @@ IMPORT_TIME_LOGGERS = ("torchao", "torch.utils._pytree")
 
 
 def quiet_libraries() -> None:
-    """diffusers' and transformers' info warnings and progress bars are noise in a CLI; NITRO_DEBUG keeps them."""
+    """diffusers', transformers' and huggingface_hub's info warnings and progress bars are noise in a CLI; NITRO_DEBUG keeps them."""
     if os.environ.get("NITRO_DEBUG"):
         return
     import logging
@@ -291,10 +291,14 @@ def quiet_libraries() -> None:
     # Compiling fp8 weights (torchao's Float8Tensor): AOTAutograd's cache hashes them its default way and says so.
     warnings.filterwarnings("ignore", message=".* does not implement _stable_hash_for_caching", category=UserWarning)
     import diffusers
+    import huggingface_hub
     import transformers
 
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
+    # huggingface_hub says "Could not reach the Hub ... Using cached commit hash" on every offline run of a cached
+    # model, even with HF_HUB_OFFLINE set on purpose; a model it can't have is nitro's own one-line error.
+    huggingface_hub.utils.logging.set_verbosity_error()
 
 
 def _remind_license() -> None:

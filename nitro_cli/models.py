@@ -313,17 +313,69 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
         # offline errors are OSError subclasses). A model that is here but breaks while loading (a damaged
         # folder, a checkpoint of another architecture) is a run-time failure, exit 1.
         if source.kind == "hub" and isinstance(exc, OSError):
-            # diffusers ends its not-cached error pointing at a traceback the user is not shown.
-            reason = first_line(exc).replace(" Please check out the root cause in the stacktrace above.", "")
-            raise UsageError(f"model '{source.spec}' could not be loaded: {reason}",
-                             hint=f"download it once while online (`hf download {source.spec}`), unset "
-                                  "HF_HUB_OFFLINE if it is set, or try --model random:tiny for a dry run") from exc
+            raise hub_model_error(source.spec, exc) from exc
         hint = ("nitro reads SD 1.x checkpoints; a damaged file needs downloading again"
                 if source.kind == "single_file" else "check that the files are complete (re-download or re-save them)")
         raise RuntimeFailure(f"model '{source.spec}' failed to load: {load_failure_reason(exc, source)}",
                              hint=f"{hint}, or try --model random:tiny for a dry run") from exc
     check_text_to_image_unet(pipe, source.spec)
     return pipe
+
+
+def hub_model_error(repo_id: str, exc: BaseException) -> UsageError:
+    """Why hub model `repo_id` can't be had, in one line, and what to do. diffusers words each case for a Python
+    caller (`pass local_files_only=False`, a stacktrace above) and says "outgoing traffic has been disabled" for
+    a hub it could not reach."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    causes = _exception_chain(exc)
+    download = f"`hf download {repo_id}` once online"
+    if any(isinstance(cause, GatedRepoError) for cause in causes):
+        return UsageError(f"model '{repo_id}' is gated: the hub asks you to accept its terms first",
+                          hint=f"accept them on https://huggingface.co/{repo_id}, then set HF_TOKEN or run `hf auth login`")
+    if any(isinstance(cause, RepositoryNotFoundError) for cause in causes):
+        return UsageError(f"model '{repo_id}' not found on the hub",
+                          hint="check the spelling (owner/name); a private repo needs HF_TOKEN or `hf auth login`")
+    snapshot = _cached_snapshot(repo_id)
+    if snapshot is not None and not (snapshot / "model_index.json").is_file():
+        return UsageError(f"model '{repo_id}' is not a diffusers pipeline: its cached copy {snapshot} has no "
+                          "model_index.json",
+                          hint=f"give a diffusers SD 1.x repo, or {download} if the download stopped half way; a repo "
+                               "of a single .ckpt/.safetensors file: pass that file's path")
+    if snapshot is not None:  # diffusers names the weights file it looked for last (.bin), not the one missing
+        missing = re.search(r"found in directory (\S+?)\.?$", first_line(exc))
+        what = f"{Path(missing.group(1)).name} has no weights file" if missing else first_line(exc)
+        return UsageError(f"model '{repo_id}' is incomplete in the Hugging Face cache ({what}: {snapshot})",
+                          hint=f"finish the download: {download}")
+    if constants.HF_HUB_OFFLINE or any(isinstance(cause, OfflineModeIsEnabled) for cause in causes):
+        unreachable, unset = "HF_HUB_OFFLINE is set", " (or unset HF_HUB_OFFLINE)"
+    else:
+        unreachable, unset = f"the hub could not be reached ({first_line(causes[-1])})", ""
+    return UsageError(f"model '{repo_id}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {unreachable}",
+                      hint=f"{download}{unset}; a model in another cache needs HF_HOME pointing there; --model "
+                           "random:tiny for a dry run")
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the exceptions it was raised from, outermost first."""
+    chain = [exc]
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and cause not in chain:
+        chain.append(cause)
+    return chain
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The snapshot folder of `repo_id`'s main revision in the Hugging Face cache, if one is there."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    try:
+        snapshot = repo / "snapshots" / (repo / "refs" / constants.DEFAULT_REVISION).read_text().strip()
+    except OSError:
+        return None
+    return snapshot if snapshot.is_dir() else None
 
 
 def load_failure_reason(exc: BaseException, source: ModelSource) -> str:

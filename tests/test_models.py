@@ -63,7 +63,7 @@ def test_a_model_without_safety_checker_says_the_presets_checker_is_skipped(runn
 
 
 @pytest.mark.parametrize("model, expected", [
-    ("nitrosocke/not-a-cached-model", "could not be loaded"),
+    ("nitrosocke/not-a-cached-model", "is not in the Hugging Face cache"),
     ("./no/such/folder", "not found"),
     ("missing.safetensors", "model file not found"),
     ("random:huge", "unknown built-in model"),

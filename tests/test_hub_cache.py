@@ -1,0 +1,114 @@
+"""Hub ids (the default model first) from a Hugging Face cache laid out as huggingface_hub lays it out, offline."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from nitro_cli.cli import app
+from nitro_cli.models import DEFAULT_MODEL, hub_model_error
+from tests.conftest import FAST
+
+ARGS = [a for a in FAST if a not in ("--model", "random:tiny")]
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def cache_model(hub_cache, tiny_model_dir, repo_id=DEFAULT_MODEL):
+    """`random:tiny` as a cached snapshot of `repo_id`: models--owner--name/snapshots/COMMIT and refs/main."""
+    repo = hub_cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / COMMIT)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    return repo / "snapshots" / COMMIT
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    # huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE once, at import: point this process's at the test's.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return tmp_path / "hub"
+
+
+def test_default_model_loads_from_the_cache_offline_without_hub_chatter(tiny_model_dir, tmp_path):
+    """A real process, as a user runs it: HF_HOME's cache, HF_HUB_OFFLINE=1, no --model."""
+    cache_model(tmp_path / "hf" / "hub", tiny_model_dir)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
+           "NITRO_CACHE_DIR": str(tmp_path / "nitro")}
+    result = subprocess.run([sys.executable, "-m", "nitro_cli", "generate", "castle", "--json", "--out",
+                             str(tmp_path / "out"), *ARGS], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "Could not reach the Hub" not in result.stderr  # huggingface_hub's warning on every offline run
+    from PIL import Image
+
+    record = json.loads(result.stdout.splitlines()[-1])
+    assert f"Model: {DEFAULT_MODEL}," in Image.open(record["path"]).text["parameters"]
+
+
+def drop_unet_weights(snapshot):
+    for weights in (snapshot / "unet").glob("diffusion_pytorch_model*"):
+        weights.unlink()
+
+
+@pytest.mark.parametrize("model, damage, expected", [
+    (DEFAULT_MODEL, None, "is not in the Hugging Face cache ({hub}) and HF_HUB_OFFLINE is set"),
+    ("nitrosocke/Nitro-Difusion", "cache the right one", "is not in the Hugging Face cache ({hub})"),
+    (DEFAULT_MODEL, drop_unet_weights, "is incomplete in the Hugging Face cache (unet has no weights file"),
+    (DEFAULT_MODEL, lambda snapshot: (snapshot / "model_index.json").unlink(), "is not a diffusers pipeline"),
+])
+def test_hub_model_that_cannot_be_had_says_what_to_do(runner, hub_cache, tiny_model_dir, tmp_path, model, damage,
+                                                        expected):
+    if damage is not None:
+        snapshot = cache_model(hub_cache, tiny_model_dir)
+        if callable(damage):
+            damage(snapshot)
+    args = ARGS if model == DEFAULT_MODEL else ["--model", model, *ARGS]
+    result = runner.invoke(app, ["generate", "castle", "--out", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2, result.output
+    assert f"Error: model '{model}' {expected.format(hub=hub_cache)}" in result.stderr.replace("\n", "")
+    assert f"hf download {model}" in result.stderr.replace("\n", "")
+    assert "local_files_only" not in result.output  # diffusers' advice to Python callers
+
+
+def http_error(error_class, status):
+    import httpx2
+
+    request = httpx2.Request("GET", f"https://huggingface.co/api/models/{DEFAULT_MODEL}")
+    return error_class("hub said no", response=httpx2.Response(status, request=request))
+
+
+@pytest.mark.parametrize("cause, expected, hint", [
+    ("GatedRepoError", "is gated", "HF_TOKEN"),
+    ("RepositoryNotFoundError", "not found on the hub", "check the spelling"),
+])
+def test_hub_answers_are_named(hub_cache, cause, expected, hint):
+    from huggingface_hub import errors
+
+    try:
+        try:
+            raise http_error(getattr(errors, cause), 401)
+        except Exception as hub_error:  # diffusers wraps the hub's error in its own not-cached OSError
+            raise OSError("Cannot load model: the model is not fully cached locally") from hub_error
+    except OSError as exc:
+        error = hub_model_error(DEFAULT_MODEL, exc)
+    assert expected in error.message and hint in error.hint
+
+
+def test_unreachable_hub_is_named_with_its_reason(hub_cache, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    try:
+        try:
+            raise ConnectionError("[Errno -2] Name or service not known")
+        except ConnectionError as network_error:
+            raise OSError("Cannot load model: outgoing traffic has been disabled") from network_error
+    except OSError as exc:
+        error = hub_model_error(DEFAULT_MODEL, exc)
+    assert error.message.endswith("the hub could not be reached ([Errno -2] Name or service not known)")
+    assert "HF_HUB_OFFLINE" not in error.hint

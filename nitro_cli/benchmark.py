@@ -287,16 +287,21 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda me
     """Run every preset in turn. A bad model, device, preset or size is a usage error before any preset
     runs."""
     from nitro_cli.builder import resolve_device
-    from nitro_cli.models import resolve_model
+    from nitro_cli.models import fetch_hub_model, resolve_model
     from nitro_cli.presets import load_preset
 
-    for entry in options.presets:  # a misspelled name must not cost the other presets' runs first
-        load_preset(entry, _flag_overrides(options))
+    # A misspelled name must not cost the other presets' runs first.
+    presets = [load_preset(entry, _flag_overrides(options)).settings for entry in options.presets]
     source = resolve_model(options.model)
     machine = hardware.probe()
     device = resolve_device(options.device, machine)
     environment = _environment(options, device, machine, source.is_random)
     _import_libraries()
+    if source.kind == "hub":
+        # Once, before the presets: a model that can't be had is one usage error, not a failed row per preset,
+        # and no row's load time holds the download.
+        progress(f"Model {source.spec}: checking the Hugging Face cache (downloading what is missing) ...")
+        fetch_hub_model(source.spec, with_safety_checker=any(preset.safety_checker for preset in presets))
 
     results: list[PresetResult] = []
     images: dict[int, Any] = {}

@@ -322,6 +322,17 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
     return pipe
 
 
+def fetch_hub_model(repo_id: str, *, with_safety_checker: bool) -> None:
+    """`repo_id`'s pipeline files in the Hugging Face cache, downloaded now where missing (the files
+    `from_pretrained` would fetch), or a UsageError saying why they can't be had."""
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        StableDiffusionPipeline.download(repo_id, **({} if with_safety_checker else {"safety_checker": None}))
+    except OSError as exc:
+        raise hub_model_error(repo_id, exc) from exc
+
+
 def hub_model_error(repo_id: str, exc: BaseException) -> UsageError:
     """Why hub model `repo_id` can't be had, in one line, and what to do. diffusers words each case for a Python
     caller (`pass local_files_only=False`, a stacktrace above) and says "outgoing traffic has been disabled" for

@@ -112,3 +112,22 @@ def test_unreachable_hub_is_named_with_its_reason(hub_cache, monkeypatch):
         error = hub_model_error(DEFAULT_MODEL, exc)
     assert error.message.endswith("the hub could not be reached ([Errno -2] Name or service not known)")
     assert "HF_HUB_OFFLINE" not in error.hint
+
+
+def test_bench_checks_a_hub_model_once_before_any_preset(runner, hub_cache, tiny_model_dir):
+    """Not cached (offline): one usage error before any preset, where each row failed alike (exit 1, a report of
+    failed rows). Cached: every row loads from the cache."""
+    from nitro_cli import paths
+
+    missing = runner.invoke(app, ["bench", "--presets", "beginner,advanced", *ARGS, "--runs", "1", "--warmup", "0"])
+    assert missing.exit_code == 2, missing.output
+    assert missing.stderr.count(f"Error: model '{DEFAULT_MODEL}' is not in the Hugging Face cache") == 1
+    assert "beginner" not in missing.stderr.split("Error:")[0] and not paths.bench_dir().exists()
+
+    cache_model(hub_cache, tiny_model_dir)
+    cached = runner.invoke(app, ["bench", "--presets", "beginner,advanced", *ARGS, "--runs", "1", "--warmup", "0",
+                                 "--json", "-"])
+    assert cached.exit_code == 0, cached.output
+    report = json.loads(cached.stdout)
+    assert report["environment"]["model"] == DEFAULT_MODEL
+    assert [row["error"] for row in report["results"]] == [None, None]

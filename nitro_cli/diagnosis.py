@@ -221,6 +221,9 @@ def _check_fp8(machine: Machine) -> list[Check]:
 
 def _check_model(machine: Machine) -> list[Check]:
     cached = machine.model_cache
+    if cached is not None and cached.problem:  # generate would fail to load it
+        return [Check("model", WARN, f"{cached.repo_id} cached in {cached.path}, but incomplete: {cached.problem}",
+                      f"finish the download: `hf download {cached.repo_id}` once online")]
     if cached is not None:
         return [Check("model", OK, f"{cached.repo_id} cached: {cached.path} ({cached.size_mib} MiB)")]
     if machine.hf_offline:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nitro_cli import paths
 from nitro_cli.errors import describe
-from nitro_cli.models import DEFAULT_MODEL
+from nitro_cli.models import DEFAULT_MODEL, snapshot_problem
 
 
 # What to do when `import torch` fails (Machine.torch_error): doctor reports it, generate, bench and
@@ -67,6 +67,7 @@ class CachedModel:
     repo_id: str
     path: str
     size_mib: int
+    problem: str | None = None  # what keeps its main revision from loading (models.snapshot_problem)
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,9 @@ def _cached_model(repo_id: str = DEFAULT_MODEL, hub_cache: Path | None = None) -
         return None
     for repo in cache.repos:
         if repo.repo_type == "model" and repo.repo_id == repo_id:
-            return CachedModel(repo_id, str(repo.repo_path), repo.size_on_disk // 2**20)
+            main = next((revision for revision in repo.revisions if "main" in revision.refs), None)
+            problem = snapshot_problem(main.snapshot_path) if main else "no main revision"
+            return CachedModel(repo_id, str(repo.repo_path), repo.size_on_disk // 2**20, problem)
     return None
 
 

@@ -368,6 +368,18 @@ def hub_model_error(repo_id: str, exc: BaseException) -> UsageError:
                            "random:tiny for a dry run")
 
 
+def snapshot_problem(snapshot: Path) -> str | None:
+    """What keeps the pipeline in a Hugging Face cache snapshot from loading, or None: no model_index.json, or
+    a model without a weights file nitro loads (fp16-variant files alone don't do: it asks for no variant)."""
+    if not (snapshot / "model_index.json").is_file():
+        return "no model_index.json (not a diffusers pipeline, or its download stopped half way)"
+    for name in ("unet", "vae", "text_encoder"):
+        weights = [p for p in (snapshot / name).glob("*") if p.suffix in (".safetensors", ".bin") and "." not in p.stem]
+        if not weights:
+            return f"{name} has no weights file"
+    return None
+
+
 def _exception_chain(exc: BaseException) -> list[BaseException]:
     """`exc` and the exceptions it was raised from, outermost first."""
     chain = [exc]

@@ -201,6 +201,11 @@ def test_missing_required_package_fails_and_offline_uncached_model_warns():
     assert checks["model"].status == "warn" and "HF_HUB_OFFLINE" in checks["model"].detail
     cached = machine(model_cache=hardware.CachedModel("nitrosocke/Nitro-Diffusion", "/hf/models--x", 5120))
     assert {c.name: c for c in diagnosis.run_checks(cached)}["model"].status == "ok"
+    broken = machine(model_cache=hardware.CachedModel("nitrosocke/Nitro-Diffusion", "/hf/models--x", 5120,
+                                                      "unet has no weights file"))
+    check = {c.name: c for c in diagnosis.run_checks(broken)}["model"]
+    assert check.status == "warn" and "incomplete: unet has no weights file" in check.detail
+    assert "hf download nitrosocke/Nitro-Diffusion" in check.fix
 
 
 def test_the_human_report_goes_to_stdout_with_a_summary_line_and_the_error_to_stderr(runner, fake_probe):

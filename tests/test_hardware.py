@@ -22,7 +22,25 @@ def test_cached_model_found_with_path_and_size(tmp_path):
     repo = fake_hub_cache(tmp_path, "nitrosocke/Nitro-Diffusion", b"x" * (3 * 2**20))
     fake_hub_cache(tmp_path, "someone/other-model", b"y")
     cached = hardware._cached_model(hub_cache=tmp_path)
-    assert cached == hardware.CachedModel("nitrosocke/Nitro-Diffusion", str(repo), 3)
+    assert cached == hardware.CachedModel("nitrosocke/Nitro-Diffusion", str(repo), 3, "unet has no weights file")
+
+
+@pytest.mark.parametrize("weights, problem", [
+    ({"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.bin",
+      "text_encoder": "model-00001-of-00002.safetensors"}, None),
+    ({"unet": "diffusion_pytorch_model.fp16.safetensors", "vae": "diffusion_pytorch_model.safetensors",
+      "text_encoder": "model.safetensors"}, "unet has no weights file"),  # nitro asks for no variant
+    ({"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors"},
+     "text_encoder has no weights file"),
+])
+def test_a_cached_model_says_what_keeps_it_from_loading(tmp_path, weights, problem):
+    """doctor called a snapshot without the UNet's weights "cached", and generate then failed on it."""
+    repo = fake_hub_cache(tmp_path, "nitrosocke/Nitro-Diffusion", b"{}")
+    snapshot = repo / "snapshots" / "0123456789abcdef"
+    for folder, name in weights.items():
+        (snapshot / folder).mkdir()
+        (snapshot / folder / name).write_bytes(b"weights")
+    assert hardware._cached_model(hub_cache=tmp_path).problem == problem
 
 
 def test_no_cache_folder_means_not_cached(tmp_path):

@@ -68,6 +68,20 @@ def test_a_line_with_dashes_but_no_option_is_the_prompt(tmp_path, line):
 
 
 @pytest.mark.parametrize("line, problem", [
+    ("--prompt castle --sed 5", "unknown option --sed (did you mean --seed?)"),
+    ("--prompt castle --seed", "--seed needs a value"),
+    ("--prompt castle --seed five", "--seed must be a whole number, not 'five'"),
+    ("--prompt castle --seed -3", "--seed must be 0 or more (or -1: the run's seeds), not -3"),
+    ("--prompt castle --seed 1 2", "--seed takes one value"),
+    ("--prompt castle --steps 0", "'--steps' must be at least 1"),
+    ("--prompt castle --cfg_scale high", "--cfg_scale must be a number"),
+    ("--prompt castle --cfg_scale nan", "'--cfg_scale' must be a number, not nan"),
+    ("--prompt castle --width 500", "'--width' must be a multiple of 8"),
+    ('--prompt "castle', "cannot split into options"),
+    ("castle --seed 5", "'castle' is not an option"),
+    ("--prompt castle --style pixar", "unknown style 'pixar'"),
+    ("--seed 5 --steps 10", "no prompt"),
+    # A1111's own options, where nitro can't do what their value asks:
     ('--prompt c --sampler_name "DPM++ 2M Karras"',
      "--sampler_name 'DPM++ 2M Karras': a run has one sampler, and this run's is Euler a; "
      "for DPM++ 2M Karras, run its lines with --set scheduler=dpmpp_2m_karras"),
@@ -87,28 +101,6 @@ def test_a_line_with_dashes_but_no_option_is_the_prompt(tmp_path, line):
     ("--prompt c --n_iter 0", "--n_iter and --batch_size must be at least 1"),
     ("--prompt c --batch_size two", "--batch_size must be a whole number, not 'two'"),
     ("--prompt c --stles x", "unknown option --stles (did you mean --styles?)"),
-])
-def test_a1111_options_nitro_cannot_honour_say_what_to_do(tmp_path, line, problem):
-    path = write(tmp_path, f"good prompt\n{line}\n")
-    with pytest.raises(UsageError) as caught:
-        read_jobs(path, DEFAULTS, [])
-    assert f"line 2: {problem}" in caught.value.message
-
-
-@pytest.mark.parametrize("line, problem", [
-    ("--prompt castle --sed 5", "unknown option --sed (did you mean --seed?)"),
-    ("--prompt castle --seed", "--seed needs a value"),
-    ("--prompt castle --seed five", "--seed must be a whole number, not 'five'"),
-    ("--prompt castle --seed -3", "--seed must be 0 or more (or -1: the run's seeds), not -3"),
-    ("--prompt castle --seed 1 2", "--seed takes one value"),
-    ("--prompt castle --steps 0", "'--steps' must be at least 1"),
-    ("--prompt castle --cfg_scale high", "--cfg_scale must be a number"),
-    ("--prompt castle --cfg_scale nan", "'--cfg_scale' must be a number, not nan"),
-    ("--prompt castle --width 500", "'--width' must be a multiple of 8"),
-    ('--prompt "castle', "cannot split into options"),
-    ("castle --seed 5", "'castle' is not an option"),
-    ("--prompt castle --style pixar", "unknown style 'pixar'"),
-    ("--seed 5 --steps 10", "no prompt"),
 ])
 def test_each_kind_of_bad_line_names_its_number(tmp_path, line, problem):
     path = write(tmp_path, f"# header\ngood prompt\n{line}\n")

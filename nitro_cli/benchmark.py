@@ -297,11 +297,13 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda me
     device = resolve_device(options.device, machine)
     environment = _environment(options, device, machine, source.is_random)
     _import_libraries()
-    if source.kind == "hub":
+    # ONNX presets run an export (`nitro export onnx`), never the hub model's own weights.
+    pytorch_presets = [preset for preset in presets if preset.backend != "onnx"]
+    if source.kind == "hub" and pytorch_presets:
         # Once, before the presets: a model that can't be had is one usage error, not a failed row per preset,
         # and no row's load time holds the download.
         progress(f"Model {source.spec}: checking the Hugging Face cache (downloading what is missing) ...")
-        fetch_hub_model(source.spec, with_safety_checker=any(preset.safety_checker for preset in presets))
+        fetch_hub_model(source.spec, with_safety_checker=any(preset.safety_checker for preset in pytorch_presets))
 
     results: list[PresetResult] = []
     images: dict[int, Any] = {}

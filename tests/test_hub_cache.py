@@ -131,3 +131,17 @@ def test_bench_checks_a_hub_model_once_before_any_preset(runner, hub_cache, tiny
     report = json.loads(cached.stdout)
     assert report["environment"]["model"] == DEFAULT_MODEL
     assert [row["error"] for row in report["results"]] == [None, None]
+
+
+def test_bench_of_onnx_presets_fetches_no_pytorch_hub_model(runner, hub_cache, tmp_path):
+    """An ONNX preset runs an export, never the hub model's PyTorch weights: fetching them first downloaded GBs
+    (online) or stopped the bench with 'not in the Hugging Face cache' and `hf download` (offline), where the row's
+    own error says what helps: export it."""
+    preset = tmp_path / "onnx.yaml"
+    preset.write_text("backend: onnx\n", encoding="utf-8")
+    result = runner.invoke(app, ["bench", "--presets", str(preset), *ARGS, "--runs", "1", "--warmup", "0",
+                                 "--json", "-"])
+    assert result.exit_code == 1, result.output
+    assert "not in the Hugging Face cache" not in result.stderr
+    [row] = json.loads(result.stdout)["results"]
+    assert "needs an ONNX export" in row["error"]

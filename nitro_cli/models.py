@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import re
 import sys
 import tempfile
@@ -373,7 +374,13 @@ def snapshot_problem(snapshot: Path) -> str | None:
     a model without a weights file nitro loads (fp16-variant files alone don't do: it asks for no variant)."""
     if not (snapshot / "model_index.json").is_file():
         return "no model_index.json (not a diffusers pipeline, or its download stopped half way)"
-    for name in ("unet", "vae", "text_encoder"):
+    try:
+        index = json.loads((snapshot / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "its model_index.json is damaged"
+    # The safety checker where the pipeline has one: the presets that keep it on (baseline, beginner) load it.
+    with_checker = isinstance(index, dict) and (index.get("safety_checker") or [None])[0] is not None
+    for name in ("unet", "vae", "text_encoder", *(["safety_checker"] if with_checker else [])):
         weights = [p for p in (snapshot / name).glob("*") if p.suffix in (".safetensors", ".bin") and "." not in p.stem]
         if not weights:
             return f"{name} has no weights file"

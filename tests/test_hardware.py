@@ -1,5 +1,7 @@
 """The deep probe's pieces that run without a GPU, and the whole probe on a GPU where there is one."""
 
+import json
+
 import pytest
 
 from nitro_cli import hardware
@@ -22,7 +24,8 @@ def test_cached_model_found_with_path_and_size(tmp_path):
     repo = fake_hub_cache(tmp_path, "nitrosocke/Nitro-Diffusion", b"x" * (3 * 2**20))
     fake_hub_cache(tmp_path, "someone/other-model", b"y")
     cached = hardware._cached_model(hub_cache=tmp_path)
-    assert cached == hardware.CachedModel("nitrosocke/Nitro-Diffusion", str(repo), 3, "unet has no weights file")
+    assert cached == hardware.CachedModel("nitrosocke/Nitro-Diffusion", str(repo), 3,
+                                          "its model_index.json is damaged")
 
 
 @pytest.mark.parametrize("weights, problem", [
@@ -32,10 +35,17 @@ def test_cached_model_found_with_path_and_size(tmp_path):
       "text_encoder": "model.safetensors"}, "unet has no weights file"),  # nitro asks for no variant
     ({"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors"},
      "text_encoder has no weights file"),
+    ({"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
+      "text_encoder": "model.safetensors", "safety_checker": "model.safetensors"}, None),
+    ({"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
+      "text_encoder": "model.safetensors"}, "safety_checker has no weights file"),
 ])
 def test_a_cached_model_says_what_keeps_it_from_loading(tmp_path, weights, problem):
-    """doctor called a snapshot without the UNet's weights "cached", and generate then failed on it."""
-    repo = fake_hub_cache(tmp_path, "nitrosocke/Nitro-Diffusion", b"{}")
+    """doctor called a snapshot without the UNet's weights "cached", and generate then failed on it. The safety
+    checker counts where model_index.json names one (beginner, the default preset, loads it)."""
+    names_a_checker = "safety_checker" in weights or problem == "safety_checker has no weights file"
+    index = {"safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"] if names_a_checker else [None, None]}
+    repo = fake_hub_cache(tmp_path, "nitrosocke/Nitro-Diffusion", json.dumps(index).encode())
     snapshot = repo / "snapshots" / "0123456789abcdef"
     for folder, name in weights.items():
         (snapshot / folder).mkdir()

@@ -329,9 +329,14 @@ def fetch_hub_model(repo_id: str, *, with_safety_checker: bool) -> None:
     from diffusers import StableDiffusionPipeline
 
     try:
-        StableDiffusionPipeline.download(repo_id, **({} if with_safety_checker else {"safety_checker": None}))
+        folder = StableDiffusionPipeline.download(repo_id, **({} if with_safety_checker else {"safety_checker": None}))
     except OSError as exc:
         raise hub_model_error(repo_id, exc) from exc
+    # Offline, diffusers hands back the cached snapshot as it is: a download stopped half way fails only when
+    # each preset loads it, a failed row apiece.
+    problem = snapshot_problem(Path(folder), with_safety_checker=with_safety_checker)
+    if problem is not None:
+        raise _incomplete_snapshot_error(repo_id, problem, Path(folder))
 
 
 def hub_model_error(repo_id: str, exc: BaseException) -> UsageError:
@@ -358,8 +363,7 @@ def hub_model_error(repo_id: str, exc: BaseException) -> UsageError:
     if snapshot is not None:  # diffusers names the weights file it looked for last (.bin), not the one missing
         missing = re.search(r"found in directory (\S+?)\.?$", first_line(exc))
         what = f"{Path(missing.group(1)).name} has no weights file" if missing else first_line(exc)
-        return UsageError(f"model '{repo_id}' is incomplete in the Hugging Face cache ({what}: {snapshot})",
-                          hint=f"finish the download: {download}")
+        return _incomplete_snapshot_error(repo_id, what, snapshot)
     if constants.HF_HUB_OFFLINE or any(isinstance(cause, OfflineModeIsEnabled) for cause in causes):
         unreachable, unset = "HF_HUB_OFFLINE is set", " (or unset HF_HUB_OFFLINE)"
     else:
@@ -369,9 +373,15 @@ def hub_model_error(repo_id: str, exc: BaseException) -> UsageError:
                            "random:tiny for a dry run")
 
 
-def snapshot_problem(snapshot: Path) -> str | None:
+def _incomplete_snapshot_error(repo_id: str, what: str, snapshot: Path) -> UsageError:
+    return UsageError(f"model '{repo_id}' is incomplete in the Hugging Face cache ({what}: {snapshot})",
+                      hint=f"finish the download: `hf download {repo_id}` once online")
+
+
+def snapshot_problem(snapshot: Path, *, with_safety_checker: bool = True) -> str | None:
     """What keeps the pipeline in a Hugging Face cache snapshot from loading, or None: no model_index.json, or
-    a model without a weights file nitro loads (fp16-variant files alone don't do: it asks for no variant)."""
+    a model without a weights file nitro loads (fp16-variant files alone don't do: it asks for no variant).
+    `with_safety_checker`: whether the safety checker is loaded too, where the pipeline has one."""
     if not (snapshot / "model_index.json").is_file():
         return "no model_index.json (not a diffusers pipeline, or its download stopped half way)"
     try:
@@ -379,7 +389,8 @@ def snapshot_problem(snapshot: Path) -> str | None:
     except (OSError, ValueError):
         return "its model_index.json is damaged"
     # The safety checker where the pipeline has one: the presets that keep it on (baseline, beginner) load it.
-    with_checker = isinstance(index, dict) and (index.get("safety_checker") or [None])[0] is not None
+    names_checker = isinstance(index, dict) and (index.get("safety_checker") or [None])[0] is not None
+    with_checker = with_safety_checker and names_checker
     for name in ("unet", "vae", "text_encoder", *(["safety_checker"] if with_checker else [])):
         weights = [p for p in (snapshot / name).glob("*") if p.suffix in (".safetensors", ".bin") and "." not in p.stem]
         if not weights:

@@ -23,6 +23,17 @@ def test_help_shows_the_defaults_that_are_not_typed_ones(runner, args, default):
     assert re.search(rf"\[default: \(?{re.escape(default)}\)?\]", result.output), result.output
 
 
+def test_generate_help_names_every_prompts_file_line_option(runner):
+    """--help is where users look up a prompts line's options; it had missed those A1111 files use for image counts
+    and the sampler."""
+    from nitro_cli.prompts import LINE_OPTIONS
+
+    result = runner.invoke(app, ["generate", "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    help_text = " ".join(result.output.replace("│", " ").split())
+    assert [option for option in LINE_OPTIONS if f"--{option}" not in help_text] == []
+
+
 @pytest.mark.parametrize("args, message", [
     (["generate", "castle", "--seed", "-1"], "Error: Invalid value for '--seed'"),
     (["generate", "castle", "--style", "pixar"], "Error: Invalid value for '--style'"),

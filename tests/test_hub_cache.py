@@ -133,6 +133,20 @@ def test_bench_checks_a_hub_model_once_before_any_preset(runner, hub_cache, tiny
     assert [row["error"] for row in report["results"]] == [None, None]
 
 
+def test_bench_of_an_incomplete_cached_hub_model_is_one_usage_error(runner, hub_cache, tiny_model_dir):
+    """A download stopped half way, then an offline bench: one usage error naming what is missing, where each
+    row failed alike (exit 1) with the same words."""
+    from nitro_cli import paths
+
+    drop_unet_weights(cache_model(hub_cache, tiny_model_dir))
+    result = runner.invoke(app, ["bench", "--presets", "beginner,advanced", *ARGS, "--runs", "1", "--warmup", "0"])
+    assert result.exit_code == 2, result.output
+    stderr = result.stderr.replace("\n", "")
+    incomplete = f"Error: model '{DEFAULT_MODEL}' is incomplete in the Hugging Face cache (unet has no weights file"
+    assert stderr.count(incomplete) == 1
+    assert "beginner" not in result.stderr.split("Error:")[0] and not paths.bench_dir().exists()
+
+
 def test_bench_of_onnx_presets_fetches_no_pytorch_hub_model(runner, hub_cache, tmp_path):
     """An ONNX preset runs an export, never the hub model's PyTorch weights: fetching them first downloaded GBs
     (online) or stopped the bench with 'not in the Hugging Face cache' and `hf download` (offline), where the row's

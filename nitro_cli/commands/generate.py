@@ -22,7 +22,8 @@ def generate(
     prompt: Annotated[Optional[str], typer.Argument(help="What to draw.")] = None,
     prompts_file: Annotated[Optional[Path], typer.Option(
         "--prompts-file", "-f", help="UTF-8 file (- for standard input), one prompt per line (# comments); lines may carry A1111-style "
-                                     "overrides: --prompt --negative_prompt --seed --steps --cfg_scale --width --height --style.")] = None,
+                                     "overrides: --prompt --negative_prompt --seed --steps --cfg_scale --width --height --style "
+                                     "--n_iter --batch_size --sampler_name.")] = None,
     style: Annotated[Optional[list[Style]], typer.Option("--style", help="Add a Nitro-Diffusion style token (repeatable: mixed styles).")] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", show_default="beginner",
                                                             help="Shipped preset name or path to a YAML file.")] = None,

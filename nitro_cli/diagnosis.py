@@ -78,7 +78,8 @@ RECOMMENDATION_RULES = (
          "says whether these do)"),
     Rule("vram.py's rule picks lowvram for the first GPU", lambda m: vram_plan(m).preset == "lowvram", "lowvram",
          "the faster presets are not expected to fit this GPU: the memory-saving settings"),
-    Rule("16 GB or more, compute capability 8.0+, torch.compile available", _large_modern_gpu, "expert",
+    Rule("a 16 GB card or larger (14 GiB or more as torch reports it, so a 16 GB card with ECC on, which keeps "
+         "1/16 of it, counts), compute capability 8.0+, torch.compile available", _large_modern_gpu, "expert",
          "large modern GPU: fp16 with torch.compile and CUDA graphs is the fastest single image"),
     Rule("any other GPU", lambda m: True, "advanced",
          "fp16, a fast sampler, no safety checker, no compilation to wait for"),

@@ -170,6 +170,16 @@ class _PartialStateProcesses(Processes):
         with _with_the_others():
             return gather_object([value])
 
+    def __exit__(self, exc_type, *exc_info) -> None:
+        if exc_type is None:
+            # Every process leaves together, so none tears down gloo while another is still in its last step. Seen
+            # once in CI under load (2-CPU machine, 2026-11-27): a process aborted at exit after the run, exit -6,
+            # "terminate called without an active exception". A failed process skips this: the others' last
+            # collective has already failed ("lost touch"), and they must not wait for it here.
+            with contextlib.suppress(RuntimeError):
+                self._state.wait_for_everyone()
+        self.close()
+
     def close(self) -> None:
         self._state.destroy_process_group()
 

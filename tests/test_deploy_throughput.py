@@ -1,5 +1,6 @@
 """Deploy throughput: the writer thread, fixed batch shape for compiled pipelines, several processes."""
 
+import contextlib
 import errno
 import json
 import os
@@ -334,6 +335,25 @@ def test_the_others_exit_with_the_main_process_code_when_its_decision_fails(monk
     with pytest.raises(type(error)):
         processes.from_main(decide)
     assert sent == [[(None, code)]]
+
+
+@pytest.mark.parametrize("failed", [False, True])
+def test_processes_leave_together_after_a_run_and_at_once_after_a_failure(failed):
+    """After a run every process waits for the others before tearing gloo down; after a failure it doesn't, since
+    the others' last collective has already failed without it, and waiting would hang them."""
+    from types import SimpleNamespace
+
+    from nitro_cli import distributed
+
+    calls = []
+    processes = object.__new__(distributed._PartialStateProcesses)  # joined to nobody: the state is a fake
+    processes._state = SimpleNamespace(wait_for_everyone=lambda: calls.append("wait"),
+                                       destroy_process_group=lambda: calls.append("destroy"))
+    with pytest.raises(ValueError) if failed else contextlib.nullcontext():
+        with processes:
+            if failed:
+                raise ValueError("this process failed")
+    assert calls == (["destroy"] if failed else ["wait", "destroy"])
 
 
 def test_commands_other_than_generate_run_in_the_main_process_only(runner, monkeypatch):

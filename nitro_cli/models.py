@@ -314,7 +314,7 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
         # offline errors are OSError subclasses). A model that is here but breaks while loading (a damaged
         # folder, a checkpoint of another architecture) is a run-time failure, exit 1.
         if source.kind == "hub" and isinstance(exc, OSError):
-            raise hub_model_error(source.spec, exc) from exc
+            raise hub_model_error(source.spec, exc, with_safety_checker=with_safety_checker) from exc
         hint = ("nitro reads SD 1.x checkpoints; a damaged file needs downloading again"
                 if source.kind == "single_file" else "check that the files are complete (re-download or re-save them)")
         raise RuntimeFailure(f"model '{source.spec}' failed to load: {load_failure_reason(exc, source)}",
@@ -331,7 +331,7 @@ def fetch_hub_model(repo_id: str, *, with_safety_checker: bool) -> None:
     try:
         folder = StableDiffusionPipeline.download(repo_id, **({} if with_safety_checker else {"safety_checker": None}))
     except OSError as exc:
-        raise hub_model_error(repo_id, exc) from exc
+        raise hub_model_error(repo_id, exc, with_safety_checker=with_safety_checker) from exc
     # Offline, diffusers hands back the cached snapshot as it is: a download stopped half way fails only when
     # each preset loads it, a failed row apiece.
     problem = snapshot_problem(Path(folder), with_safety_checker=with_safety_checker)
@@ -339,10 +339,10 @@ def fetch_hub_model(repo_id: str, *, with_safety_checker: bool) -> None:
         raise _incomplete_snapshot_error(repo_id, problem, Path(folder))
 
 
-def hub_model_error(repo_id: str, exc: BaseException) -> UsageError:
+def hub_model_error(repo_id: str, exc: BaseException, *, with_safety_checker: bool = True) -> UsageError:
     """Why hub model `repo_id` can't be had, in one line, and what to do. diffusers words each case for a Python
     caller (`pass local_files_only=False`, a stacktrace above) and says "outgoing traffic has been disabled" for
-    a hub it could not reach."""
+    a hub it could not reach. `with_safety_checker`: whether the failed load or fetch wanted the checker."""
     from huggingface_hub import constants
     from huggingface_hub.errors import GatedRepoError, OfflineModeIsEnabled, RepositoryNotFoundError
 
@@ -361,8 +361,7 @@ def hub_model_error(repo_id: str, exc: BaseException) -> UsageError:
                           hint=f"give a diffusers SD 1.x repo, or {download} if the download stopped half way; a repo "
                                "of a single .ckpt/.safetensors file: pass that file's path")
     if snapshot is not None:  # diffusers names the weights file it looked for last (.bin), not the one missing
-        missing = re.search(r"found in directory (\S+?)\.?$", first_line(exc))
-        what = f"{Path(missing.group(1)).name} has no weights file" if missing else first_line(exc)
+        what = snapshot_problem(snapshot, with_safety_checker=with_safety_checker) or first_line(exc)
         return _incomplete_snapshot_error(repo_id, what, snapshot)
     if constants.HF_HUB_OFFLINE or any(isinstance(cause, OfflineModeIsEnabled) for cause in causes):
         unreachable, unset = "HF_HUB_OFFLINE is set", " (or unset HF_HUB_OFFLINE)"

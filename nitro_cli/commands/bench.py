@@ -10,8 +10,8 @@ import typer
 from rich.markup import escape
 
 from nitro_cli import benchmark, options, paths, streams
-from nitro_cli.tables import print_table
 from nitro_cli.errors import EXIT_INTERRUPTED, RuntimeFailure, UsageError
+from nitro_cli.tables import print_table
 
 DEFAULT_PRESETS = ",".join(benchmark.DEFAULT_PRESETS)
 

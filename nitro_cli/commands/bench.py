@@ -141,7 +141,7 @@ def bench(
                          hint="name a preset given to --presets (a YAML file by its stem)")
     console = Console(stderr=True)
     if not console.is_terminal:
-        console.width = max(console.width, 120)  # logs and pipes: a full table beats ellipses
+        console.width = max(console.width, 120)  # logs and pipes: progress and error lines wrap at 120, not 80
     report = benchmark.run_bench(
         benchmark.BenchOptions(presets=entries, model=model, runs=runs, warmup=warmup, steps=steps,
                                batch_size=batch_size, width=width, height=height, device=device.value,

@@ -30,6 +30,8 @@ CLIP_VOCAB_SIZE = 49408
 RANDOM_SEED = 0
 # The SD 1.x safety checker on its own: what diffusers' loaders use for a single-file checkpoint, which has none.
 SAFETY_CHECKER_REPO = "CompVis/stable-diffusion-safety-checker"
+# The one weights variant SD 1.x repos publish (half-size files), loaded where a model has nothing else.
+FP16_VARIANT = "fp16"
 
 # Nitro-Diffusion's scheduler_config.json (PNDM, as its model card ships it).
 NITRO_SCHEDULER_CONFIG = {
@@ -292,7 +294,7 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
         if not with_safety_checker:
             pipe.safety_checker = None
         return pipe
-    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "variant": _weights_variant_of(source)}
     if not with_safety_checker:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if quantization_config is not None:
@@ -329,7 +331,8 @@ def fetch_hub_model(repo_id: str, *, with_safety_checker: bool) -> None:
     from diffusers import StableDiffusionPipeline
 
     try:
-        folder = StableDiffusionPipeline.download(repo_id, **({} if with_safety_checker else {"safety_checker": None}))
+        folder = StableDiffusionPipeline.download(repo_id, variant=_weights_variant_of(ModelSource(repo_id, "hub")),
+                                                  **({} if with_safety_checker else {"safety_checker": None}))
     except OSError as exc:
         raise hub_model_error(repo_id, exc, with_safety_checker=with_safety_checker) from exc
     # Offline, diffusers hands back the cached snapshot as it is: a download stopped half way fails only when
@@ -379,7 +382,7 @@ def _incomplete_snapshot_error(repo_id: str, what: str, snapshot: Path) -> Usage
 
 def snapshot_problem(snapshot: Path, *, with_safety_checker: bool = True) -> str | None:
     """What keeps the pipeline in a Hugging Face cache snapshot from loading, or None: no model_index.json, or
-    a model without a weights file nitro loads (fp16-variant files alone don't do: it asks for no variant).
+    a model without a weights file (plain or fp16-variant: see _weights_variant).
     `with_safety_checker`: whether the safety checker is loaded too, where the pipeline has one."""
     if not (snapshot / "model_index.json").is_file():
         return "no model_index.json (not a diffusers pipeline, or its download stopped half way)"
@@ -391,10 +394,36 @@ def snapshot_problem(snapshot: Path, *, with_safety_checker: bool = True) -> str
     names_checker = isinstance(index, dict) and (index.get("safety_checker") or [None])[0] is not None
     with_checker = with_safety_checker and names_checker
     for name in ("unet", "vae", "text_encoder", *(["safety_checker"] if with_checker else [])):
-        weights = [p for p in (snapshot / name).glob("*") if p.suffix in (".safetensors", ".bin") and "." not in p.stem]
-        if not weights:
+        if not (_weights_files(snapshot / name, None) or _weights_files(snapshot / name, FP16_VARIANT)):
             return f"{name} has no weights file"
     return None
+
+
+def _weights_variant(folder: Path) -> str | None:
+    """The weights variant to load the pipeline in `folder` with: "fp16" where a component has fp16-variant files
+    alone (`model.fp16.safetensors`: what `save_pretrained(..., variant="fp16")` writes and the diffusers docs'
+    `from_pretrained(..., variant="fp16")` downloads), else None. Asked for "fp16", diffusers loads each
+    component's fp16 files where it has them and its plain files elsewhere; asked for none, it finds no weights
+    in a component with fp16 files alone."""
+    components = [path for path in folder.iterdir() if path.is_dir()] if folder.is_dir() else []
+    fp16_alone = any(_weights_files(component, FP16_VARIANT) and not _weights_files(component, None)
+                     for component in components)
+    return FP16_VARIANT if fp16_alone else None
+
+
+def _weights_variant_of(source: ModelSource) -> str | None:
+    """_weights_variant of a model folder, or of a hub model's snapshot in the Hugging Face cache."""
+    if source.kind == "folder":
+        return _weights_variant(Path(source.spec))
+    snapshot = _cached_snapshot(source.spec) if source.kind == "hub" else None
+    return _weights_variant(snapshot) if snapshot is not None else None
+
+
+def _weights_files(component: Path, variant: str | None) -> list[Path]:
+    """`component`'s weights files of `variant` (None: the plain ones): model.safetensors, model.fp16.safetensors,
+    and shards such as model-00001-of-00002.safetensors or model.fp16-00001-of-00002.safetensors."""
+    return [path for path in component.glob("*") if path.suffix in (".safetensors", ".bin")
+            and (path.stem.split("-")[0].partition(".")[2] or None) == variant]
 
 
 def _exception_chain(exc: BaseException) -> list[BaseException]:

@@ -32,7 +32,9 @@ def test_cached_model_found_with_path_and_size(tmp_path):
     ({"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.bin",
       "text_encoder": "model-00001-of-00002.safetensors"}, None),
     ({"unet": "diffusion_pytorch_model.fp16.safetensors", "vae": "diffusion_pytorch_model.safetensors",
-      "text_encoder": "model.safetensors"}, "unet has no weights file"),  # nitro asks for no variant
+      "text_encoder": "model.fp16-00001-of-00002.safetensors"}, None),  # nitro loads the fp16 variant then
+    ({"unet": "diffusion_pytorch_model.non_ema.bin", "vae": "diffusion_pytorch_model.safetensors",
+      "text_encoder": "model.safetensors"}, "unet has no weights file"),  # a variant nitro never loads
     ({"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors"},
      "text_encoder has no weights file"),
     ({"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",

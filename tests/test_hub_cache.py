@@ -159,3 +159,18 @@ def test_bench_of_onnx_presets_fetches_no_pytorch_hub_model(runner, hub_cache, t
     assert "not in the Hugging Face cache" not in result.stderr
     [row] = json.loads(result.stdout)["results"]
     assert "needs an ONNX export" in row["error"]
+
+
+def test_a_cached_model_of_fp16_variant_files_alone_loads_offline(runner, hub_cache, tmp_path):
+    """The diffusers docs download SD 1.x with `variant="fp16"`, which caches model.fp16.safetensors files alone:
+    generate and bench called that snapshot incomplete, and online would have downloaded the plain weights too."""
+    from nitro_cli.models import build_random_pipeline
+
+    build_random_pipeline("random:tiny").save_pretrained(tmp_path / "fp16", variant="fp16")
+    cache_model(hub_cache, tmp_path / "fp16")
+    generated = runner.invoke(app, ["generate", "castle", "--out", str(tmp_path / "out"), "--json", *ARGS])
+    assert generated.exit_code == 0, generated.output
+    benched = runner.invoke(app, ["bench", "--presets", "beginner", *ARGS, "--runs", "1", "--warmup", "0",
+                                  "--json", "-"])
+    assert benched.exit_code == 0, benched.output
+    assert [row["error"] for row in json.loads(benched.stdout)["results"]] == [None]

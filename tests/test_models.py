@@ -1,8 +1,10 @@
 """Models: the built-in random ones, local folders, and errors for models that can't be had."""
 
 import json
+import shutil
 
 import pytest
+from PIL import Image
 
 from nitro_cli.cli import app
 from nitro_cli.models import build_random_pipeline, clip_tokenizer, resolve_model
@@ -48,6 +50,28 @@ def test_saved_folder_loads_as_a_real_model(runner, tiny_model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert record["model"] == str(tiny_model_dir)
+
+
+def test_a_folder_of_fp16_variant_weights_makes_the_picture_of_the_plain_one(runner, tmp_path):
+    """`save_pretrained(variant="fp16")` writes model.fp16.safetensors files alone (so does downloading with
+    the diffusers docs' `variant="fp16"`): loaded with no variant asked, such a folder had "no weights"."""
+    pipe = build_random_pipeline("random:tiny")
+    pipe.save_pretrained(tmp_path / "plain")
+    pipe.save_pretrained(tmp_path / "fp16", variant="fp16")
+    pipe.unet.save_pretrained(tmp_path / "mixed" / "unet")  # another component's plain files beside fp16 ones
+    for component in ("model_index.json", "vae", "text_encoder", "tokenizer", "scheduler", "safety_checker",
+                      "feature_extractor"):
+        copy = shutil.copy if component.endswith(".json") else shutil.copytree
+        copy(tmp_path / "fp16" / component, tmp_path / "mixed" / component)
+    assert not list((tmp_path / "fp16" / "unet").glob("diffusion_pytorch_model.safetensors"))
+    args = [a for a in FAST if a not in ("--model", "random:tiny")]
+    pixels = {}
+    for folder in ("plain", "fp16", "mixed"):
+        result = runner.invoke(app, ["generate", "castle", "--model", str(tmp_path / folder), "--preset", "baseline",
+                                     "--out", str(tmp_path / f"out-{folder}"), "--seed", "1", "--json", *args])
+        assert result.exit_code == 0, result.output
+        pixels[folder] = Image.open(json.loads(result.stdout.splitlines()[-1])["path"]).tobytes()
+    assert pixels["fp16"] == pixels["plain"] == pixels["mixed"]
 
 
 def test_a_model_without_safety_checker_says_the_presets_checker_is_skipped(runner, tmp_path):

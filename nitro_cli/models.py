@@ -81,10 +81,23 @@ def resolve_model(spec: str | None) -> ModelSource:
             raise UsageError(f"{spec} is a folder but not a diffusers pipeline (no model_index.json)",
                              hint="save one with pipe.save_pretrained(DIR), or give a hub id or a .safetensors file")
         return ModelSource(str(path), "folder")
-    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1 or not _is_hub_id(spec):
         raise UsageError(f"model not found: {spec} is neither a folder nor a hub id (owner/name)",
                          hint="give a diffusers folder, a .safetensors/.ckpt file, owner/name, or random:tiny")
     return ModelSource(spec, "hub")
+
+
+def _is_hub_id(spec: str) -> bool:
+    """Whether `spec` is spelled as the hub spells repo ids: a missing folder such as `D:/models` or
+    `my models/sd` is not one (huggingface_hub would raise its validation error deep in the loading)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        return False
+    return True
 
 
 @lru_cache(maxsize=1)

@@ -89,6 +89,8 @@ def test_a_model_without_safety_checker_says_the_presets_checker_is_skipped(runn
 @pytest.mark.parametrize("model, expected", [
     ("nitrosocke/not-a-cached-model", "is not in the Hugging Face cache"),
     ("./no/such/folder", "not found"),
+    ("D:/models", "model not found: D:/models is neither a folder nor a hub id"),  # a Windows drive's folder
+    ("my models/sd", "model not found: my models/sd is neither a folder nor a hub id"),
     ("missing.safetensors", "model file not found"),
     ("random:huge", "unknown built-in model"),
     ("", "--model is empty"),  # a script's unset "$MODEL" must not fall back to the default model's download

@@ -11,7 +11,6 @@ import functools
 import sys
 import time
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,8 +65,8 @@ def run(request: GenerateRequest) -> None:
             _make(request, checked, processes, machine)
         return
     # Several processes join before checking the request: a mistake in it, which every process finds, is then
-    # told once, by the main process, instead of once per process (and the launcher, stopping the others when
-    # the first fails, no longer cuts a message off with "Interrupted."). Joining needs the device.
+    # told once, by the main process, not once per process and cut off by the launcher's "Interrupted." (it
+    # stops the others when the first fails). Joining needs the device.
     try:
         run_device = resolve_device(request.device, machine())
     except NitroError as error:
@@ -199,9 +198,9 @@ def _generate_share(request: GenerateRequest, loaded, built, model_name: str, mi
 
     settings = loaded.settings
     cache = PromptCache(built.pipe, built.device, enabled=settings.prompt_cache)
-    save = partial(output.save_image, folder=request.out, sampler=SAMPLER_NAMES[settings.scheduler],
-                   schedule_type=SCHEDULE_TYPES.get(settings.scheduler), model=model_name, preset=loaded.name,
-                   overrides=loaded.overrides)
+    save = functools.partial(output.save_image, folder=request.out, sampler=SAMPLER_NAMES[settings.scheduler],
+                             schedule_type=SCHEDULE_TYPES.get(settings.scheduler), model=model_name,
+                             preset=loaded.name, overrides=loaded.overrides)
     display = RunDisplay(len(mine), json_output=request.json_output, model=model_name, preset=loaded.name, bars=show,
                          compiled=built.compiled)
     with display:

@@ -52,8 +52,8 @@ def generate(
     if has_prompt == (prompts_file is not None):
         raise UsageError("give either a prompt or --prompts-file" + (", not both" if has_prompt else ""),
                          hint='nitro generate "arcane style castle" --model random:tiny')
-    options.check_not_blank(preset, "--preset",
-                            f"leave it out for {generate_run.DEFAULT_PRESET}, or name a preset (shipped or a .yaml file)")
+    options.check_not_blank(preset, "--preset", f"leave it out for {generate_run.DEFAULT_PRESET}, or name a preset "
+                                                "(shipped or a .yaml file)")
     options.check_max_vram(max_vram)
     out_folder = options.out_folder(out)
     generate_run.run(generate_run.GenerateRequest(

@@ -166,8 +166,8 @@ def _images_to_make(request: GenerateRequest, model_name: str, settings, jobs):
                                                                request.seed), total, request.seed, request.resume)
     planned = plan_images(jobs, request.num_images, record.first_index, record.first_seed)
     if not request.resume:
-        # Numbered past every image in the folder: none is there yet. Looking (a stat per planned image) took
-        # most of a million-image run's planning; a name another run takes meanwhile is caught when saving.
+        # Numbered past every image in the folder: none is there yet. Looking (a stat per planned image) would
+        # take most of a million-image run's planning; a name another run takes meanwhile is caught when saving.
         return record, planned
     pending = [image for image in planned if not (request.out / image.name).exists()]
     print(f"Resuming: {total - len(pending)} of {total} images already in {request.out}; making {len(pending)}.",

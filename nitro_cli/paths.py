@@ -31,7 +31,7 @@ def compile_cache_dir() -> Path:
 
 def make_cache_folder(folder: Path) -> Path:
     """`folder`, a folder in nitro's cache, created. A cache that can't be written (a read-only home, a mistyped
-    NITRO_CACHE_DIR) is named as such: without this it read as a traceback, or as a bad `--out` the user never gave."""
+    NITRO_CACHE_DIR) is named as such: without this it reads as a traceback, or as a bad `--out` the user never gave."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         why = None if os.access(folder, os.W_OK) else "not writable"  # also a read-only filesystem

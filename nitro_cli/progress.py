@@ -29,7 +29,7 @@ def image_record(result: ImageResult, *, model: str, preset: str) -> dict:
 
 
 # The summary table's rows at most, the first and the last ones: a table of all 10,000 images of a big prompts
-# file took 11.6 s and 2 MB of stderr to print (2-vCPU dev machine, 2026-11-26).
+# file takes seconds and megabytes of stderr to print.
 SUMMARY_ROWS = 20
 
 

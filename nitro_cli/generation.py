@@ -182,9 +182,8 @@ def request_fingerprint(model: str, settings, jobs: list[PromptJob], num_images:
 
 @dataclass(frozen=True)
 class PlannedImage:
-    """One image of a run: its place in prompt order, its seed and the file name it will have."""
+    """One image of a run: its prompt, its seed and the file name it will have."""
 
-    index: int
     job: PromptJob
     seed: int
     name: str
@@ -208,8 +207,7 @@ def plan_images(jobs: list[PromptJob], num_images: int, first_index: int, first_
     for job, start in zip(jobs, _first_seeds(jobs, num_images, first_seed)):
         prompt_slug = slug(job.prompt)
         for seed in range(start, start + job.image_count(num_images)):
-            i = len(planned)
-            planned.append(PlannedImage(i, job, seed, image_name(first_index + i, seed, prompt_slug)))
+            planned.append(PlannedImage(job, seed, image_name(first_index + len(planned), seed, prompt_slug)))
     return planned
 
 

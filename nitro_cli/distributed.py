@@ -17,7 +17,7 @@ import contextlib
 import os
 from typing import Any, Callable, TypeVar
 
-from nitro_cli.errors import EXIT_INTERRUPTED, RuntimeFailure, UsageError, first_line
+from nitro_cli.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, RuntimeFailure, UsageError, first_line
 
 T = TypeVar("T")
 
@@ -90,7 +90,7 @@ def _exit_code(error: BaseException | None) -> int:
         return 0
     if isinstance(error, KeyboardInterrupt):
         return EXIT_INTERRUPTED
-    return getattr(error, "exit_code", 1)
+    return getattr(error, "exit_code", EXIT_RUNTIME)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import typer
 
 from nitro_cli.errors import UsageError
 from nitro_cli.models import DEFAULT_MODEL
+from nitro_cli.vram import is_budget
 
 
 class Device(str, Enum):
@@ -43,8 +44,6 @@ BenchMaxVramOption = Annotated[Optional[float], typer.Option(
 def check_max_vram(value: float | None) -> None:
     """`--max-vram` by vram.py's rule for a budget, checked here because click's FloatRange has no open lower
     bound in typer."""
-    from nitro_cli.vram import is_budget
-
     if value is not None and not is_budget(value):
         raise UsageError(f"--max-vram must be a positive, finite number of GiB, not {value:g}", hint="e.g. --max-vram 6")
 

@@ -67,6 +67,17 @@ def _report(exc: NitroError) -> None:
         print(f"Hint: {exc.hint}", file=sys.stderr)
 
 
+def _expected_failure(exc: Exception) -> NitroError | None:
+    """`exc` as the failure to tell the user, or None for a bug (its traceback stands)."""
+    if isinstance(exc, NitroError):
+        return exc
+    # Out of GPU memory anywhere (loading, compiling, generating) is a run-time failure the
+    # user can act on. Matched by name: importing torch here would slow every `--help`.
+    if type(exc).__name__ == "OutOfMemoryError":
+        return RuntimeFailure(f"out of GPU memory: {first_line(exc)}", hint=OUT_OF_MEMORY_HINT)
+    return None
+
+
 def guarded(command):
     """Expected failures become `Error:`/`Hint:` lines and the contract's exit code (traceback with NITRO_DEBUG=1)."""
 
@@ -74,23 +85,17 @@ def guarded(command):
     def run(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except NitroError as exc:
-            if os.environ.get("NITRO_DEBUG"):
-                traceback.print_exc()
-            _report(exc)
-            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             print("Interrupted.", file=sys.stderr)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as exc:
-            # Out of GPU memory anywhere (loading, compiling, generating) is a run-time failure the
-            # user can act on. Matched by name: importing torch here would slow every `--help`.
-            if type(exc).__name__ != "OutOfMemoryError":
+            failure = _expected_failure(exc)
+            if failure is None:
                 raise
             if os.environ.get("NITRO_DEBUG"):
                 traceback.print_exc()
-            _report(RuntimeFailure(f"out of GPU memory: {first_line(exc)}", hint=OUT_OF_MEMORY_HINT))
-            raise typer.Exit(RuntimeFailure.exit_code) from None
+            _report(failure)
+            raise typer.Exit(failure.exit_code) from None
 
     return run
 

@@ -17,35 +17,35 @@ import contextlib
 import os
 from typing import Any, Callable, TypeVar
 
-from nitro_cli.errors import EXIT_INTERRUPTED, RuntimeFailure, UsageError, first_line
+from nitro_cli.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, RuntimeFailure, UsageError, first_line
 
 T = TypeVar("T")
 
 
-def launched(environ=os.environ) -> bool:
-    return int(environ.get("WORLD_SIZE", "1")) > 1
+def launched() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def rank(environ=os.environ) -> int:
+def rank() -> int:
     """This process's global rank (0 without a launcher), read without joining the others."""
-    return int(environ.get("RANK", "0")) if launched(environ) else 0
+    return int(os.environ.get("RANK", "0")) if launched() else 0
 
 
 # What torchrun and accelerate launch set besides WORLD_SIZE, and joining the other processes needs.
 LAUNCHER_VARIABLES = ("RANK", "MASTER_ADDR")
 
 
-def missing_launcher_variables(environ=os.environ) -> list[str]:
+def missing_launcher_variables() -> list[str]:
     """The variables of LAUNCHER_VARIABLES not set: none under torchrun or accelerate launch."""
-    return [name for name in LAUNCHER_VARIABLES if not environ.get(name)]
+    return [name for name in LAUNCHER_VARIABLES if not os.environ.get(name)]
 
 
-def check_launcher(environ=os.environ) -> None:
+def check_launcher() -> None:
     """WORLD_SIZE > 1 left in a shell or a job script, without a launcher: a usage error, not accelerate's
     traceback (or a wait for processes that were never started)."""
-    missing = missing_launcher_variables(environ)
+    missing = missing_launcher_variables()
     if missing:
-        raise UsageError(f"WORLD_SIZE={environ.get('WORLD_SIZE')} says this is one of several processes, but "
+        raise UsageError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')} says this is one of several processes, but "
                          f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: "
                          "it was not started by torchrun or accelerate launch",
                          hint="start the run with `torchrun --nproc_per_node N -m nitro_cli generate ...` "
@@ -78,13 +78,10 @@ class Processes:
         """Every process's `value`, in process order."""
         return [value]
 
-    def close(self) -> None: ...
-
     def __enter__(self) -> "Processes":
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, *exc_info) -> None: ...
 
 
 def _exit_code(error: BaseException | None) -> int:
@@ -93,7 +90,7 @@ def _exit_code(error: BaseException | None) -> int:
         return 0
     if isinstance(error, KeyboardInterrupt):
         return EXIT_INTERRUPTED
-    return getattr(error, "exit_code", 1)
+    return getattr(error, "exit_code", EXIT_RUNTIME)
 
 
 @contextlib.contextmanager
@@ -172,22 +169,16 @@ class _PartialStateProcesses(Processes):
 
     def __exit__(self, exc_type, *exc_info) -> None:
         if exc_type is None:
-            # Every process leaves together, so none tears down gloo while another is still in its last step. Seen
-            # once in CI under load (2-CPU machine, 2026-11-27): a process aborted at exit after the run, exit -6,
-            # "terminate called without an active exception". A failed process skips this: the others' last
-            # collective has already failed ("lost touch"), and they must not wait for it here.
+            # Every process leaves together: one that tears down gloo while another is still in its last step
+            # can abort that one at exit (-6, "terminate called without an active exception"). A failed process
+            # skips this: the others' last collective has already failed ("lost touch"), and they must not wait
+            # for it here.
             with contextlib.suppress(RuntimeError):
                 self._state.wait_for_everyone()
-        self.close()
-
-    def close(self) -> None:
         self._state.destroy_process_group()
 
 
 def processes(cpu: bool) -> Processes:
-    """The processes of this run: joined through accelerate when launched as several, else just this one.
-    `cpu`: the run's device is the CPU."""
-    if not launched():
-        return Processes()
+    """The processes of this launched run, joined through accelerate. `cpu`: the run's device is the CPU."""
     check_launcher()
     return _PartialStateProcesses(cpu)

@@ -11,7 +11,6 @@ import functools
 import sys
 import time
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,8 +65,8 @@ def run(request: GenerateRequest) -> None:
             _make(request, checked, processes, machine)
         return
     # Several processes join before checking the request: a mistake in it, which every process finds, is then
-    # told once, by the main process, instead of once per process (and the launcher, stopping the others when
-    # the first fails, no longer cuts a message off with "Interrupted."). Joining needs the device.
+    # told once, by the main process, not once per process and cut off by the launcher's "Interrupted." (it
+    # stops the others when the first fails). Joining needs the device.
     try:
         run_device = resolve_device(request.device, machine())
     except NitroError as error:
@@ -167,8 +166,8 @@ def _images_to_make(request: GenerateRequest, model_name: str, settings, jobs):
                                                                request.seed), total, request.seed, request.resume)
     planned = plan_images(jobs, request.num_images, record.first_index, record.first_seed)
     if not request.resume:
-        # Numbered past every image in the folder: none is there yet. Looking (a stat per planned image) took
-        # most of a million-image run's planning; a name another run takes meanwhile is caught when saving.
+        # Numbered past every image in the folder: none is there yet. Looking (a stat per planned image) would
+        # take most of a million-image run's planning; a name another run takes meanwhile is caught when saving.
         return record, planned
     pending = [image for image in planned if not (request.out / image.name).exists()]
     print(f"Resuming: {total - len(pending)} of {total} images already in {request.out}; making {len(pending)}.",
@@ -199,9 +198,9 @@ def _generate_share(request: GenerateRequest, loaded, built, model_name: str, mi
 
     settings = loaded.settings
     cache = PromptCache(built.pipe, built.device, enabled=settings.prompt_cache)
-    save = partial(output.save_image, folder=request.out, sampler=SAMPLER_NAMES[settings.scheduler],
-                   schedule_type=SCHEDULE_TYPES.get(settings.scheduler), model=model_name, preset=loaded.name,
-                   overrides=loaded.overrides)
+    save = functools.partial(output.save_image, folder=request.out, sampler=SAMPLER_NAMES[settings.scheduler],
+                             schedule_type=SCHEDULE_TYPES.get(settings.scheduler), model=model_name,
+                             preset=loaded.name, overrides=loaded.overrides)
     display = RunDisplay(len(mine), json_output=request.json_output, model=model_name, preset=loaded.name, bars=show,
                          compiled=built.compiled)
     with display:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import queue
 import signal
-from collections import OrderedDict
 import sys
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -154,15 +154,12 @@ def run_batch(pipe, cache: PromptCache, prompts: list[str], negatives: list[str]
     pairs += [pairs[-1]] * (len(seeds) - len(pairs))
     prompt_embeds = torch.cat([p for p, _ in pairs])
     negative_embeds = torch.cat([n for _, n in pairs]) if pairs[0][1] is not None else None
-    kwargs: dict[str, Any] = {}
-    if on_step_end is not None:
-        kwargs["callback_on_step_end"] = on_step_end
     with torch.inference_mode():
         latents = pipe(
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
             num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
             generator=[torch.Generator(pipe._execution_device).manual_seed(seed) for seed in seeds],
-            output_type="latent", **kwargs,
+            output_type="latent", callback_on_step_end=on_step_end,
         ).images
         pixels, redecoded = decode_latents(pipe, latents)
         pixels, nsfw = pipe.run_safety_checker(pixels, pipe._execution_device, prompt_embeds.dtype)
@@ -185,9 +182,8 @@ def request_fingerprint(model: str, settings, jobs: list[PromptJob], num_images:
 
 @dataclass(frozen=True)
 class PlannedImage:
-    """One image of a run: its place in prompt order, its seed and the file name it will have."""
+    """One image of a run: its prompt, its seed and the file name it will have."""
 
-    index: int
     job: PromptJob
     seed: int
     name: str
@@ -211,8 +207,7 @@ def plan_images(jobs: list[PromptJob], num_images: int, first_index: int, first_
     for job, start in zip(jobs, _first_seeds(jobs, num_images, first_seed)):
         prompt_slug = slug(job.prompt)
         for seed in range(start, start + job.image_count(num_images)):
-            i = len(planned)
-            planned.append(PlannedImage(i, job, seed, image_name(first_index + i, seed, prompt_slug)))
+            planned.append(PlannedImage(job, seed, image_name(first_index + len(planned), seed, prompt_slug)))
     return planned
 
 
@@ -234,7 +229,7 @@ def check_run_size(jobs: list[PromptJob], num_images: int) -> None:
 def check_seeds(jobs: list[PromptJob], num_images: int, seed: int | None) -> None:
     """Every seed the plan gives (a prompt's k-th image: its first seed + k) fits the generator: a UsageError
     before anything is written or loaded. Drawn seeds are small; only given ones can be too large. Checked
-    per prompt, from its last seed: planning the images here too made a million-image run plan twice."""
+    per prompt, from its last seed, without planning every image: a million-image run would plan twice."""
     for job, start in zip(jobs, _first_seeds(jobs, num_images, seed or 0)):
         if start + job.image_count(num_images) - 1 > SEED_MAX:
             from_line = job.seed is not None and job.line

@@ -9,6 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from nitro_cli.errors import UsageError
+from nitro_cli.models import DEFAULT_MODEL
+from nitro_cli.vram import is_budget
+
 
 class Device(str, Enum):
     auto = "auto"
@@ -17,7 +21,7 @@ class Device(str, Enum):
 
 
 ModelOption = Annotated[Optional[str], typer.Option(
-    "--model", "-m", metavar="MODEL", show_default="nitrosocke/Nitro-Diffusion",
+    "--model", "-m", metavar="MODEL", show_default=DEFAULT_MODEL,
     help="Hub id (owner/name), diffusers folder, .safetensors/.ckpt file, or random:tiny / random:sd15.")]
 SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE", help="Override one preset field (repeatable; dotted keys for groups, e.g. vae.tiling=true).")]
@@ -40,9 +44,6 @@ BenchMaxVramOption = Annotated[Optional[float], typer.Option(
 def check_max_vram(value: float | None) -> None:
     """`--max-vram` by vram.py's rule for a budget, checked here because click's FloatRange has no open lower
     bound in typer."""
-    from nitro_cli.errors import UsageError
-    from nitro_cli.vram import is_budget
-
     if value is not None and not is_budget(value):
         raise UsageError(f"--max-vram must be a positive, finite number of GiB, not {value:g}", hint="e.g. --max-vram 6")
 
@@ -50,8 +51,6 @@ def check_max_vram(value: float | None) -> None:
 def check_not_blank(value: str | None, option: str, hint: str) -> None:
     """An option given as "" (a script's `--preset "$PRESET"` with the variable unset) is a mistake, not the
     option left out: without this check it would silently run with the default."""
-    from nitro_cli.errors import UsageError
-
     if value is not None and not value.strip():
         raise UsageError(f"{option} is empty", hint=hint)
 
@@ -68,8 +67,6 @@ STDOUT = Path("-")  # a report file given as `-`: standard output
 
 def check_report_file(path: Path | None, option: str) -> None:
     """A file to write after a long run: a missing folder or a folder given as the file is found before it."""
-    from nitro_cli.errors import UsageError
-
     if path is None or path == STDOUT:
         return
     if path.is_dir():

@@ -32,9 +32,8 @@ from nitro_cli.errors import UsageError
 MANIFEST_NAME = ".nitro-run.json"
 SEED_LIMIT = 2**32  # drawn seeds stay in A1111's range, so they can be typed back into it
 
-# _write_atomically's temporary files: `.NAME.PID-RANDOM.part`. Writing one takes well under a second, so
-# one older than STALE_TEMPORARY_SECONDS was left by a killed process (SIGKILL, the OOM killer, a power cut).
-TEMPORARY_PATTERN = re.compile(r"^\..+\.\d+-[0-9a-f]{8}\.part$")
+# Writing a temporary file takes well under a second, so one older than this was left by a killed process
+# (SIGKILL, the OOM killer, a power cut).
 STALE_TEMPORARY_SECONDS = 3600
 
 # Five digits at least: past 99999 the numbers simply grow (`100000-...`), and still count.
@@ -88,12 +87,20 @@ def infotext(prompt: str, negative: str, params: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def _temporary_path(path: Path) -> Path:
+    """`.NAME.PID-RANDOM.part` beside `path`: this writer's own name (process id and a random part), so two
+    runs writing the same name at once never write into one file. TEMPORARY_PATTERN matches it."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+
+
+TEMPORARY_PATTERN = re.compile(r"^\..+\.\d+-[0-9a-f]{8}\.part$")
+
+
 def _write_atomically(path: Path, write, overwrite: bool = False) -> None:
     """`write(temporary)` to a hidden name in the same folder, then rename: readers see all or nothing,
-    and an interruption leaves no partial file behind. The temporary name is this writer's own (process id
-    and a random part), so two runs writing the same name at once never write into one file. Unless
-    `overwrite`, an existing `path` is never replaced: FileExistsError (another run took the name)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")  # the form TEMPORARY_PATTERN matches
+    and an interruption leaves no partial file behind. Unless `overwrite`, an existing `path` is never
+    replaced: FileExistsError (another run took the name)."""
+    temporary = _temporary_path(path)
     try:
         write(temporary)
         if overwrite:

@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from nitro_cli.errors import UsageError
+
 
 def cache_dir() -> Path:
     """`$NITRO_CACHE_DIR`, else `$XDG_CACHE_HOME/nitro`, else `~/.cache/nitro` (not created here)."""
@@ -29,9 +31,7 @@ def compile_cache_dir() -> Path:
 
 def make_cache_folder(folder: Path) -> Path:
     """`folder`, a folder in nitro's cache, created. A cache that can't be written (a read-only home, a mistyped
-    NITRO_CACHE_DIR) is named as such: without this it read as a traceback, or as a bad `--out` the user never gave."""
-    from nitro_cli.errors import UsageError
-
+    NITRO_CACHE_DIR) is named as such: without this it reads as a traceback, or as a bad `--out` the user never gave."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         why = None if os.access(folder, os.W_OK) else "not writable"  # also a read-only filesystem

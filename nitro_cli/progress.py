@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from nitro_cli.errors import RuntimeFailure
-from nitro_cli.generation import CacheStats, ImageResult, PlannedImage, RunObserver
+from nitro_cli.generation import RESUME_HINT, CacheStats, ImageResult, PlannedImage, RunObserver
 from nitro_cli.streams import is_broken_pipe, to_devnull
 from nitro_cli.tables import print_table
 
@@ -29,7 +29,7 @@ def image_record(result: ImageResult, *, model: str, preset: str) -> dict:
 
 
 # The summary table's rows at most, the first and the last ones: a table of all 10,000 images of a big prompts
-# file took 11.6 s and 2 MB of stderr to print (2-vCPU dev machine, 2026-11-26).
+# file takes seconds and megabytes of stderr to print.
 SUMMARY_ROWS = 20
 
 
@@ -114,8 +114,8 @@ class RunDisplay(RunObserver):
             # `--json > images.jsonl` on a disk that filled up: a record that goes on without its lines would be
             # silently incomplete, so the run stops (raised again in the run's thread when this is the writer's).
             raise RuntimeFailure(f"could not write to standard output: {exc.strerror or exc}",
-                                 hint="free space where stdout goes (its last line may be cut short); finished "
-                                      "images are kept: repeat the command with --resume to make the rest") from exc
+                                 hint="free space where stdout goes (its last line may be cut short); "
+                                      f"{RESUME_HINT}") from exc
 
     def _stop_stdout(self) -> None:
         to_devnull(sys.stdout)

@@ -258,8 +258,8 @@ def _lines(text: str) -> list[str]:
 
 
 # Bad lines an error lists, and long prompts the warnings quote: one mistake repeated down a 100,000-line file
-# (`--negative-prompt`) listed every line, 20,000 lines and 3.5 MB of stderr that scrolled the error's first
-# line away; 3,000 prompts past 77 tokens printed 657 KB of warnings before the first image.
+# (`--negative-prompt`) would list every line, megabytes of stderr that scroll the error's first line away;
+# thousands of prompts past 77 tokens would print hundreds of KB of warnings before the first image.
 LISTED_AT_MOST = 10
 
 

@@ -21,7 +21,7 @@ def to_devnull(stream) -> None:
 
 def write_as_is(stream, text: str) -> None:
     """`text` written to the text stream `stream` with its own line ends: on Windows a text stream writes each \n
-    as \r\n, which made a CSV's \r\n into \r\r\n (a blank row after every row)."""
+    as \r\n, which makes a CSV's \r\n into \r\r\n (a blank row after every row)."""
     stream.flush()
     stream.buffer.write(text.encode(stream.encoding, stream.errors))
     stream.buffer.flush()
@@ -29,7 +29,7 @@ def write_as_is(stream, text: str) -> None:
 
 class _StderrWithoutReader:
     """sys.stderr, writing to devnull once its reader went away (`nitro generate ... 2>&1 | head -5`): notes,
-    warnings and progress are not the work. Python would raise BrokenPipeError at the next one, which stopped
+    warnings and progress are not the work. Python would raise BrokenPipeError at the next one, which would stop
     a run before its first image."""
 
     def __init__(self, stream):
@@ -61,7 +61,7 @@ def prepare() -> None:
     # A stream the shell closed (`<&-`, `>&-`, `2>&-`) is None in Python: `--prompts-file -` and a line for stdout
     # would raise AttributeError, and print(file=sys.stderr) would fall back to stdout, into the --json lines.
     # So are all three under pythonw.exe and GUI front ends on Windows. UTF-8: in the locale's encoding (cp1252 on
-    # Windows) a prompt's other letters, in image names or warnings, raised UnicodeEncodeError on the way to devnull.
+    # Windows) a prompt's other letters, in image names or warnings, raise UnicodeEncodeError on the way to devnull.
     for name, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
         if getattr(sys, name) is None:
             setattr(sys, name, open(os.devnull, mode, encoding="utf-8"))

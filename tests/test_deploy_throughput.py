@@ -239,7 +239,7 @@ def test_under_a_launcher_the_run_is_recorded_after_every_load_and_before_any_im
     def logged(name, function):
         return lambda *args, **kwargs: events.append(name) or function(*args, **kwargs)
 
-    monkeypatch.setattr(distributed, "launched", lambda environ=None: True)
+    monkeypatch.setattr(distributed, "launched", lambda: True)
     monkeypatch.setattr(distributed, "processes", lambda cpu: LoggedProcesses())
     monkeypatch.setattr(builder, "build_pipeline", logged("load", builder.build_pipeline))
     monkeypatch.setattr(output, "record_run", logged("record", output.record_run))

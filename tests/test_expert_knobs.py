@@ -428,7 +428,7 @@ def test_the_first_batch_of_each_size_says_it_compiles(capsys, compiled, main_pr
                          compiled=compiled)
     for width, height in ((64, 64), (64, 64), (64, 96), (64, 64)):
         job = PromptJob(prompt="a castle", negative="", seed=None, steps=2, guidance=7.5, width=width, height=height)
-        display.batch_started([PlannedImage(0, job, 1, "00000-1-a-castle.png")])
+        display.batch_started([PlannedImage(job, 1, "00000-1-a-castle.png")])
     said = [line.split()[2] for line in capsys.readouterr().err.splitlines() if line.startswith("Compiling for")]
     assert said == announced
 

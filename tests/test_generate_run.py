@@ -304,6 +304,15 @@ def test_a_run_removes_the_temporary_files_a_killed_run_left(runner, tmp_path):
     assert not (out / ".00001-7-castle.png.4444-0a1b2c3d.part").exists()
 
 
+def test_the_temporary_names_a_write_uses_are_the_ones_a_later_run_removes(tmp_path):
+    """The name _write_atomically writes to and the pattern cleanup matches are one form: were they to drift
+    apart, a killed run's half-written files would stay in --out for good."""
+    from nitro_cli import output
+
+    for name in ("00000-5-castle.png", output.MANIFEST_NAME):
+        assert output.TEMPORARY_PATTERN.match(output._temporary_path(tmp_path / name).name)
+
+
 def test_a_new_run_looks_up_no_file_per_planned_image(runner, tmp_path, monkeypatch):
     """A new run's names are numbered past every image in --out, yet it looked for each one on disk before
     the model loaded: most of a million-image run's planning (12 of 14 s on the 2-vCPU dev machine).

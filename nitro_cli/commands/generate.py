@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from nitro_cli import options
+from nitro_cli import generate_run, options
 from nitro_cli.errors import UsageError
 
 
@@ -25,7 +25,7 @@ def generate(
                                      "overrides: --prompt --negative_prompt --seed --steps --cfg_scale --width --height --style "
                                      "--n_iter --batch_size --sampler_name.")] = None,
     style: Annotated[Optional[list[Style]], typer.Option("--style", help="Add a Nitro-Diffusion style token (repeatable: mixed styles).")] = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", "-p", show_default="beginner",
+    preset: Annotated[Optional[str], typer.Option("--preset", "-p", show_default=generate_run.DEFAULT_PRESET,
                                                             help="Shipped preset name or path to a YAML file.")] = None,
     set_: options.SetOption = None,
     model: options.ModelOption = None,
@@ -46,14 +46,14 @@ def generate(
     """Generate images from a prompt or a prompts file; save them as PNG files with their generation parameters.
 
     Under `accelerate launch` or `torchrun` each process makes its share of the images (see docs/deploy.md)."""
-    from nitro_cli import generate_run
     from nitro_cli.presets import flag_overrides
 
     has_prompt = bool(prompt and prompt.strip())
     if has_prompt == (prompts_file is not None):
         raise UsageError("give either a prompt or --prompts-file" + (", not both" if has_prompt else ""),
                          hint='nitro generate "arcane style castle" --model random:tiny')
-    options.check_not_blank(preset, "--preset", "leave it out for beginner, or name a preset (shipped or a .yaml file)")
+    options.check_not_blank(preset, "--preset", f"leave it out for {generate_run.DEFAULT_PRESET}, or name a preset "
+                                                "(shipped or a .yaml file)")
     options.check_max_vram(max_vram)
     out_folder = options.out_folder(out)
     generate_run.run(generate_run.GenerateRequest(

@@ -232,24 +232,17 @@ def feature_cache_blocker(preset: Preset, device: str) -> str | None:
     return None
 
 
-def _pick_dtype(preset: Preset, device: str, machine: hardware.Machine, built_skip) -> str:
-    dtype, why = effective_precision(preset.precision, device, machine)
-    if why:
-        built_skip(preset.precision, why)
-    return dtype
-
-
-def _quantization_config(preset: Preset, device: str, dtype: str, machine: hardware.Machine, built_skip):
+def _quantization_config(built: BuiltPipeline, preset: Preset, machine: hardware.Machine):
     """diffusers' loading-time config for the bitsandbytes back-ends; None for the others (applied after loading)."""
     if preset.quantization not in QUANTIZATION_BACKENDS:
         return None
-    if effective_quantization(preset.quantization, device) != preset.quantization:
+    if effective_quantization(preset.quantization, built.device) != preset.quantization:
         # diffusers' bitsandbytes quantizer refuses to load without a GPU ("No GPU found"), whatever bnb's build:
         # the machine can't, so degrade; a GPU without bitsandbytes is fixable, so that is an error below.
-        built_skip(f"{preset.quantization} quantization", "bitsandbytes in diffusers needs a CUDA GPU: "
+        built.skip(f"{preset.quantization} quantization", "bitsandbytes in diffusers needs a CUDA GPU: "
                                                           "unquantized weights used")
         return None
-    why = quantization_blocker(preset.quantization, device, machine)
+    why = quantization_blocker(preset.quantization, built.device, machine)
     if why:
         raise UsageError(f"quantization={preset.quantization}: {why}",
                          hint="pip install 'nitro-cli[quant]'  (or --set quantization=fp8_storage, "
@@ -258,7 +251,7 @@ def _quantization_config(preset: Preset, device: str, dtype: str, machine: hardw
 
     backend, kwargs = QUANTIZATION_BACKENDS[preset.quantization]
     if preset.quantization == "nf4":
-        kwargs = dict(kwargs, bnb_4bit_compute_dtype=dtype)  # bitsandbytes computes in fp32 unless told
+        kwargs = dict(kwargs, bnb_4bit_compute_dtype=built.dtype)  # bitsandbytes computes in fp32 unless told
     return PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs,
                                       components_to_quantize=["unet", "text_encoder"])
 
@@ -322,9 +315,11 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     if source.kind == "folder" and onnx_export.is_onnx_folder(source.spec):
         raise UsageError(f"{source.spec} is an ONNX export: only the ONNX backend runs it",
                          hint="add --set backend=onnx (or give the original diffusers model)")
-    built = BuiltPipeline(pipe=None, device=device, dtype="float32")
-    built.dtype = _pick_dtype(preset, device, machine, built.skip)
-    quantization = _quantization_config(preset, device, built.dtype, machine, built.skip)
+    dtype, why = effective_precision(preset.precision, device, machine)
+    built = BuiltPipeline(pipe=None, device=device, dtype=dtype)
+    if why:
+        built.skip(preset.precision, why)
+    quantization = _quantization_config(built, preset, machine)
     offload = preset.offload
     if offload != "none" and (why := offload_blocker(device)):
         built.skip(f"{offload} CPU offload", why)

@@ -102,6 +102,11 @@ def xformers_blocker(device: str, machine: hardware.Machine) -> str | None:
     return None
 
 
+# fp8 tensor cores: Ada Lovelace (8.9), Hopper (9.0) and later; torchao refuses fp8 matmuls below that.
+FP8_MATMUL_CAPABILITY = (8, 9)
+TORCHAO_MISSING = "torchao not installed"
+
+
 def quantization_blocker(quantization: str, device: str, machine: hardware.Machine) -> str | None:
     """Why this machine can't apply `quantization` (None: it can). fp8 storage needs no extra package."""
     if quantization == "fp8_matmul":
@@ -117,11 +122,6 @@ def quantization_blocker(quantization: str, device: str, machine: hardware.Machi
     if machine.bitsandbytes_test is not None and not machine.bitsandbytes_test.ok:
         return f"bitsandbytes found no CUDA library: {machine.bitsandbytes_test.detail}"
     return None
-
-
-# fp8 tensor cores: Ada Lovelace (8.9), Hopper (9.0) and later; torchao refuses fp8 matmuls below that.
-FP8_MATMUL_CAPABILITY = (8, 9)
-TORCHAO_MISSING = "torchao not installed"
 
 
 def fp8_matmul_hardware_blocker(device: str, machine: hardware.Machine) -> str | None:
@@ -320,11 +320,6 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     if why:
         built.skip(preset.precision, why)
     quantization = _quantization_config(built, preset, machine)
-    offload = preset.offload
-    if offload != "none" and (why := offload_blocker(device)):
-        built.skip(f"{offload} CPU offload", why)
-        offload = "none"
-
     pipe = models.load_pipeline(source, torch_dtype=getattr(torch, built.dtype), device=device,
                                 with_safety_checker=preset.safety_checker, quantization_config=quantization)
     built.pipe = pipe
@@ -340,12 +335,7 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     attention = _apply_attention(built, preset.attention, machine)
     if preset.fuse_qkv:
         # Fusing rewrites the attention processors, so it comes after the attention choice.
-        why = fuse_qkv_blocker(attention, effective_quantization(preset.quantization, device))
-        if why:
-            built.skip("fuse_qkv", why)
-        else:
-            pipe.fuse_qkv_projections()
-            built.applied.append("fused QKV projections")
+        _apply_fuse_qkv(built, attention, preset.quantization)
     if preset.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
@@ -363,33 +353,13 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     if preset.vae.tiling:
         pipe.vae.enable_tiling()
         built.applied.append("VAE tiling")
-
-    if offload == "model":
-        pipe.enable_model_cpu_offload(device=offload_device(device))
-        built.applied.append("model CPU offload")
-    elif offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=offload_device(device))
-        built.applied.append("sequential CPU offload")
-    else:
-        pipe.to(device)
-
+    _apply_offload(built, preset.offload)
     _apply_sdpa_backend(built, preset.sdpa_backend, attention, machine)
     _apply_cudnn_benchmark(built, preset.cudnn_benchmark)
     _apply_compile(built, preset, machine)
     _report_safety_checker_and_prompt_cache(built, preset)
     pipe.set_progress_bar_config(disable=True)
     return built
-
-
-def offload_device(device: str) -> str:
-    """The GPU that offloaded weights go to: this process's current one, with its index. diffusers' offloading
-    reads a bare "cuda" as GPU 0, where `pipe.to("cuda")` means the current GPU, which accelerate and torchrun
-    set to each process's own: without the index every process of a multi-GPU run would crowd GPU 0."""
-    if device != "cuda":
-        return device
-    import torch
-
-    return f"cuda:{torch.cuda.current_device()}"
 
 
 # Preset fields that shape the PyTorch pipeline only: an ONNX export is a fixed fp32 graph.
@@ -456,6 +426,14 @@ def _apply_attention(built: BuiltPipeline, attention: str, machine: hardware.Mac
         return attention
     built.applied.append("SDPA attention")
     return "sdpa"
+
+
+def _apply_fuse_qkv(built: BuiltPipeline, attention: str, quantization: str) -> None:
+    if why := fuse_qkv_blocker(attention, effective_quantization(quantization, built.device)):
+        built.skip("fuse_qkv", why)
+    else:
+        built.pipe.fuse_qkv_projections()
+        built.applied.append("fused QKV projections")
 
 
 def _apply_fp8_storage(built: BuiltPipeline) -> None:
@@ -527,6 +505,33 @@ def _apply_feature_cache(built: BuiltPipeline, preset: Preset) -> None:
                          "cached features in between (changes the picture)")
 
 
+def _apply_offload(built: BuiltPipeline, offload: str) -> None:
+    """Where the weights live: on the device, or in CPU memory with diffusers' hooks moving them in when needed."""
+    pipe = built.pipe
+    if offload != "none" and (why := offload_blocker(built.device)):
+        built.skip(f"{offload} CPU offload", why)
+        offload = "none"
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=offload_device(built.device))
+        built.applied.append("model CPU offload")
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=offload_device(built.device))
+        built.applied.append("sequential CPU offload")
+    else:
+        pipe.to(built.device)
+
+
+def offload_device(device: str) -> str:
+    """The GPU that offloaded weights go to: this process's current one, with its index. diffusers' offloading
+    reads a bare "cuda" as GPU 0, where `pipe.to("cuda")` means the current GPU, which accelerate and torchrun
+    set to each process's own: without the index every process of a multi-GPU run would crowd GPU 0."""
+    if device != "cuda":
+        return device
+    import torch
+
+    return f"cuda:{torch.cuda.current_device()}"
+
+
 # The one kernel each `sdpa_backend` (presets.SDPA_BACKENDS) other than `auto` allows, by its name in
 # torch.nn.attention.SDPBackend; `auto` leaves torch's own pick per call.
 SDPA_KERNELS = {
@@ -536,11 +541,6 @@ SDPA_KERNELS = {
     "cudnn": "CUDNN_ATTENTION",
     "math": "MATH",
 }
-
-# diffusers' fp16 guide recommends these inductor flags with max-autotune. Coordinate-descent tuning
-# makes the first compilation much longer, hence opt-in (`inductor_tuning`).
-INDUCTOR_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False}
-
 
 def _apply_sdpa_backend(built: BuiltPipeline, choice: str, attention: str, machine: hardware.Machine) -> None:
     if choice == "auto":
@@ -597,6 +597,11 @@ def use_compile_caches() -> str:
     inductor_config.fx_graph_cache = True
     functorch_config.enable_autograd_cache = True
     return folder
+
+
+# diffusers' fp16 guide recommends these inductor flags with max-autotune. Coordinate-descent tuning
+# makes the first compilation much longer, hence opt-in (`inductor_tuning`).
+INDUCTOR_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False}
 
 
 def _compile_options(mode: str, tuning: bool, cuda_graphs: bool) -> dict[str, Any]:

@@ -189,8 +189,8 @@ def _export_one(module, example: tuple, inputs: list[str], outputs: list[str], a
 
 def check_opset(opset: int) -> None:
     """`opset` is one this torch's exporter writes (torch 2.13: up to 23, fewer than the onnx package knows):
-    a one-layer module is exported with it in milliseconds, before the model loads. Without this, --opset 99
-    failed minutes later, as the text encoder's export failure (exit 1) with the traced graph in the message."""
+    a one-layer module is exported with it in milliseconds, so that an opset torch can't write is a usage
+    error before the model loads, not an export failure (exit 1) of its first component minutes later."""
     import torch
 
     with tempfile.TemporaryDirectory(prefix="nitro-onnx-") as scratch, warnings.catch_warnings(), \

@@ -147,10 +147,10 @@ def _basis(preset: str, width: int, height: int, batch_size: int, fp32: bool) ->
 
 
 def _verdict(preset: str, peak: float, max_vram_gib: float, basis: str) -> str:
+    margins = f"{ESTIMATE_MARGIN - 1:.0%} + {HEADROOM_GIB} GiB headroom"
     if fits(peak, max_vram_gib):
-        return (f"expected peak {peak:.2f} GiB ({basis}) + 10% + {HEADROOM_GIB} GiB headroom "
-                f"fits {max_vram_gib:g} GiB")
-    return (f"even {preset} is expected to need {peak:.2f} GiB ({basis}) + 10% + {HEADROOM_GIB} GiB headroom, over "
+        return f"expected peak {peak:.2f} GiB ({basis}) + {margins} fits {max_vram_gib:g} GiB"
+    return (f"even {preset} is expected to need {peak:.2f} GiB ({basis}) + {margins}, over "
             f"{max_vram_gib:g} GiB: use smaller images or batches")
 
 
@@ -181,7 +181,7 @@ def plan_for_vram(max_vram_gib: float, *, width: int = 512, height: int = 512, b
     overrides: list[str] = []
     notes: list[str] = []
     if preset == "minvram" and not bitsandbytes_installed:
-        override, note = _quantization_override(False)
+        override, note = _quantization_override(bitsandbytes_installed)
         overrides.append(override)
         notes.append(note)
     if max(width, height) >= 1024 and not layout.vae_tiling:

@@ -164,15 +164,17 @@ def compile_extra_blocker(preset: Preset, device: str, machine: hardware.Machine
     return compile_blocker(device, machine)
 
 
+# The compile modes whose inductor options turn on CUDA graphs (`triton.cudagraphs`).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
 def cuda_graphs_blocker(mode: str, device: str) -> str | None:
     """What a compile mode with CUDA graphs does instead on a device without them (None: as asked)."""
-    if device == "cuda":
+    if device == "cuda" or mode not in CUDA_GRAPH_MODES:
         return None
     if mode == "reduce-overhead":
         return "no CUDA device: default mode, without CUDA graphs"
-    if mode == "max-autotune":
-        return "no CUDA device: max-autotune without CUDA graphs"
-    return None
+    return f"no CUDA device: {mode} without CUDA graphs"
 
 
 # FlashAttention and cuDNN attention take fp16/bf16 only, on compute capability 8.0+ (torch's sdp_utils checks):
@@ -631,9 +633,8 @@ def _apply_compile(built: BuiltPipeline, preset: Preset, machine: hardware.Machi
         built.skip(f"torch.compile ({mode})", f"{why}: eager mode used")
         return
 
-    # CUDA graphs (reduce-overhead, max-autotune) only exist on the GPU; on the CPU the same mode
-    # without them is the equivalent.
-    cuda_graphs = built.device == "cuda"
+    # CUDA graphs only exist on the GPU; on the CPU the same mode without them is the equivalent.
+    cuda_graphs = built.device == "cuda" and mode in CUDA_GRAPH_MODES
     if why := cuda_graphs_blocker(mode, built.device):
         built.skip(f"CUDA graphs ({mode})", why)
         mode = "default" if mode == "reduce-overhead" else mode

@@ -102,6 +102,11 @@ def xformers_blocker(device: str, machine: hardware.Machine) -> str | None:
     return None
 
 
+# fp8 tensor cores: Ada Lovelace (8.9), Hopper (9.0) and later; torchao refuses fp8 matmuls below that.
+FP8_MATMUL_CAPABILITY = (8, 9)
+TORCHAO_MISSING = "torchao not installed"
+
+
 def quantization_blocker(quantization: str, device: str, machine: hardware.Machine) -> str | None:
     """Why this machine can't apply `quantization` (None: it can). fp8 storage needs no extra package."""
     if quantization == "fp8_matmul":
@@ -117,11 +122,6 @@ def quantization_blocker(quantization: str, device: str, machine: hardware.Machi
     if machine.bitsandbytes_test is not None and not machine.bitsandbytes_test.ok:
         return f"bitsandbytes found no CUDA library: {machine.bitsandbytes_test.detail}"
     return None
-
-
-# fp8 tensor cores: Ada Lovelace (8.9), Hopper (9.0) and later; torchao refuses fp8 matmuls below that.
-FP8_MATMUL_CAPABILITY = (8, 9)
-TORCHAO_MISSING = "torchao not installed"
 
 
 def fp8_matmul_hardware_blocker(device: str, machine: hardware.Machine) -> str | None:
@@ -164,15 +164,17 @@ def compile_extra_blocker(preset: Preset, device: str, machine: hardware.Machine
     return compile_blocker(device, machine)
 
 
+# The compile modes whose inductor options turn on CUDA graphs (`triton.cudagraphs`).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
 def cuda_graphs_blocker(mode: str, device: str) -> str | None:
     """What a compile mode with CUDA graphs does instead on a device without them (None: as asked)."""
-    if device == "cuda":
+    if device == "cuda" or mode not in CUDA_GRAPH_MODES:
         return None
     if mode == "reduce-overhead":
         return "no CUDA device: default mode, without CUDA graphs"
-    if mode == "max-autotune":
-        return "no CUDA device: max-autotune without CUDA graphs"
-    return None
+    return f"no CUDA device: {mode} without CUDA graphs"
 
 
 # FlashAttention and cuDNN attention take fp16/bf16 only, on compute capability 8.0+ (torch's sdp_utils checks):
@@ -232,24 +234,17 @@ def feature_cache_blocker(preset: Preset, device: str) -> str | None:
     return None
 
 
-def _pick_dtype(preset: Preset, device: str, machine: hardware.Machine, built_skip) -> str:
-    dtype, why = effective_precision(preset.precision, device, machine)
-    if why:
-        built_skip(preset.precision, why)
-    return dtype
-
-
-def _quantization_config(preset: Preset, device: str, dtype: str, machine: hardware.Machine, built_skip):
+def _quantization_config(built: BuiltPipeline, preset: Preset, machine: hardware.Machine):
     """diffusers' loading-time config for the bitsandbytes back-ends; None for the others (applied after loading)."""
     if preset.quantization not in QUANTIZATION_BACKENDS:
         return None
-    if effective_quantization(preset.quantization, device) != preset.quantization:
+    if effective_quantization(preset.quantization, built.device) != preset.quantization:
         # diffusers' bitsandbytes quantizer refuses to load without a GPU ("No GPU found"), whatever bnb's build:
         # the machine can't, so degrade; a GPU without bitsandbytes is fixable, so that is an error below.
-        built_skip(f"{preset.quantization} quantization", "bitsandbytes in diffusers needs a CUDA GPU: "
+        built.skip(f"{preset.quantization} quantization", "bitsandbytes in diffusers needs a CUDA GPU: "
                                                           "unquantized weights used")
         return None
-    why = quantization_blocker(preset.quantization, device, machine)
+    why = quantization_blocker(preset.quantization, built.device, machine)
     if why:
         raise UsageError(f"quantization={preset.quantization}: {why}",
                          hint="pip install 'nitro-cli[quant]'  (or --set quantization=fp8_storage, "
@@ -258,7 +253,7 @@ def _quantization_config(preset: Preset, device: str, dtype: str, machine: hardw
 
     backend, kwargs = QUANTIZATION_BACKENDS[preset.quantization]
     if preset.quantization == "nf4":
-        kwargs = dict(kwargs, bnb_4bit_compute_dtype=dtype)  # bitsandbytes computes in fp32 unless told
+        kwargs = dict(kwargs, bnb_4bit_compute_dtype=built.dtype)  # bitsandbytes computes in fp32 unless told
     return PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs,
                                       components_to_quantize=["unet", "text_encoder"])
 
@@ -322,14 +317,11 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     if source.kind == "folder" and onnx_export.is_onnx_folder(source.spec):
         raise UsageError(f"{source.spec} is an ONNX export: only the ONNX backend runs it",
                          hint="add --set backend=onnx (or give the original diffusers model)")
-    built = BuiltPipeline(pipe=None, device=device, dtype="float32")
-    built.dtype = _pick_dtype(preset, device, machine, built.skip)
-    quantization = _quantization_config(preset, device, built.dtype, machine, built.skip)
-    offload = preset.offload
-    if offload != "none" and (why := offload_blocker(device)):
-        built.skip(f"{offload} CPU offload", why)
-        offload = "none"
-
+    dtype, why = effective_precision(preset.precision, device, machine)
+    built = BuiltPipeline(pipe=None, device=device, dtype=dtype)
+    if why:
+        built.skip(preset.precision, why)
+    quantization = _quantization_config(built, preset, machine)
     pipe = models.load_pipeline(source, torch_dtype=getattr(torch, built.dtype), device=device,
                                 with_safety_checker=preset.safety_checker, quantization_config=quantization)
     built.pipe = pipe
@@ -345,12 +337,7 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     attention = _apply_attention(built, preset.attention, machine)
     if preset.fuse_qkv:
         # Fusing rewrites the attention processors, so it comes after the attention choice.
-        why = fuse_qkv_blocker(attention, effective_quantization(preset.quantization, device))
-        if why:
-            built.skip("fuse_qkv", why)
-        else:
-            pipe.fuse_qkv_projections()
-            built.applied.append("fused QKV projections")
+        _apply_fuse_qkv(built, attention, preset.quantization)
     if preset.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
@@ -368,33 +355,13 @@ def build_pipeline(preset: Preset, model: str | None, device: str = "auto",
     if preset.vae.tiling:
         pipe.vae.enable_tiling()
         built.applied.append("VAE tiling")
-
-    if offload == "model":
-        pipe.enable_model_cpu_offload(device=offload_device(device))
-        built.applied.append("model CPU offload")
-    elif offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=offload_device(device))
-        built.applied.append("sequential CPU offload")
-    else:
-        pipe.to(device)
-
+    _apply_offload(built, preset.offload)
     _apply_sdpa_backend(built, preset.sdpa_backend, attention, machine)
     _apply_cudnn_benchmark(built, preset.cudnn_benchmark)
     _apply_compile(built, preset, machine)
     _report_safety_checker_and_prompt_cache(built, preset)
     pipe.set_progress_bar_config(disable=True)
     return built
-
-
-def offload_device(device: str) -> str:
-    """The GPU that offloaded weights go to: this process's current one, with its index. diffusers' offloading
-    reads a bare "cuda" as GPU 0, where `pipe.to("cuda")` means the current GPU, which accelerate and torchrun
-    set to each process's own: without the index every process of a multi-GPU run would crowd GPU 0."""
-    if device != "cuda":
-        return device
-    import torch
-
-    return f"cuda:{torch.cuda.current_device()}"
 
 
 # Preset fields that shape the PyTorch pipeline only: an ONNX export is a fixed fp32 graph.
@@ -461,6 +428,14 @@ def _apply_attention(built: BuiltPipeline, attention: str, machine: hardware.Mac
         return attention
     built.applied.append("SDPA attention")
     return "sdpa"
+
+
+def _apply_fuse_qkv(built: BuiltPipeline, attention: str, quantization: str) -> None:
+    if why := fuse_qkv_blocker(attention, effective_quantization(quantization, built.device)):
+        built.skip("fuse_qkv", why)
+    else:
+        built.pipe.fuse_qkv_projections()
+        built.applied.append("fused QKV projections")
 
 
 def _apply_fp8_storage(built: BuiltPipeline) -> None:
@@ -532,6 +507,33 @@ def _apply_feature_cache(built: BuiltPipeline, preset: Preset) -> None:
                          "cached features in between (changes the picture)")
 
 
+def _apply_offload(built: BuiltPipeline, offload: str) -> None:
+    """Where the weights live: on the device, or in CPU memory with diffusers' hooks moving them in when needed."""
+    pipe = built.pipe
+    if offload != "none" and (why := offload_blocker(built.device)):
+        built.skip(f"{offload} CPU offload", why)
+        offload = "none"
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=offload_device(built.device))
+        built.applied.append("model CPU offload")
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=offload_device(built.device))
+        built.applied.append("sequential CPU offload")
+    else:
+        pipe.to(built.device)
+
+
+def offload_device(device: str) -> str:
+    """The GPU that offloaded weights go to: this process's current one, with its index. diffusers' offloading
+    reads a bare "cuda" as GPU 0, where `pipe.to("cuda")` means the current GPU, which accelerate and torchrun
+    set to each process's own: without the index every process of a multi-GPU run would crowd GPU 0."""
+    if device != "cuda":
+        return device
+    import torch
+
+    return f"cuda:{torch.cuda.current_device()}"
+
+
 # The one kernel each `sdpa_backend` (presets.SDPA_BACKENDS) other than `auto` allows, by its name in
 # torch.nn.attention.SDPBackend; `auto` leaves torch's own pick per call.
 SDPA_KERNELS = {
@@ -541,11 +543,6 @@ SDPA_KERNELS = {
     "cudnn": "CUDNN_ATTENTION",
     "math": "MATH",
 }
-
-# diffusers' fp16 guide recommends these inductor flags with max-autotune. Coordinate-descent tuning
-# makes the first compilation much longer, hence opt-in (`inductor_tuning`).
-INDUCTOR_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False}
-
 
 def _apply_sdpa_backend(built: BuiltPipeline, choice: str, attention: str, machine: hardware.Machine) -> None:
     if choice == "auto":
@@ -604,6 +601,11 @@ def use_compile_caches() -> str:
     return folder
 
 
+# diffusers' fp16 guide recommends these inductor flags with max-autotune. Coordinate-descent tuning
+# makes the first compilation much longer, hence opt-in (`inductor_tuning`).
+INDUCTOR_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False}
+
+
 def _compile_options(mode: str, tuning: bool, cuda_graphs: bool) -> dict[str, Any]:
     """torch.compile's `mode` as inductor options, so the tuning flags travel with this compilation only
     (`mode=` and `options=` can't be passed together)."""
@@ -631,9 +633,8 @@ def _apply_compile(built: BuiltPipeline, preset: Preset, machine: hardware.Machi
         built.skip(f"torch.compile ({mode})", f"{why}: eager mode used")
         return
 
-    # CUDA graphs (reduce-overhead, max-autotune) only exist on the GPU; on the CPU the same mode
-    # without them is the equivalent.
-    cuda_graphs = built.device == "cuda"
+    # CUDA graphs only exist on the GPU; on the CPU the same mode without them is the equivalent.
+    cuda_graphs = built.device == "cuda" and mode in CUDA_GRAPH_MODES
     if why := cuda_graphs_blocker(mode, built.device):
         built.skip(f"CUDA graphs ({mode})", why)
         mode = "default" if mode == "reduce-overhead" else mode

@@ -5,19 +5,19 @@ Peak VRAM is the torch allocator's peak since the region began. Nothing runs bes
 work: a sampling thread competes for the GIL with the launch-bound denoising loop (measured on an
 H200, 2026-11-26: a 20 ms RSS/NVML sampler made an eager fp16 image 1.5x slower). So peak RSS is the
 kernel's own high-water mark (VmHWM), reset at the start of the region through /proc/self/clear_refs
-on Linux (elsewhere the process-lifetime peak: getrusage on macOS, the peak working set on Windows), and the device-level figure nvidia-smi shows is read
-from NVML once at the end, when nvidia-ml-py is installed: the caching allocator keeps what it
-reserved, so that reading holds the region's reserve plus the CUDA context (and other processes).
+on Linux (elsewhere the process-lifetime peak: getrusage on macOS, the peak working set on Windows),
+and the device-level figure nvidia-smi shows is read from NVML once at the end, when nvidia-ml-py is
+installed: the caching allocator keeps what it reserved, so that reading holds the region's reserve
+plus the CUDA context (and other processes).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-from nitro_cli.hardware import is_importable
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
@@ -38,11 +38,6 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def nvml_available() -> bool:
-    """torch reads device-level memory through pynvml, the module nvidia-ml-py installs."""
-    return is_importable("pynvml")
-
-
 def _reset_peak_rss() -> None:
     try:
         _CLEAR_REFS.write_text("5")  # Linux: "5" resets the peak resident set size (VmHWM) to the current one
@@ -57,8 +52,6 @@ def _peak_rss_mib() -> float:
                 return int(line.split()[1]) / 1024  # kB
     except OSError:
         pass
-    import sys
-
     try:
         import resource
     except ImportError:  # Windows: no `resource` module; psutil has the peak working set
@@ -70,11 +63,12 @@ def _peak_rss_mib() -> float:
 
 
 def _device_used_mib() -> float | None:
+    """torch reads it through pynvml, the module nvidia-ml-py installs."""
     import torch
 
     try:
         return torch.cuda.device_memory_used() / 2**20
-    except Exception:  # pynvml present but NVML unusable (driver, container): the figure is optional
+    except Exception:  # no pynvml, or NVML unusable (driver, container): the figure is optional
         return None
 
 
@@ -109,5 +103,4 @@ def measure(device: str):
         result.peak_rss_mib = _peak_rss_mib()
         if cuda:
             result.peak_vram_mib = torch.cuda.max_memory_allocated() / 2**20
-            if nvml_available():
-                result.peak_device_vram_mib = _device_used_mib()
+            result.peak_device_vram_mib = _device_used_mib()

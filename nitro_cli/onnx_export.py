@@ -134,6 +134,7 @@ def _export_modules(pipe) -> dict[str, tuple[Any, tuple, list[str], list[str], d
     # up-sample to the skip connection's size instead of by a fixed 2x: every size the PyTorch
     # pipeline accepts (pixels a multiple of 8) then works.
     latent_side = 9
+    image_side = SD_VAE_SCALE_FACTOR * latent_side
     unet, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
     tokens = text_encoder.config.max_position_embeddings
     latent_channels = vae.config.latent_channels
@@ -146,7 +147,7 @@ def _export_modules(pipe) -> dict[str, tuple[Any, tuple, list[str], list[str], d
                  ["sample", "timestep", "encoder_hidden_states"], ["out_sample"],
                  {"sample": image, "timestep": {0: "timesteps"}, "encoder_hidden_states": {0: "batch"},
                   "out_sample": image}),
-        "vae_encoder": (VaeEncoder(vae), (torch.randn(1, vae.config.in_channels, 8 * latent_side, 8 * latent_side),),
+        "vae_encoder": (VaeEncoder(vae), (torch.randn(1, vae.config.in_channels, image_side, image_side),),
                         ["sample"], ["latent_sample"], {"sample": image, "latent_sample": image}),
         "vae_decoder": (VaeDecoder(vae), (torch.randn(1, latent_channels, latent_side, latent_side),),
                         ["latent_sample"], ["sample"], {"latent_sample": image, "sample": image}),
@@ -189,8 +190,8 @@ def _export_one(module, example: tuple, inputs: list[str], outputs: list[str], a
 
 def check_opset(opset: int) -> None:
     """`opset` is one this torch's exporter writes (torch 2.13: up to 23, fewer than the onnx package knows):
-    a one-layer module is exported with it in milliseconds, before the model loads. Without this, --opset 99
-    failed minutes later, as the text encoder's export failure (exit 1) with the traced graph in the message."""
+    a one-layer module is exported with it in milliseconds, so that an opset torch can't write is a usage
+    error before the model loads, not an export failure (exit 1) of its first component minutes later."""
     import torch
 
     with tempfile.TemporaryDirectory(prefix="nitro-onnx-") as scratch, warnings.catch_warnings(), \

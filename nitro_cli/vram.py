@@ -18,8 +18,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-BENCH_H200 = "nitro bench, NVIDIA H200, random:sd15, 2026-11-26"
-
 # CUDA context (about 0.3-0.5 GiB, outside max_memory_allocated) plus the allocator's fragmentation.
 HEADROOM_GIB = 0.5
 # The estimate's own error (a few percent on the measured rows, more for combinations never measured)
@@ -29,15 +27,13 @@ ESTIMATE_MARGIN = 1.10
 
 @dataclass(frozen=True)
 class Footprint:
-    """One preset's measured peak (torch allocator, MiB) for one job size, and where it comes from."""
+    """One preset's peak (torch allocator, MiB) for one job size."""
 
     preset: str
     peak_mib: float
     width: int = 512
     height: int = 512
     batch_size: int = 1
-    time: str = ""
-    source: str = BENCH_H200
     measured: bool = True
 
     @property
@@ -45,18 +41,18 @@ class Footprint:
         return self.peak_mib / 1024
 
 
-# Measured with `nitro bench` (25 steps, baseline 50; time does not change the peak). Update a row when
-# `nitro bench` measures it again; the rule below follows by itself.
+# Measured with `nitro bench` on one NVIDIA H200, random:sd15, 2026-11-26 (25 steps, baseline 50; time does
+# not change the peak). Update a row when `nitro bench` measures it again; the rule below follows by itself.
 FOOTPRINTS: tuple[Footprint, ...] = (
     Footprint("baseline", 6608),
     Footprint("beginner", 3346),
     Footprint("advanced", 2716),
     Footprint("expert", 2588),
     Footprint("deploy", 6368, batch_size=8),
-    Footprint("lowvram", 2039, time="1.87x beginner's time"),
+    Footprint("lowvram", 2039),  # at 1.87x beginner's time
     Footprint("lowvram", 2430, width=1024, height=1024),
-    Footprint("minvram", 1024, source="issue 7's 1.0 GiB target (sequential offload + NF4), not measured yet",
-              measured=False),
+    # Not measured yet: issue 7's 1.0 GiB target (sequential offload + NF4).
+    Footprint("minvram", 1024, measured=False),
 )
 
 # `--max-vram` and doctor pick the first of these expected to fit: fastest first. expert and deploy are
@@ -65,13 +61,10 @@ FASTEST_FIRST = ("advanced", "lowvram", "minvram")
 MEMORY_SAVING = ("lowvram", "minvram")
 
 
-def footprint(preset: str, width: int = 512, height: int = 512, batch_size: int = 1) -> Footprint:
-    return next(f for f in FOOTPRINTS if (f.preset, f.width, f.height, f.batch_size) == (preset, width, height,
-                                                                                         batch_size))
-
-
-def _mib(preset: str, **job: int) -> float:
-    return footprint(preset, **job).peak_mib
+def _mib(preset: str, width: int = 512, height: int = 512, batch_size: int = 1) -> float:
+    """The measured peak of `preset` for this job (its row in FOOTPRINTS)."""
+    job = (preset, width, height, batch_size)
+    return next(f.peak_mib for f in FOOTPRINTS if (f.preset, f.width, f.height, f.batch_size) == job)
 
 
 # Each factor of the estimate is the difference between two rows of the table.
@@ -144,8 +137,8 @@ def _check_budget(max_vram_gib: float) -> None:
 
 
 def _basis(preset: str, width: int, height: int, batch_size: int, fp32: bool) -> str:
-    row = next((f for f in FOOTPRINTS if f.preset == preset), None)
-    basis = "measured" if row is None or row.measured else "not measured yet"
+    row = next(f for f in FOOTPRINTS if f.preset == preset)  # every preset the rule picks has a row
+    basis = "measured" if row.measured else "not measured yet"
     if (width, height, batch_size) != (512, 512, 1):
         basis += ", scaled by pixels and images"
     if fp32:
@@ -154,10 +147,10 @@ def _basis(preset: str, width: int, height: int, batch_size: int, fp32: bool) ->
 
 
 def _verdict(preset: str, peak: float, max_vram_gib: float, basis: str) -> str:
+    margins = f"{ESTIMATE_MARGIN - 1:.0%} + {HEADROOM_GIB} GiB headroom"
     if fits(peak, max_vram_gib):
-        return (f"expected peak {peak:.2f} GiB ({basis}) + 10% + {HEADROOM_GIB} GiB headroom "
-                f"fits {max_vram_gib:g} GiB")
-    return (f"even {preset} is expected to need {peak:.2f} GiB ({basis}) + 10% + {HEADROOM_GIB} GiB headroom, over "
+        return f"expected peak {peak:.2f} GiB ({basis}) + {margins} fits {max_vram_gib:g} GiB"
+    return (f"even {preset} is expected to need {peak:.2f} GiB ({basis}) + {margins}, over "
             f"{max_vram_gib:g} GiB: use smaller images or batches")
 
 
@@ -188,7 +181,7 @@ def plan_for_vram(max_vram_gib: float, *, width: int = 512, height: int = 512, b
     overrides: list[str] = []
     notes: list[str] = []
     if preset == "minvram" and not bitsandbytes_installed:
-        override, note = _quantization_override(False)
+        override, note = _quantization_override(bitsandbytes_installed)
         overrides.append(override)
         notes.append(note)
     if max(width, height) >= 1024 and not layout.vae_tiling:

@@ -131,11 +131,8 @@ def test_cuda_without_a_gpu_is_a_usage_error():
 def test_fp16_on_a_card_without_fast_fp16_uses_fp32():
     gtx = hardware.GpuInfo(0, "NVIDIA GeForce GTX 1660 SUPER", (7, 5), 6144, 6000, bf16=False)
     machine = cpu_machine(cuda_available=True, gpus=(gtx,))
-    from nitro_cli.builder import _pick_dtype
-
-    skipped = []
-    dtype = _pick_dtype(load_preset("beginner").settings, "cuda", machine, lambda what, why: skipped.append(what))
-    assert dtype == "float32" and skipped == ["float16"]
+    dtype, why = effective_precision(load_preset("beginner").settings.precision, "cuda", machine)
+    assert dtype == "float32" and "GTX 1660 SUPER" in why
 
 
 @pytest.mark.parametrize("scheduler", list(SAMPLER_NAMES))

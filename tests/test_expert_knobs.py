@@ -447,3 +447,36 @@ def test_fuse_qkv_applies_when_bitsandbytes_is_skipped_on_a_cpu():
                            cpu_machine())
     assert "int8 quantization" in skipped_names(built) and "fuse_qkv" not in skipped_names(built)
     assert "fused QKV projections" in built.applied
+
+
+class CompileRecorder:
+    """A module stand-in that keeps the inductor options it is compiled with."""
+
+    def __init__(self):
+        self.options = None
+
+    def compile(self, fullgraph, options):
+        self.options = options
+
+
+@pytest.mark.parametrize("mode, vae_graphs_skipped", [("default", False), ("reduce-overhead", True)])
+def test_vae_graphs_are_reported_skipped_only_for_a_mode_with_cuda_graphs(mode, vae_graphs_skipped):
+    """compile=default has no CUDA graphs: a tiled VAE on a GPU gave up nothing, so nothing is reported skipped."""
+    import types
+
+    settings = load_preset("lowvram", [f"compile={mode}", "compile_vae=true"]).settings
+    pipe = types.SimpleNamespace(unet=CompileRecorder(), vae=types.SimpleNamespace(decoder=CompileRecorder()))
+    built = BuiltPipeline(pipe=pipe, device="cuda", dtype="float16")
+    builder._apply_compile(built, settings, fake_machines.machine(fake_machines.A100))
+    assert ("CUDA graphs for the VAE decoder" in skipped_names(built)) is vae_graphs_skipped
+    assert f"torch.compile VAE decoder ({mode}, no CUDA graphs)" in built.applied
+    assert "triton.cudagraphs" not in pipe.vae.decoder.options
+
+
+def test_cuda_graph_modes_are_the_modes_whose_inductor_options_record_graphs():
+    from torch._inductor import list_mode_options
+
+    from nitro_cli.presets import COMPILE_MODES
+
+    with_graphs = {mode for mode in COMPILE_MODES if mode != "none" and list_mode_options(mode).get("triton.cudagraphs")}
+    assert with_graphs == set(builder.CUDA_GRAPH_MODES)

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from nitro_cli import hardware, models
-from nitro_cli.builder import _quantization_config, build_pipeline
+from nitro_cli.builder import BuiltPipeline, _quantization_config, build_pipeline
 from nitro_cli.errors import UsageError
 from nitro_cli.presets import all_keys, load_preset, shipped_dir, shipped_names
 from nitro_cli.vram import (FASTEST_FIRST, FOOTPRINTS, MemoryLayout, fits, estimate_peak_gib, plan_for_preset,
@@ -104,26 +104,31 @@ def test_fp8_storage_with_fused_qkv_casts_the_fused_layers():
     assert any("to_qkv" in n for n in fp8_params(built.pipe.unet))
 
 
+def fp16_gpu_build() -> BuiltPipeline:
+    """A build on a GPU in fp16, before loading: what _quantization_config reads and reports to."""
+    return BuiltPipeline(pipe=None, device="cuda", dtype="float16")
+
+
 @pytest.mark.parametrize("value, backend", [("int8", "bitsandbytes_8bit"), ("nf4", "bitsandbytes_4bit")])
-def test_bitsandbytes_config_on_a_gpu(monkeypatch, value, backend):
-    skipped = []
-    config = _quantization_config(load_preset("beginner", [f"quantization={value}"]).settings, "cuda", "float16",
-                                  bnb_machine("0.50.0"), lambda what, why: skipped.append(what))
+def test_bitsandbytes_config_on_a_gpu(value, backend):
+    built = fp16_gpu_build()
+    config = _quantization_config(built, load_preset("beginner", [f"quantization={value}"]).settings,
+                                  bnb_machine("0.50.0"))
     assert config.quant_backend == backend
     assert config.components_to_quantize == ["unet", "text_encoder"]
     assert config.quant_kwargs.get("bnb_4bit_compute_dtype") == ("float16" if value == "nf4" else None)
-    assert skipped == []
+    assert built.skipped == []
 
 
 def test_no_loading_time_config_for_fp8_storage_or_none():
     for value in ("none", "fp8_storage"):
         settings = load_preset("beginner", [f"quantization={value}"]).settings
-        assert _quantization_config(settings, "cuda", "float16", bnb_machine(None), lambda *a: None) is None
+        assert _quantization_config(fp16_gpu_build(), settings, bnb_machine(None)) is None
 
 
 def test_missing_bitsandbytes_hint_names_the_extra_and_the_package_free_alternative():
     with pytest.raises(UsageError) as caught:
-        _quantization_config(load_preset("minvram").settings, "cuda", "float16", bnb_machine(None), lambda *a: None)
+        _quantization_config(fp16_gpu_build(), load_preset("minvram").settings, bnb_machine(None))
     assert "nitro-cli[quant]" in caught.value.hint and "fp8_storage" in caught.value.hint
 
 

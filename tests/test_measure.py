@@ -28,3 +28,14 @@ def test_peak_rss_without_proc_is_getrusage_in_its_units(monkeypatch, tmp_path):
     assert measure._peak_rss_mib() == 300
     monkeypatch.setattr(sys, "platform", "linux")
     assert measure._peak_rss_mib() == 300 * 1024
+
+
+def test_device_memory_without_nvidia_ml_py_is_none(monkeypatch):
+    """torch reads device-level memory through pynvml; without nvidia-ml-py the figure is absent, not an error."""
+    import torch
+
+    def no_pynvml(device=None):
+        raise ModuleNotFoundError("nvidia-ml-py does not seem to be installed or it can't be imported.")
+
+    monkeypatch.setattr(torch.cuda, "device_memory_used", no_pynvml)
+    assert measure._device_used_mib() is None

@@ -330,11 +330,6 @@ def json_text(report: BenchReport) -> str:
     return json.dumps(report.to_dict(), indent=2) + "\n"
 
 
-def save_json(report: BenchReport, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json_text(report), encoding="utf-8")
-
-
 def save_to_history(report: BenchReport) -> Path:
     """Keep a copy as `bench_dir()/bench-YYYYmmdd-HHMMSS.json`, where `nitro checklist` finds the newest."""
     folder = paths.bench_dir()
@@ -345,7 +340,7 @@ def save_to_history(report: BenchReport) -> Path:
     while path.exists():  # two runs in the same second
         suffix += 1
         path = folder / f"bench-{stamp}-{suffix}.json"
-    save_json(report, path)
+    path.write_text(json_text(report), encoding="utf-8")
     return path
 
 

@@ -224,15 +224,15 @@ def write_configs(name: str, folder: Path) -> None:
     SD 1.x's, so a single file loads offline instead of fetching stable-diffusion-v1-5's."""
     pipe = build_random_pipeline(name, device="meta")  # shapes only: nothing is allocated
     pipe.save_config(folder)  # model_index.json
-    for name, component in pipe.components.items():
+    for component_name, component in pipe.components.items():
         if component is None:  # optional components SD 1.x has not (image_encoder)
             continue
         if hasattr(component, "save_config"):  # diffusers models and the scheduler
-            component.save_config(folder / name)
+            component.save_config(folder / component_name)
         elif hasattr(component, "can_generate"):  # transformers models: their config alone
-            component.config.save_pretrained(folder / name)
+            component.config.save_pretrained(folder / component_name)
         else:  # the tokenizer and the image processor are small files anyway
-            component.save_pretrained(folder / name)
+            component.save_pretrained(folder / component_name)
 
 
 def load_safety_checker(torch_dtype):

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from nitro_cli import __version__, hardware, paths, vram
+from nitro_cli import __version__, hardware, models, paths, vram
 from nitro_cli.errors import NitroError, describe
 
 DEFAULT_PRESETS = ("baseline", "beginner", "advanced", "expert")
@@ -256,8 +256,6 @@ def _environment(options: BenchOptions, device: str, machine: hardware.Machine,
                  is_random: bool) -> dict[str, Any]:
     import torch
 
-    from nitro_cli.models import DEFAULT_MODEL
-
     return {
         "device": machine.gpus[0].name if device == "cuda" else hardware.cpu_name(),
         "device_type": device,
@@ -266,7 +264,7 @@ def _environment(options: BenchOptions, device: str, machine: hardware.Machine,
         "transformers": machine.packages.get("transformers"),
         "python": machine.python,
         "nitro": __version__,
-        "model": options.model or DEFAULT_MODEL,
+        "model": options.model or models.DEFAULT_MODEL,
         "note": RANDOM_MODEL_NOTE if is_random else None,
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "prompt": BENCH_PROMPT,
@@ -287,12 +285,11 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda me
     """Run every preset in turn. A bad model, device, preset or size is a usage error before any preset
     runs."""
     from nitro_cli.builder import resolve_device
-    from nitro_cli.models import fetch_hub_model, resolve_model
     from nitro_cli.presets import load_preset
 
     # A misspelled name must not cost the other presets' runs first.
     presets = [load_preset(entry, _flag_overrides(options)).settings for entry in options.presets]
-    source = resolve_model(options.model)
+    source = models.resolve_model(options.model)
     machine = hardware.probe()
     device = resolve_device(options.device, machine)
     environment = _environment(options, device, machine, source.is_random)
@@ -303,7 +300,8 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda me
         # Once, before the presets: a model that can't be had is one usage error, not a failed row per preset,
         # and no row's load time holds the download.
         progress(f"Model {source.spec}: checking the Hugging Face cache (downloading what is missing) ...")
-        fetch_hub_model(source.spec, with_safety_checker=any(preset.safety_checker for preset in pytorch_presets))
+        with_safety_checker = any(preset.safety_checker for preset in pytorch_presets)
+        models.fetch_hub_model(source.spec, with_safety_checker=with_safety_checker)
 
     results: list[PresetResult] = []
     images: dict[int, Any] = {}

@@ -342,6 +342,12 @@ def save_to_history(report: BenchReport) -> Path:
     return path
 
 
+def newest_in_history() -> Path | None:
+    """The report `save_to_history` kept last, or None."""
+    reports = sorted(paths.bench_dir().glob("bench-*.json"), key=lambda p: (p.stat().st_mtime, p.name))
+    return reports[-1] if reports else None
+
+
 def _csv_cell(value: Any) -> Any:
     """A result field as the CSV writes it: lists joined with '; ', null empty, booleans as the JSON spells
     them (Python's True/False would read differently from the same report's JSON)."""

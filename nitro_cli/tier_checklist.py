@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nitro_cli import builder, paths
+from nitro_cli import builder
 from nitro_cli.benchmark import BASELINE, is_shipped
 from nitro_cli.errors import UsageError
 from nitro_cli.hardware import Machine
@@ -134,11 +134,6 @@ def tier_names() -> list[str]:
     """The article's tiers in their order, then any other shipped preset (lowvram, minvram, ...)."""
     names = shipped_names()
     return [n for n in TIER_ORDER if n in names] + [n for n in names if n not in TIER_ORDER]
-
-
-def newest_bench_report() -> Path | None:
-    reports = sorted(paths.bench_dir().glob("bench-*.json"), key=lambda p: (p.stat().st_mtime, p.name))
-    return reports[-1] if reports else None
 
 
 def read_bench_report(path: Path) -> dict[str, Any]:

@@ -171,7 +171,8 @@ def _row(report: dict[str, Any], name: str, shipped: bool) -> dict[str, Any] | N
 
 
 def measured_for(report: dict[str, Any] | None, source: Path | None, tier: str,
-                 shipped: bool = True) -> dict[str, Any] | None:
+                 shipped: bool) -> dict[str, Any] | None:
+    """What `report` (the file `source`) measured for preset `tier`, shipped or not; None for no usable row."""
     if report is None:
         return None
     entry = _row(report, tier, shipped)

@@ -216,16 +216,16 @@ def _hf_offline() -> bool:
     return value.upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def _cached_model(repo_id: str = DEFAULT_MODEL) -> CachedModel | None:
-    """`repo_id` in the Hugging Face cache: its folder, its size on disk (each blob once, however many
+def _cached_model() -> CachedModel | None:
+    """The default model in the Hugging Face cache: its folder, its size on disk (each blob once, however many
     revisions link it) and what keeps its main revision from loading."""
-    repo = hub_cache_folder(repo_id)
+    repo = hub_cache_folder(DEFAULT_MODEL)
     if not repo.is_dir():
         return None
-    snapshot = cached_snapshot(repo_id)
+    snapshot = cached_snapshot(DEFAULT_MODEL)
     problem = snapshot_problem(snapshot) if snapshot else "no main revision"
     blobs = {file.resolve() for file in repo.glob("snapshots/**/*") if file.is_file()}
-    return CachedModel(repo_id, str(repo), sum(blob.stat().st_size for blob in blobs) // 2**20, problem)
+    return CachedModel(DEFAULT_MODEL, str(repo), sum(blob.stat().st_size for blob in blobs) // 2**20, problem)
 
 
 def _free_disk_mib(folder: Path) -> int | None:

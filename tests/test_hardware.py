@@ -1,6 +1,7 @@
 """The deep probe's pieces that run without a GPU, and the whole probe on a GPU where there is one."""
 
 import json
+import shutil
 
 import pytest
 
@@ -64,6 +65,14 @@ def test_a_cached_model_says_what_keeps_it_from_loading(hub_cache, weights, prob
         (snapshot / folder).mkdir()
         (snapshot / folder / name).write_bytes(b"weights")
     assert hardware._cached_model().problem == problem
+
+
+def test_a_first_download_stopped_before_its_snapshot_is_incomplete_not_absent(hub_cache):
+    """huggingface_hub writes refs/main and blobs before the snapshot's links: doctor must say "finish the
+    download", not "downloaded on first use"."""
+    repo = fake_hub_cache(hub_cache, "nitrosocke/Nitro-Diffusion", b"x")
+    shutil.rmtree(repo / "snapshots")
+    assert hardware._cached_model().problem == "no main revision"
 
 
 def test_no_cache_folder_means_not_cached(hub_cache, monkeypatch):

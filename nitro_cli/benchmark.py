@@ -134,13 +134,6 @@ def preset_label(entry: str) -> str:
     return Path(entry).stem
 
 
-def is_shipped(source: str) -> bool:
-    """Whether a preset file is one of nitro's own: a user's `expert.yaml` variant is named like the tier."""
-    from nitro_cli.presets import shipped_dir
-
-    return Path(source).resolve().parent == shipped_dir().resolve()
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, NitroError):
         return f"{exc.message} (hint: {exc.hint})" if exc.hint else exc.message
@@ -196,7 +189,7 @@ def _measure_preset(entry: str, result: PresetResult, options: BenchOptions, dev
     loaded = load_preset(entry, overrides)
     settings = loaded.settings
     result.source = loaded.source
-    result.shipped = is_shipped(loaded.source)
+    result.shipped = loaded.shipped
     result.steps, result.scheduler = settings.steps, settings.scheduler
     result.batch_size, result.width, result.height = settings.batch_size, settings.width, settings.height
 

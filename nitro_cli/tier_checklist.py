@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nitro_cli import builder
-from nitro_cli.benchmark import BASELINE, is_shipped
+from nitro_cli.benchmark import BASELINE
 from nitro_cli.errors import UsageError
 from nitro_cli.hardware import Machine
 from nitro_cli.presets import Preset, flatten, load_preset, shipped_names
@@ -199,7 +199,7 @@ def build_checklist(machine: Machine, tiers: list[str], report: dict[str, Any] |
         preset = loaded.settings
         items = tier_items(preset, reference, device, machine)
         result.append(Tier(tier=loaded.name, scenario=preset.scenario, claimed=preset.claimed, items=items,
-                           measured=measured_for(report, report_path, loaded.name, is_shipped(loaded.source)),
+                           measured=measured_for(report, report_path, loaded.name, loaded.shipped),
                            notes=moved_item_notes(loaded.name, items)))
     return result
 

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from nitro_cli import __version__, hardware, paths, vram
+from nitro_cli import __version__, hardware, models, paths, vram
 from nitro_cli.errors import NitroError, describe
 
 DEFAULT_PRESETS = ("baseline", "beginner", "advanced", "expert")
@@ -134,13 +134,6 @@ def preset_label(entry: str) -> str:
     return Path(entry).stem
 
 
-def is_shipped(source: str) -> bool:
-    """Whether a preset file is one of nitro's own: a user's `expert.yaml` variant is named like the tier."""
-    from nitro_cli.presets import shipped_dir
-
-    return Path(source).resolve().parent == shipped_dir().resolve()
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, NitroError):
         return f"{exc.message} (hint: {exc.hint})" if exc.hint else exc.message
@@ -196,7 +189,7 @@ def _measure_preset(entry: str, result: PresetResult, options: BenchOptions, dev
     loaded = load_preset(entry, overrides)
     settings = loaded.settings
     result.source = loaded.source
-    result.shipped = is_shipped(loaded.source)
+    result.shipped = loaded.shipped
     result.steps, result.scheduler = settings.steps, settings.scheduler
     result.batch_size, result.width, result.height = settings.batch_size, settings.width, settings.height
 
@@ -256,8 +249,6 @@ def _environment(options: BenchOptions, device: str, machine: hardware.Machine,
                  is_random: bool) -> dict[str, Any]:
     import torch
 
-    from nitro_cli.models import DEFAULT_MODEL
-
     return {
         "device": machine.gpus[0].name if device == "cuda" else hardware.cpu_name(),
         "device_type": device,
@@ -266,7 +257,7 @@ def _environment(options: BenchOptions, device: str, machine: hardware.Machine,
         "transformers": machine.packages.get("transformers"),
         "python": machine.python,
         "nitro": __version__,
-        "model": options.model or DEFAULT_MODEL,
+        "model": options.model or models.DEFAULT_MODEL,
         "note": RANDOM_MODEL_NOTE if is_random else None,
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "prompt": BENCH_PROMPT,
@@ -287,12 +278,11 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda me
     """Run every preset in turn. A bad model, device, preset or size is a usage error before any preset
     runs."""
     from nitro_cli.builder import resolve_device
-    from nitro_cli.models import fetch_hub_model, resolve_model
     from nitro_cli.presets import load_preset
 
     # A misspelled name must not cost the other presets' runs first.
     presets = [load_preset(entry, _flag_overrides(options)).settings for entry in options.presets]
-    source = resolve_model(options.model)
+    source = models.resolve_model(options.model)
     machine = hardware.probe()
     device = resolve_device(options.device, machine)
     environment = _environment(options, device, machine, source.is_random)
@@ -303,7 +293,8 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda me
         # Once, before the presets: a model that can't be had is one usage error, not a failed row per preset,
         # and no row's load time holds the download.
         progress(f"Model {source.spec}: checking the Hugging Face cache (downloading what is missing) ...")
-        fetch_hub_model(source.spec, with_safety_checker=any(preset.safety_checker for preset in pytorch_presets))
+        with_safety_checker = any(preset.safety_checker for preset in pytorch_presets)
+        models.fetch_hub_model(source.spec, with_safety_checker=with_safety_checker)
 
     results: list[PresetResult] = []
     images: dict[int, Any] = {}
@@ -330,11 +321,6 @@ def json_text(report: BenchReport) -> str:
     return json.dumps(report.to_dict(), indent=2) + "\n"
 
 
-def save_json(report: BenchReport, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json_text(report), encoding="utf-8")
-
-
 def save_to_history(report: BenchReport) -> Path:
     """Keep a copy as `bench_dir()/bench-YYYYmmdd-HHMMSS.json`, where `nitro checklist` finds the newest."""
     folder = paths.bench_dir()
@@ -345,8 +331,14 @@ def save_to_history(report: BenchReport) -> Path:
     while path.exists():  # two runs in the same second
         suffix += 1
         path = folder / f"bench-{stamp}-{suffix}.json"
-    save_json(report, path)
+    path.write_text(json_text(report), encoding="utf-8")
     return path
+
+
+def newest_in_history() -> Path | None:
+    """The report `save_to_history` kept last, or None."""
+    reports = sorted(paths.bench_dir().glob("bench-*.json"), key=lambda p: (p.stat().st_mtime, p.name))
+    return reports[-1] if reports else None
 
 
 def _csv_cell(value: Any) -> Any:

@@ -11,6 +11,7 @@ from typing import Callable
 from nitro_cli import builder, vram
 from nitro_cli.hardware import TORCH_REINSTALL_HINT, GpuInfo, Machine
 from nitro_cli.models import DEFAULT_MODEL
+from nitro_cli.presets import load_preset
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -50,8 +51,6 @@ def vram_plan(machine: Machine, gpu: GpuInfo | None = None) -> vram.VramPlan:
 
 
 def _deploy_fits_every_gpu(machine: Machine) -> bool:
-    from nitro_cli.presets import load_preset
-
     settings = load_preset("deploy").settings
     return all(vram.fits(vram.estimate_peak_gib(
         vram.MemoryLayout.of(settings, vram.machine_facts(machine, gpu)["fp16_runs_as_fp32"]),

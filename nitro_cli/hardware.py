@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nitro_cli import paths
 from nitro_cli.errors import describe
-from nitro_cli.models import DEFAULT_MODEL, snapshot_problem
+from nitro_cli.models import DEFAULT_MODEL, cached_snapshot, hub_cache_folder, snapshot_problem
 
 
 # What to do when `import torch` fails (Machine.torch_error): doctor reports it, generate, bench and
@@ -216,19 +216,16 @@ def _hf_offline() -> bool:
     return value.upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def _cached_model(repo_id: str = DEFAULT_MODEL, hub_cache: Path | None = None) -> CachedModel | None:
-    from huggingface_hub import scan_cache_dir
-
-    try:
-        cache = scan_cache_dir(hub_cache)
-    except Exception:  # no cache folder yet, or an unreadable one: nothing is cached
+def _cached_model() -> CachedModel | None:
+    """The default model in the Hugging Face cache: its folder, its size on disk (each blob once, however many
+    revisions link it) and what keeps its main revision from loading."""
+    repo = hub_cache_folder(DEFAULT_MODEL)
+    if not repo.is_dir():
         return None
-    for repo in cache.repos:
-        if repo.repo_type == "model" and repo.repo_id == repo_id:
-            main = next((revision for revision in repo.revisions if "main" in revision.refs), None)
-            problem = snapshot_problem(main.snapshot_path) if main else "no main revision"
-            return CachedModel(repo_id, str(repo.repo_path), repo.size_on_disk // 2**20, problem)
-    return None
+    snapshot = cached_snapshot(DEFAULT_MODEL)
+    problem = snapshot_problem(snapshot) if snapshot else "no main revision"
+    blobs = {file.resolve() for file in repo.glob("snapshots/**/*") if file.is_file()}
+    return CachedModel(DEFAULT_MODEL, str(repo), sum(blob.stat().st_size for blob in blobs) // 2**20, problem)
 
 
 def _free_disk_mib(folder: Path) -> int | None:
@@ -262,7 +259,7 @@ def probe(deep: bool = False) -> Machine:
     """Look at this machine. Imports torch: call it from commands, never at import time.
 
     `deep` also runs what doctor and checklist need and a pipeline build does not: tiny xformers and
-    SDPA calls, bitsandbytes' library check, NVML, the Hugging Face cache scan and free disk.
+    SDPA calls, bitsandbytes' library check, NVML, the default model in the Hugging Face cache and free disk.
     """
     torch_error = None
     try:

@@ -239,15 +239,15 @@ def write_configs(name: str, folder: Path) -> None:
     SD 1.x's, so a single file loads offline instead of fetching stable-diffusion-v1-5's."""
     pipe = build_random_pipeline(name, device="meta")  # shapes only: nothing is allocated
     pipe.save_config(folder)  # model_index.json
-    for name, component in pipe.components.items():
+    for component_name, component in pipe.components.items():
         if component is None:  # optional components SD 1.x has not (image_encoder)
             continue
         if hasattr(component, "save_config"):  # diffusers models and the scheduler
-            component.save_config(folder / name)
+            component.save_config(folder / component_name)
         elif hasattr(component, "can_generate"):  # transformers models: their config alone
-            component.config.save_pretrained(folder / name)
+            component.config.save_pretrained(folder / component_name)
         else:  # the tokenizer and the image processor are small files anyway
-            component.save_pretrained(folder / name)
+            component.save_pretrained(folder / component_name)
 
 
 def load_safety_checker(torch_dtype):
@@ -370,7 +370,7 @@ def hub_model_error(repo_id: str, exc: BaseException, *, with_safety_checker: bo
     if any(isinstance(cause, RepositoryNotFoundError) for cause in causes):
         return UsageError(f"model '{repo_id}' not found on the hub",
                           hint="check the spelling (owner/name); a private repo needs HF_TOKEN or `hf auth login`")
-    snapshot = _cached_snapshot(repo_id)
+    snapshot = cached_snapshot(repo_id)
     if snapshot is not None and not (snapshot / "model_index.json").is_file():
         return UsageError(f"model '{repo_id}' is not a diffusers pipeline: its cached copy {snapshot} has no "
                           "model_index.json",
@@ -447,12 +447,19 @@ def _exception_chain(exc: BaseException) -> list[BaseException]:
     return chain
 
 
-def _cached_snapshot(repo_id: str) -> Path | None:
-    """The snapshot folder of `repo_id`'s main revision in the Hugging Face cache, if one is there."""
+def hub_cache_folder(repo_id: str) -> Path:
+    """Where the Hugging Face cache keeps model `repo_id`, whether or not it is there."""
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
 
-    repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
+def cached_snapshot(repo_id: str) -> Path | None:
+    """The snapshot folder of `repo_id`'s main revision in the Hugging Face cache, if one is there."""
+    from huggingface_hub import constants
+
+    repo = hub_cache_folder(repo_id)
     try:
         snapshot = repo / "snapshots" / (repo / "refs" / constants.DEFAULT_REVISION).read_text().strip()
     except OSError:

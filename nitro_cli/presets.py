@@ -105,6 +105,12 @@ class LoadedPreset:
     settings: Preset
     overrides: tuple[str, ...] = ()  # the `--set KEY=VALUE` pairs merged in (flags' included), as given
 
+    @property
+    def shipped(self) -> bool:
+        """Whether the file is one of nitro's own (by name or by path): a user's `expert.yaml` variant is named
+        like the tier."""
+        return Path(self.source).resolve().parent == shipped_dir().resolve()
+
 
 def shipped_dir() -> Path:
     """The folder of shipped presets: inside the wheel, or `presets/` beside the source tree."""

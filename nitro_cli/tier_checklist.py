@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nitro_cli import builder, paths
-from nitro_cli.benchmark import BASELINE, is_shipped
+from nitro_cli import builder
+from nitro_cli.benchmark import BASELINE
 from nitro_cli.errors import UsageError
 from nitro_cli.hardware import Machine
 from nitro_cli.presets import Preset, flatten, load_preset, shipped_names
@@ -136,11 +136,6 @@ def tier_names() -> list[str]:
     return [n for n in TIER_ORDER if n in names] + [n for n in names if n not in TIER_ORDER]
 
 
-def newest_bench_report() -> Path | None:
-    reports = sorted(paths.bench_dir().glob("bench-*.json"), key=lambda p: (p.stat().st_mtime, p.name))
-    return reports[-1] if reports else None
-
-
 def read_bench_report(path: Path) -> dict[str, Any]:
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
@@ -176,7 +171,8 @@ def _row(report: dict[str, Any], name: str, shipped: bool) -> dict[str, Any] | N
 
 
 def measured_for(report: dict[str, Any] | None, source: Path | None, tier: str,
-                 shipped: bool = True) -> dict[str, Any] | None:
+                 shipped: bool) -> dict[str, Any] | None:
+    """What `report` (the file `source`) measured for preset `tier`, shipped or not; None for no usable row."""
     if report is None:
         return None
     entry = _row(report, tier, shipped)
@@ -203,7 +199,7 @@ def build_checklist(machine: Machine, tiers: list[str], report: dict[str, Any] |
         preset = loaded.settings
         items = tier_items(preset, reference, device, machine)
         result.append(Tier(tier=loaded.name, scenario=preset.scenario, claimed=preset.claimed, items=items,
-                           measured=measured_for(report, report_path, loaded.name, is_shipped(loaded.source)),
+                           measured=measured_for(report, report_path, loaded.name, loaded.shipped),
                            notes=moved_item_notes(loaded.name, items)))
     return result
 

@@ -1,6 +1,7 @@
 """The deep probe's pieces that run without a GPU, and the whole probe on a GPU where there is one."""
 
 import json
+import shutil
 
 import pytest
 
@@ -20,12 +21,25 @@ def fake_hub_cache(root, repo_id, payload: bytes):
     return repo
 
 
-def test_cached_model_found_with_path_and_size(tmp_path):
-    repo = fake_hub_cache(tmp_path, "nitrosocke/Nitro-Diffusion", b"x" * (3 * 2**20))
-    fake_hub_cache(tmp_path, "someone/other-model", b"y")
-    cached = hardware._cached_model(hub_cache=tmp_path)
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    # huggingface_hub reads HF_HUB_CACHE once, at import: point this process's at the test's.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_cached_model_found_with_path_and_size(hub_cache):
+    repo = fake_hub_cache(hub_cache, "nitrosocke/Nitro-Diffusion", b"x" * (3 * 2**20))
+    fake_hub_cache(hub_cache, "someone/other-model", b"y")
+    cached = hardware._cached_model()
     assert cached == hardware.CachedModel("nitrosocke/Nitro-Diffusion", str(repo), 3,
                                           "its model_index.json is damaged")
+    older = repo / "snapshots" / "fedcba9876543210"  # another revision with the same file: counted once
+    older.mkdir()
+    (older / "model_index.json").symlink_to(repo / "blobs" / "abc123")
+    assert hardware._cached_model().size_mib == 3
 
 
 @pytest.mark.parametrize("weights, problem", [
@@ -42,23 +56,35 @@ def test_cached_model_found_with_path_and_size(tmp_path):
     ({"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
       "text_encoder": "model.safetensors"}, "safety_checker has no weights file"),
 ])
-def test_a_cached_model_says_what_keeps_it_from_loading(tmp_path, weights, problem):
+def test_a_cached_model_says_what_keeps_it_from_loading(hub_cache, weights, problem):
     """doctor called a snapshot without the UNet's weights "cached", and generate then failed on it. The safety
     checker counts where model_index.json names one (beginner, the default preset, loads it)."""
     names_a_checker = "safety_checker" in weights or problem == "safety_checker has no weights file"
     index = {"safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"] if names_a_checker else [None, None]}
-    repo = fake_hub_cache(tmp_path, "nitrosocke/Nitro-Diffusion", json.dumps(index).encode())
+    repo = fake_hub_cache(hub_cache, "nitrosocke/Nitro-Diffusion", json.dumps(index).encode())
     snapshot = repo / "snapshots" / "0123456789abcdef"
     for folder, name in weights.items():
         (snapshot / folder).mkdir()
         (snapshot / folder / name).write_bytes(b"weights")
-    assert hardware._cached_model(hub_cache=tmp_path).problem == problem
+    assert hardware._cached_model().problem == problem
 
 
-def test_no_cache_folder_means_not_cached(tmp_path):
-    assert hardware._cached_model(hub_cache=tmp_path / "missing") is None
-    fake_hub_cache(tmp_path, "someone/other-model", b"y")
-    assert hardware._cached_model(hub_cache=tmp_path) is None
+def test_a_first_download_stopped_before_its_snapshot_is_incomplete_not_absent(hub_cache):
+    """huggingface_hub writes refs/main and blobs before the snapshot's links: doctor must say "finish the
+    download", not "downloaded on first use"."""
+    repo = fake_hub_cache(hub_cache, "nitrosocke/Nitro-Diffusion", b"x")
+    shutil.rmtree(repo / "snapshots")
+    assert hardware._cached_model().problem == "no main revision"
+
+
+def test_no_cache_folder_means_not_cached(hub_cache, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache / "missing"))
+    assert hardware._cached_model() is None
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
+    fake_hub_cache(hub_cache, "someone/other-model", b"y")
+    assert hardware._cached_model() is None
 
 
 def test_free_disk_is_measured_at_the_nearest_existing_folder(tmp_path):

@@ -14,8 +14,6 @@ from nitro_cli.errors import EXIT_INTERRUPTED, RuntimeFailure, UsageError
 from nitro_cli.tables import print_table
 
 DEFAULT_PRESETS = ",".join(benchmark.DEFAULT_PRESETS)
-
-
 NOISY_SPREAD = 1.5  # slowest over fastest timed call above which the machine, not the preset, is in the numbers
 
 
@@ -48,6 +46,24 @@ def _print_report(console, report) -> None:
             "-" if r.speedup_vs_baseline is None else f"{r.speedup_vs_baseline:.2f}x", vram,
             _number(r.peak_rss_mib, 0), _number(r.load_s), _number(r.first_call_s), psnr,
         )
+    table.caption = "\n".join(_table_notes(report))
+    table.caption_justify = "left"
+    print_table(console, table)
+    for r in report.results:
+        if r.error:
+            console.print(f"[bold]{r.preset}[/bold] [red]failed:[/red] {escape(r.error)}")
+            continue
+        console.print(f"[bold]{r.preset}[/bold] (batch {r.batch_size}, {r.width}x{r.height}): "
+                      f"{escape('; '.join(r.applied))}")
+        if r.vram_plan:
+            console.print(f"  {escape(r.vram_plan)}")
+        for skipped in r.skipped:
+            console.print(f"  [yellow]skipped[/yellow] {escape(skipped)}")
+
+
+def _table_notes(report) -> list[str]:
+    """What the table's numbers mean for this run: how they were measured, and why some can't be compared."""
+    env = report.environment
     notes = [f"{env['runs']} timed call(s) after {env['warmup']} warm-up call(s); "
              f"prompt \"{env['prompt']}\", seed {env['seed']}"]
     if env["device_type"] == "cuda":
@@ -78,19 +94,7 @@ def _print_report(console, report) -> None:
                      "its row); a preset that cannot fit failed its row")
     if env["note"]:
         notes.append(f"{env['model']}: {env['note']}")
-    table.caption = "\n".join(notes)
-    table.caption_justify = "left"
-    print_table(console, table)
-    for r in report.results:
-        if r.error:
-            console.print(f"[bold]{r.preset}[/bold] [red]failed:[/red] {escape(r.error)}")
-            continue
-        console.print(f"[bold]{r.preset}[/bold] (batch {r.batch_size}, {r.width}x{r.height}): "
-                      f"{escape('; '.join(r.applied))}")
-        if r.vram_plan:
-            console.print(f"  {escape(r.vram_plan)}")
-        for skipped in r.skipped:
-            console.print(f"  [yellow]skipped[/yellow] {escape(skipped)}")
+    return notes
 
 
 def bench(

@@ -78,14 +78,15 @@ def checklist(
 ) -> None:
     """Each tier's settings: can this machine do them, what the article claims, what `nitro bench` measured."""
     from nitro_cli import hardware, paths
+    from nitro_cli.benchmark import newest_in_history
     from nitro_cli.diagnosis import recommend
     from nitro_cli.errors import UsageError
-    from nitro_cli.tier_checklist import build_checklist, newest_bench_report, read_bench_report, tier_names
+    from nitro_cli.tier_checklist import build_checklist, read_bench_report, tier_names
 
     options.check_not_blank(tier, "--tier", "leave it out for every tier, or name one (a shipped preset or a .yaml file)")
     if markdown and json_output:
         raise UsageError("--markdown and --json both print on stdout: choose one")
-    report_path = bench or newest_bench_report()
+    report_path = bench or newest_in_history()
     report, damaged = None, None
     if report_path:
         try:

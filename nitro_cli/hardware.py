@@ -239,7 +239,7 @@ def _free_disk_mib(folder: Path) -> int | None:
         return None
 
 
-def probed_gpu_indices(device_count: int, environ=os.environ) -> range | list[int]:
+def probed_gpu_indices(device_count: int) -> range | list[int]:
     """The GPUs this process looks at: all of them, or under a distributed launch only its own.
 
     `torch.cuda.mem_get_info(i)` opens a CUDA context on device i (a few hundred MiB there), so N
@@ -248,8 +248,8 @@ def probed_gpu_indices(device_count: int, environ=os.environ) -> range | list[in
     """
     from nitro_cli import distributed
 
-    local_rank = environ.get("LOCAL_RANK")
-    if not distributed.launched(environ) or local_rank is None or device_count == 0:
+    local_rank = os.environ.get("LOCAL_RANK")
+    if not distributed.launched() or local_rank is None or device_count == 0:
         return range(device_count)
     rank = int(local_rank)
     return [rank if rank < device_count else 0]

@@ -428,7 +428,7 @@ def _weights_variant_of(source: ModelSource) -> str | None:
     """_weights_variant of a model folder, or of a hub model's snapshot in the Hugging Face cache."""
     if source.kind == "folder":
         return _weights_variant(Path(source.spec))
-    snapshot = _cached_snapshot(source.spec) if source.kind == "hub" else None
+    snapshot = cached_snapshot(source.spec) if source.kind == "hub" else None
     return _weights_variant(snapshot) if snapshot is not None else None
 
 

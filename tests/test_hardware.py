@@ -127,8 +127,12 @@ def test_gpu_probe_tests_the_sdpa_kernels_and_optional_packages():
     ({"WORLD_SIZE": "4"}, 4, [0, 1, 2, 3]),
     ({"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, 0, []),
 ])
-def test_probed_gpu_indices(environ, count, expected):
-    assert list(hardware.probed_gpu_indices(count, environ)) == expected
+def test_probed_gpu_indices(monkeypatch, environ, count, expected):
+    for name in ("WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert list(hardware.probed_gpu_indices(count)) == expected
 
 
 def test_distributed_probe_opens_only_its_own_gpu(monkeypatch):

@@ -82,7 +82,7 @@ class Machine:
     cpu_amx_bf16: bool = False  # see cpu_has_amx_bf16
     torch_cudnn: int | None = None
     hf_offline: bool = False
-    outputs_dir: str = "outputs"  # generate's default --out: where doctor looks for free disk
+    outputs_dir: str = paths.DEFAULT_OUTPUTS  # where doctor looks for free disk
     compile_cache_dir: str = ""
     # Why `import torch` failed (a missing package, a CUDA build without its libraries); None when it imports.
     torch_error: str | None = None

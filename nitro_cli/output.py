@@ -40,9 +40,13 @@ STALE_TEMPORARY_SECONDS = 3600
 NAME_PATTERN = re.compile(r"^(\d{5,})-(\d+)-.*\.png$")
 
 
-def slug(prompt: str, limit: int = 48) -> str:
+# A file name's prompt part: long enough to tell prompts apart in a listing, short enough for any file system.
+SLUG_LENGTH = 48
+
+
+def slug(prompt: str) -> str:
     text = re.sub(r"[^\w]+", "-", prompt.lower(), flags=re.UNICODE).strip("-")
-    return text[:limit].rstrip("-") or "image"
+    return text[:SLUG_LENGTH].rstrip("-") or "image"
 
 
 def next_index(folder: Path) -> int:

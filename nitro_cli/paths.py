@@ -10,6 +10,9 @@ from typing import Callable
 
 from nitro_cli.errors import UsageError
 
+# generate's default --out, relative to the current folder (doctor checks the free disk there).
+DEFAULT_OUTPUTS = "outputs"
+
 
 def cache_dir() -> Path:
     """`$NITRO_CACHE_DIR`, else `$XDG_CACHE_HOME/nitro`, else `~/.cache/nitro` (not created here)."""

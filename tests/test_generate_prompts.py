@@ -319,3 +319,12 @@ def test_a1111_line_options_reach_the_run(runner, tmp_path):
     other = runner.invoke(app, ["generate", "-f", str(prompts), *FAST, "--set", "scheduler=ddim", "--out", str(out)])
     assert other.exit_code == 2
     assert "line 1: --sampler_name 'Euler a': a run has one sampler, and this run's is DDIM" in other.stderr
+
+
+def test_the_style_option_offers_the_styles_prompts_know():
+    """`--style` is an enum in the command (its module must not import prompts, for a fast --help); prompts
+    maps each style to its token. A style added to one alone would be refused or have no token."""
+    from nitro_cli.commands.generate import Style
+    from nitro_cli.prompts import STYLE_TOKENS
+
+    assert [style.value for style in Style] == list(STYLE_TOKENS)

@@ -307,3 +307,16 @@ def test_a_cache_that_cannot_be_written_is_named_with_its_variable(runner, tmp_p
     assert result.exit_code == 2, result.output
     assert f"Error: nitro's cache folder {not_a_folder / 'onnx'} can't be written" in result.stderr
     assert "Hint: set NITRO_CACHE_DIR" in result.stderr and "--out" not in result.stderr
+
+
+def test_every_preset_field_is_sorted_for_the_onnx_backend():
+    """A field the ONNX backend can't apply must be in PYTORCH_ONLY_FIELDS, or `backend: onnx` ignores it
+    without a warning: a new field has to be sorted here on purpose."""
+    from nitro_cli.builder import PYTORCH_ONLY_FIELDS
+    from nitro_cli.presets import Preset, flatten
+
+    descriptive = {"tier", "scenario", "claimed"}
+    applied_by_onnx = {"backend", "scheduler", "safety_checker", "prompt_cache", "steps", "guidance", "width",
+                       "height", "batch_size"}
+    assert set(flatten(Preset())) == descriptive | applied_by_onnx | set(PYTORCH_ONLY_FIELDS)
+    assert not (descriptive | applied_by_onnx) & set(PYTORCH_ONLY_FIELDS)

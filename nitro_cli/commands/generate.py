@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from nitro_cli import generate_run, options
+from nitro_cli import generate_run, options, paths
 from nitro_cli.errors import UsageError
 
 
@@ -37,7 +37,7 @@ def generate(
     height: options.HeightOption = None,
     num_images: Annotated[int, typer.Option("--num-images", "-n", min=1, help="Images per prompt.")] = 1,
     batch_size: options.BatchSizeOption = None,
-    out: Annotated[str, typer.Option("--out", "-o", metavar="DIR", help="Output folder.")] = "outputs",
+    out: Annotated[str, typer.Option("--out", "-o", metavar="DIR", help="Output folder.")] = paths.DEFAULT_OUTPUTS,
     resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted run: same command plus --resume makes only the missing images.")] = False,
     device: options.DeviceOption = options.Device.auto,
     max_vram: options.MaxVramOption = None,

@@ -54,6 +54,16 @@ def test_the_prompt_cache_keeps_only_the_most_recently_used_prompts(tiny_pipe):
     assert cache.embeddings("castle", "", 7.5) is not first_castle  # dropped by dragon and cat, encoded again
 
 
+def test_the_prompt_cache_tells_negative_prompts_apart(tiny_pipe):
+    """Two lines of one prompt with different negative prompts: each image gets its own negative."""
+    import torch
+
+    cache = generation.PromptCache(tiny_pipe, "cpu", enabled=True)
+    _, blurry = cache.embeddings("castle", "blurry", 7.5)
+    _, dark = cache.embeddings("castle", "dark", 7.5)
+    assert cache.stats().encodes == 2 and not torch.equal(blurry, dark)
+
+
 def tiny_plan(prompts: list[str]) -> list[PlannedImage]:
     jobs = [PromptJob(prompt=p, negative="", seed=None, steps=2, guidance=7.5, width=64, height=64) for p in prompts]
     return plan_images(jobs, 1, first_index=0, first_seed=10)

@@ -1,5 +1,6 @@
 """Prompts files (a file or standard input), seed plans and batch grouping."""
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -71,7 +72,7 @@ def test_a_line_with_dashes_but_no_option_is_the_prompt(tmp_path, line):
     ("--prompt castle --sed 5", "unknown option --sed (did you mean --seed?)"),
     ("--prompt castle --seed", "--seed needs a value"),
     ("--prompt castle --seed five", "--seed must be a whole number, not 'five'"),
-    ("--prompt castle --seed -3", "--seed must be 0 or more (or -1: the run's seeds), not -3"),
+    ("--prompt castle --seed -2", "--seed must be 0 or more (or -1: the run's seeds), not -2"),
     ("--prompt castle --seed 1 2", "--seed takes one value"),
     ("--prompt castle --steps 0", "'--steps' must be at least 1"),
     ("--prompt castle --cfg_scale high", "--cfg_scale must be a number"),
@@ -143,11 +144,12 @@ def test_not_utf8_and_empty_files(tmp_path):
 @pytest.mark.parametrize("data, problem", [
     ("castle\r\nprincess\r\n".encode("utf-16-le"), "line 1: a NUL byte"),  # UTF-16 without a byte order mark
     ("castle\nprincess\n".encode("utf-16"), "is UTF-16 text"),
+    ("\ufeffcastle\n".encode("utf-16-be"), "is UTF-16 text"),
     (b"castle\nab\x00cd\n", "line 2: a NUL byte"),
     (b"castle\rsea\r\nab\x00cd\r", "line 3: a NUL byte"),  # classic Mac line ends count as lines too
     (b"castle\rcaf\xe9\r", "line 2: not UTF-8"),
     (b"\xef\xbb\xbfa\n\xe9\n", "line 2: not UTF-8"),  # the UTF-8 byte order mark counts in no offset
-], ids=["utf16-no-bom", "utf16-bom", "nul", "nul-cr", "latin1-cr", "latin1-after-utf8-bom"])
+], ids=["utf16-no-bom", "utf16-bom", "utf16-be-bom", "nul", "nul-cr", "latin1-cr", "latin1-after-utf8-bom"])
 def test_utf16_and_nul_bytes_are_not_read_as_prompts(tmp_path, data, problem):
     with pytest.raises(UsageError, match=problem):
         read_jobs(write(tmp_path, data), DEFAULTS, [])
@@ -186,10 +188,16 @@ def test_bad_file_exits_2_before_any_model_loads(runner, tmp_path, monkeypatch):
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_prompt_and_prompts_file_are_exclusive(runner, tmp_path):
-    path = write(tmp_path, "castle\n")
-    assert runner.invoke(app, ["generate", "x", "--prompts-file", str(path)]).exit_code == 2
-    assert runner.invoke(app, ["generate"]).exit_code == 2
+@pytest.mark.parametrize("given, told", [(["x", "--prompts-file", "prompts.txt"], "not both"), ([], "--prompts-file"),
+                                         (["  "], "--prompts-file")], ids=["both", "neither", "blank-prompt"])
+def test_prompt_and_prompts_file_are_exclusive(runner, tmp_path, monkeypatch, given, told):
+    """A blank prompt (a script's `"$PROMPT"`, the variable unset) is no prompt, not an image of nothing."""
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "castle\n")
+    result = runner.invoke(app, ["generate", *given, *FAST, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert f"Error: give either a prompt or --prompts-file{', not both' if told == 'not both' else ''}\n" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_truncation_warning_shows_the_dropped_end_once_per_prompt():
@@ -216,6 +224,15 @@ def test_truncation_warning_quotes_the_dropped_end_as_written():
     long = ", ".join(f"tower number {i}" for i in range(30))
     [warning] = truncation_warnings(clip_tokenizer(), [PromptJob(long, "", None, 2, 7.5, 64, 64)])
     assert "tower number 28, tower number 29\"" in warning
+
+
+def test_truncation_warning_quotes_from_the_first_token_dropped():
+    """CLIP reads 77 tokens, its start and end tokens among them: 75 of the prompt's."""
+    from nitro_cli.models import clip_tokenizer
+
+    [warning] = truncation_warnings(clip_tokenizer(), [PromptJob("castle " * 75 + "lighthouse tower", "", None, 2, 7.5,
+                                                                 64, 64)])
+    assert 'this end of it is ignored: "lighthouse tower" (in' in warning
 
 
 def test_truncation_warning_of_a_huge_prompt_stays_short():
@@ -247,6 +264,21 @@ def test_plan_seeds_and_names_in_prompt_order():
     assert [p.seed for p in planned] == [40, 41, 100, 101, 44, 45]
     assert [p.name for p in planned] == ["00007-40-a.png", "00008-41-a.png", "00009-100-b.png", "00010-101-b.png",
                                          "00011-44-a.png", "00012-45-a.png"]
+
+
+def test_file_names_are_never_slugless_and_stay_short():
+    """A prompt of no letters or digits still names its file; a long one is cut, so that the name stays far
+    under the 255 bytes a file name may have."""
+    jobs = [PromptJob("!!! ???", "", None, 2, 7.5, 64, 64), PromptJob("a castle " * 100, "", None, 2, 7.5, 64, 64)]
+    assert [p.name for p in plan_images(jobs, 1, first_index=0, first_seed=3)] == [
+        "00000-3-image.png", "00001-4-a-castle-a-castle-a-castle-a-castle-a-castle-a-c.png"]
+
+
+def test_a_line_with_seed_0_starts_at_seed_0(tmp_path):
+    """0 is a seed like any other, not "no seed given"."""
+    [job] = read_jobs(write(tmp_path, "--prompt castle --seed 0 --n_iter 2\n"), DEFAULTS, [])
+    assert [p.name for p in plan_images([job], 1, first_index=0, first_seed=40)] == ["00000-0-castle.png",
+                                                                                    "00001-1-castle.png"]
 
 
 def test_a_big_run_is_planned_once_with_one_slug_per_prompt(monkeypatch):
@@ -282,6 +314,23 @@ def test_batches_cross_prompts_but_never_mix_sizes_or_steps():
     planned = plan_images([small, tall, other], 2, 0, 0)
     batches = group_batches(planned, 3)
     assert [[p.job.prompt for p in batch] for batch in batches] == [["s", "s", "o"], ["o"], ["t", "t"]]
+
+
+@pytest.mark.parametrize("field, value", [("width", 128), ("height", 128), ("steps", 3), ("guidance", 5.0)])
+def test_a_line_with_its_own_setting_is_never_batched_with_other_lines(field, value):
+    """A pipeline call has one size, step count and CFG scale: a line's own `--width`, `--steps` or `--cfg_scale`
+    batched with other lines would be made with theirs, and its file would say otherwise."""
+    plain = PromptJob("p", "", None, 2, 7.5, 64, 64)
+    own = dataclasses.replace(plain, prompt="own", **{field: value})
+    batches = group_batches(plan_images([plain, own, plain], 1, 0, 0), 3)
+    assert [[p.job.prompt for p in batch] for batch in batches] == [["p", "p"], ["own"]]
+
+
+def test_a_style_already_in_the_prompt_is_not_added_again(tmp_path):
+    """`--style` adds its token unless the prompt has it already, in any case."""
+    path = write(tmp_path, "castle, Arcane Style\n--prompt knight, modern disney style --style disney\n")
+    jobs = read_jobs(path, DEFAULTS, ["arcane"])
+    assert [j.prompt for j in jobs] == ["castle, Arcane Style", "knight, modern disney style, arcane style"]
 
 
 def test_prompts_from_standard_input(runner, tmp_path):

@@ -230,6 +230,48 @@ def test_json_lines_are_the_only_stdout(runner, tmp_path):
     assert "Prompt encoding:" in result.stderr
 
 
+def test_a_json_line_gives_the_settings_its_image_was_made_with(runner, tmp_path):
+    prompts = write_prompts(tmp_path, "--prompt castle --negative_prompt blurry --seed 4 --steps 3 --cfg_scale 6 "
+                                      "--width 72 --height 64\n")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["generate", "-f", str(prompts), "--json", "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    [record] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {key: record[key] for key in ("path", "prompt", "negative_prompt", "seed", "steps", "guidance", "width",
+                                         "height", "batch_size", "blocked", "vae_fp32_redecode", "preset",
+                                         "model")} == {
+        "path": str(out / "00000-4-castle.png"), "prompt": "castle", "negative_prompt": "blurry", "seed": 4,
+        "steps": 3, "guidance": 6.0, "width": 72, "height": 64, "batch_size": 1, "blocked": False,
+        "vae_fp32_redecode": False, "preset": "beginner", "model": "random:tiny"}
+
+
+def test_each_image_of_a_batch_gets_its_share_of_the_batch_time(runner, tmp_path, monkeypatch):
+    """`seconds` is per image: a batch of 2 that took 4 s is 2 s an image (it/s stays the batch call's)."""
+    import contextlib
+
+    from nitro_cli.measure import Measurement
+
+    @contextlib.contextmanager
+    def four_seconds(device):
+        yield Measurement(seconds=4.0, peak_rss_mib=100.0)
+
+    monkeypatch.setattr(generation, "measure", four_seconds)
+    result = runner.invoke(app, ["generate", "castle", "-n", "2", "--batch-size", "2", "--json",
+                                 "--out", str(tmp_path), *FAST])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["seconds"], r["it_per_s"], r["batch_size"]) for r in records] == [(2.0, 0.5, 2)] * 2
+
+
+def test_a_prompt_past_77_tokens_is_warned_about_before_the_images(runner, tmp_path, monkeypatch):
+    monkeypatch.setattr(generation, "generate_images", lambda *args, **kwargs: [])
+    prompt = " ".join(f"word{i}" for i in range(60)) + " lighthouse at the end"
+    result = runner.invoke(app, ["generate", prompt, "--out", str(tmp_path), *FAST])
+    assert result.exit_code == 0, result.output
+    assert "Warning: prompt longer than 77 tokens; this end of it is ignored:" in result.stderr
+    assert "lighthouse at the end" in result.stderr
+
+
 @pytest.mark.parametrize("json_output", [True, False], ids=["json", "paths"])
 def test_stdout_lines_stay_on_stdout_while_progress_bars_draw(runner, tmp_path, monkeypatch, json_output):
     """`nitro generate ... --json > images.jsonl` typed in a terminal: stderr is a terminal, so the bars draw,
@@ -277,6 +319,29 @@ def test_resume_makes_exactly_the_missing_images(runner, tmp_path, monkeypatch):
     assert again.exit_code == 0 and again.stdout == "" and "3 of 3" in again.stderr
     changed = runner.invoke(app, ["generate", "a different castle", "--resume", "--out", str(out), *FAST])
     assert changed.exit_code == 2 and "different request" in changed.stderr
+
+
+@pytest.mark.parametrize("change", [["--seed", "6"], ["-n", "3"], ["--steps", "3"], ["--negative", "blurry"],
+                                    ["--style", "arcane"], ["--set", "scheduler=ddim"], ["--model", "random:sd15"]])
+def test_resume_refuses_a_request_that_would_make_other_images(runner, tmp_path, monkeypatch, change):
+    """The seed, the number of images, the settings, the prompt and the model decide the names and pixels of
+    a run: resuming with one of them changed would fill the folder with images of another request."""
+    monkeypatch.setattr(generation, "generate_images", lambda *args, **kwargs: [])
+    args = ["generate", "castle", "--seed", "5", "-n", "2", "--out", str(tmp_path), *FAST]
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, [*args, "--resume", "--batch-size", "2"]).exit_code == 0  # batch size may change
+    changed = runner.invoke(app, [*args, *change, "--resume"])
+    assert changed.exit_code == 2, changed.output
+    assert "different request" in changed.stderr
+
+
+def test_a_drawn_seed_leaves_room_for_every_image_of_the_run_below_2_32(tmp_path, monkeypatch):
+    """Drawn seeds stay in A1111's range, the last image's too, so that each can be typed back into it."""
+    from nitro_cli import output
+
+    monkeypatch.setattr(output.random, "randrange", lambda stop: stop - 1)  # the highest seed it may draw
+    record = output.start_run(tmp_path, "request", images=3, seed=None, resume=False)
+    assert record.first_seed + 2 < 2**32  # the third image's seed
 
 
 def test_a_run_removes_the_temporary_files_a_killed_run_left(runner, tmp_path):
@@ -378,6 +443,20 @@ def test_ctrl_c_or_sigterm_saves_finished_images_leaves_no_partial_file_and_exit
         Image.open(out / name).load()  # complete files only
 
 
+def test_a_second_ctrl_c_stops_at_once_and_the_handlers_are_given_back_after_the_run():
+    watched = (signal.SIGINT, signal.SIGTERM)
+    before = [signal.getsignal(signum) for signum in watched]
+    with generation.StopAfterStep():
+        pass  # a run no signal stopped
+    assert [signal.getsignal(signum) for signum in watched] == before
+    with generation.StopAfterStep() as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.requested  # the first one only asks
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert [signal.getsignal(signum) for signum in watched] == before
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 def test_stdout_on_a_full_disk_is_an_error_with_a_hint_not_a_traceback(tmp_path):
     """`--json > images.jsonl` on a disk that fills up: writing a line failed with ENOSPC in the writer thread
@@ -395,7 +474,8 @@ def test_stdout_on_a_full_disk_is_an_error_with_a_hint_not_a_traceback(tmp_path)
     assert 1 <= len(pngs(out)) < 3  # the run stopped at the failure; the image whose line failed is kept
 
 
-def test_nan_from_a_half_precision_vae_is_decoded_again_in_fp32(monkeypatch):
+@pytest.mark.parametrize("broken", [float("nan"), -1.0], ids=["nan", "black"])
+def test_nan_or_black_from_a_half_precision_vae_is_decoded_again_in_fp32(monkeypatch, broken):
     import torch
 
     from nitro_cli.models import build_random_pipeline
@@ -407,8 +487,8 @@ def test_nan_from_a_half_precision_vae_is_decoded_again_in_fp32(monkeypatch):
 
     def overflowing_decode(latents, **kwargs):
         decoded = real_decode(latents, **kwargs)
-        if pipe.vae.dtype == torch.float16:  # what an fp16 overflow does: NaN in the first image
-            decoded[0][0] = float("nan")
+        if pipe.vae.dtype == torch.float16:  # what an fp16 overflow does: NaN or black in the first image
+            decoded[0][0] = broken
         return decoded
 
     monkeypatch.setattr(pipe.vae, "decode", overflowing_decode)
@@ -418,7 +498,7 @@ def test_nan_from_a_half_precision_vae_is_decoded_again_in_fp32(monkeypatch):
     assert result.redecoded == [True, False]
     assert pipe.vae.dtype == torch.float32
     image = np.asarray(result.images[0])
-    assert image.std() > 0  # a real picture, not the black of NaN
+    assert image.std() > 0  # a real picture, not black
 
 
 def test_a_blocked_image_is_reported_not_saved(runner, tmp_path, monkeypatch):
@@ -434,6 +514,9 @@ def test_a_blocked_image_is_reported_not_saved(runner, tmp_path, monkeypatch):
     assert record["blocked"] is True and record["path"] is None
     assert pngs(tmp_path) == []
     assert "blacked out by the safety checker" in result.stderr
+    assert "for 0 saved image(s), 1 blocked." in result.stderr
+    paths = runner.invoke(app, ["generate", "castle", "--out", str(tmp_path), *FAST])
+    assert paths.exit_code == 0 and paths.stdout == ""  # stdout has the paths of saved images only
 
 
 def test_cuda_out_of_memory_names_lighter_settings(runner, tmp_path, monkeypatch):
@@ -548,14 +631,15 @@ def test_a_run_that_never_loads_its_model_leaves_the_last_run_resumable(runner, 
     assert resumed.exit_code == 0 and "1 of 2 images already" in resumed.stderr and len(pngs(out)) == 2
 
 
-@pytest.mark.parametrize("damage", ["", '{"fingerprint": "ab', "null", "[]", '{"first_index": "x"}', "\udcff"])
+@pytest.mark.parametrize("damage", ["", '{"fingerprint": "ab', "null", "[]", '{"first_index": "x"}', '{"first_seed": -5}',
+                                    "\udcff"])
 def test_a_damaged_run_record_is_a_usage_error_and_keeps_the_images(runner, tmp_path, damage):
     out = tmp_path / "out"
     args = ["generate", "castle", "-n", "2", "--out", str(out), *FAST]
     assert runner.invoke(app, args).exit_code == 0
     manifest = out / ".nitro-run.json"
-    if damage == '{"first_index": "x"}':  # the right request, a hand-edited number
-        damage = json.dumps({**json.loads(manifest.read_text(encoding="utf-8")), "first_index": "x"})
+    if damage.startswith('{"first_'):  # the right request, a hand-edited number
+        damage = json.dumps({**json.loads(manifest.read_text(encoding="utf-8")), **json.loads(damage)})
     manifest.write_bytes(damage.encode("utf-8", "surrogateescape"))
     before = {name: (out / name).read_bytes() for name in pngs(out)}
     result = runner.invoke(app, [*args, "--resume"])

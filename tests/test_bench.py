@@ -491,3 +491,74 @@ def test_ctrl_c_before_any_preset_finished_saves_nothing(runner, tmp_path, monke
     result = runner.invoke(app, ["bench", "--presets", "baseline,beginner", *FAST, "--json", str(report_file)])
     assert result.exit_code == 130 and "Interrupted." in result.stderr
     assert not report_file.exists() and not paths.bench_dir().exists()
+
+
+@pytest.fixture
+def scripted_measure(monkeypatch):
+    """`scripted_measure([(seconds, peak_rss_mib), ...])`: bench's measurements, in order (the load first, then each
+    call), are these instead of this machine's: the arithmetic of a row, checked exactly."""
+    import contextlib
+
+    from nitro_cli import measure
+
+    def use(script):
+        readings = iter(script)
+
+        @contextlib.contextmanager
+        def scripted(device):
+            taken = measure.Measurement()
+            yield taken
+            taken.seconds, taken.peak_rss_mib = next(readings)
+
+        monkeypatch.setattr(measure, "measure", scripted)
+    return use
+
+
+def test_a_row_is_per_image_over_the_timed_calls_with_their_median(scripted_measure):
+    """Batches of 2, one warm-up call (the slow first one) and three timed calls, one of them an outlier."""
+    load, warm_up, timed = (5.0, 100.0), (9.0, 300.0), [(2.0, 500.0), (2.4, 200.0), (8.0, 150.0)]
+    scripted_measure([load, warm_up, *timed])
+    options = benchmark.BenchOptions(presets=("beginner",), model="random:tiny", runs=3, warmup=1, steps=2,
+                                     batch_size=2, width=64, height=64, device="cpu")
+    [row] = benchmark.run_bench(options).results
+    assert row.error is None and (row.runs, row.batch_size) == (3, 2)
+    assert (row.min_s, row.median_s, row.max_s) == (1.0, 1.2, 4.0)  # seconds per image, not per call; no mean
+    assert row.it_per_s == pytest.approx(2 / 2.4)  # steps per second of a whole call (a step covers the batch)
+    assert row.images_per_min == pytest.approx(60 / 1.2)
+    assert (row.load_s, row.first_call_s) == (5.0, 9.0)
+    assert row.peak_rss_mib == 500.0  # the highest of the calls
+
+
+def test_a_failed_baseline_leaves_the_other_rows_without_comparison(runner, tmp_path, monkeypatch):
+    """baseline (fp32) runs out of memory on a small GPU: the other rows keep their measurements, with no speed-up
+    or PSNR against a baseline that has none, and the run ends as any run with a failed row (exit 1)."""
+    import torch
+
+    import nitro_cli.builder
+
+    real_build = nitro_cli.builder.build_pipeline
+
+    def out_of_memory_in_fp32(settings, *args, **kwargs):
+        if settings.precision == "float32":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_build(settings, *args, **kwargs)
+
+    monkeypatch.setattr(nitro_cli.builder, "build_pipeline", out_of_memory_in_fp32)
+    report_file = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", "--presets", "baseline,beginner", "--runs", "1", "--warmup", "0", *FAST,
+                                 "--json", str(report_file)])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "Error: 1 of 2 presets failed: baseline" in result.stderr
+    baseline, beginner = json.loads(report_file.read_text())["results"]
+    assert "out of memory" in baseline["error"]
+    assert beginner["error"] is None and beginner["median_s"] > 0
+    assert beginner["speedup_vs_baseline"] is None and beginner["psnr_vs_baseline_db"] is None
+
+
+def test_reports_saved_in_the_same_second_are_all_kept():
+    """Three quick runs (a script's loop) in one second: each keeps its own history file."""
+    report = benchmark.BenchReport(environment={"date": "2026-11-27T10:00:00+00:00"}, results=[])
+    saved = [benchmark.save_to_history(report) for _ in range(3)]
+    assert [path.name for path in saved] == ["bench-20261127-100000.json", "bench-20261127-100000-2.json",
+                                             "bench-20261127-100000-3.json"]
+    assert all(path.is_file() for path in saved)

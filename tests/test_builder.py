@@ -144,3 +144,47 @@ def test_every_scheduler_runs(scheduler):
     image = built.pipe("castle", num_inference_steps=3, width=64, height=64, output_type="np",
                        generator=torch.Generator().manual_seed(0)).images[0]
     assert image.shape == (64, 64, 3) and torch.isfinite(torch.from_numpy(image)).all()
+
+
+def test_bf16_runs_in_bf16_on_a_gpu_that_has_it_and_in_fp16_on_one_without():
+    from tests import fake_machines
+
+    a100 = fake_machines.machine(fake_machines.A100)
+    assert effective_precision("bfloat16", "cuda", a100) == ("bfloat16", None)
+    t4 = fake_machines.machine(fake_machines.gpu("Tesla T4", (7, 5), 15360))
+    dtype, why = effective_precision("bfloat16", "cuda", t4)
+    assert dtype == "float16" and why == "Tesla T4 (compute capability 7.5) has no bf16: float16 used"
+
+
+def test_torch_compile_runs_from_compute_capability_7_0():
+    from nitro_cli.builder import compile_blocker
+    from tests import fake_machines
+
+    v100 = fake_machines.machine(fake_machines.gpu("Tesla V100-SXM2-16GB", (7, 0), 16151))
+    assert compile_blocker("cuda", v100) is None
+    assert "Triton needs 7.0+" in compile_blocker("cuda", fake_machines.MACHINES["GTX 1060 6 GB"])
+
+
+def test_sliced_attention_slices_the_unets_attention():
+    built = build_pipeline(load_preset("beginner", ["attention=sliced"]).settings, "random:tiny", "cpu",
+                           cpu_machine())
+    assert "sliced attention" in built.applied
+    assert {type(p).__name__ for p in built.pipe.unet.attn_processors.values()} == {"SlicedAttnProcessor"}
+
+
+def test_channels_last_lays_out_the_unet_and_vae_weights():
+    import torch
+
+    built = build_pipeline(load_preset("advanced").settings, "random:tiny", "cpu", cpu_machine())
+    for conv in (built.pipe.unet.conv_in, built.pipe.vae.decoder.conv_in):
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_license_reminder_is_printed_once_per_process(capsys, monkeypatch):
+    """docs/presets.md: safety checker off prints the license reminder once (bench builds several presets)."""
+    from nitro_cli import builder
+
+    monkeypatch.setattr(builder, "_license_reminded", False)
+    for _ in range(2):
+        build_pipeline(load_preset("advanced").settings, "random:tiny", "cpu", cpu_machine())
+    assert capsys.readouterr().err.count(builder.LICENSE_REMINDER) == 1

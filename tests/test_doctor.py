@@ -298,3 +298,28 @@ def test_a_long_compile_cache_path_is_shown_whole(runner, fake_probe, monkeypatc
             break
         values.append(cells[2].strip())
     assert "".join(values) == folder
+
+
+def test_a_16_gb_card_older_than_compute_capability_8_gets_advanced():
+    """Rule 5 asks for 8.0+: a Tesla T4 (7.5, 16 GB) has no bf16 and no FlashAttention, so expert is not its tier."""
+    assert diagnosis.recommend(_card(15360, "Tesla T4", (7, 5))).preset == "advanced"
+
+
+def test_a_gpu_mostly_in_use_is_a_warning():
+    busy = machine(gpu("NVIDIA GeForce RTX 3090", (8, 6), 24576, free_mib=8000))
+    check = {c.name: c for c in diagnosis.run_checks(busy)}["vram (GPU 0 NVIDIA GeForce RTX 3090)"]
+    assert check.status == "warn" and check.detail == "16576 of 24576 MiB already in use"
+
+
+def test_a_gpu_with_only_the_math_attention_kernel_is_a_warning():
+    import dataclasses
+
+    math_only = machine(dataclasses.replace(RTX_3060, sdpa_kernels=("math",)))
+    check = {c.name: c for c in diagnosis.run_checks(math_only)}["sdpa (GPU 0 NVIDIA GeForce RTX 3060)"]
+    assert check.status == "warn" and "only the math kernel" in check.detail
+
+
+def test_little_free_disk_is_a_warning():
+    checks = {c.name: c for c in diagnosis.run_checks(machine(free_disk_mib=500))}
+    assert checks["disk"].status == "warn" and checks["disk"].detail.startswith("500 MiB free")
+    assert {c.name: c for c in diagnosis.run_checks(machine(free_disk_mib=5000))}["disk"].status == "ok"

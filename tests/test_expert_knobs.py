@@ -480,3 +480,26 @@ def test_cuda_graph_modes_are_the_modes_whose_inductor_options_record_graphs():
 
     with_graphs = {mode for mode in COMPILE_MODES if mode != "none" and list_mode_options(mode).get("triton.cudagraphs")}
     assert with_graphs == set(builder.CUDA_GRAPH_MODES)
+
+
+def test_the_text_encoder_compiles_without_cuda_graphs():
+    """The prompt cache keeps the text encoder's outputs across calls; a CUDA graph's replay would overwrite them."""
+    import types
+
+    overrides = ["compile=reduce-overhead", "compile_text_encoder=true", "compile_vae=false"]
+    settings = load_preset("expert", overrides).settings
+    pipe = types.SimpleNamespace(unet=CompileRecorder(), text_encoder=CompileRecorder())
+    built = BuiltPipeline(pipe=pipe, device="cuda", dtype="float16")
+    builder._apply_compile(built, settings, fake_machines.machine(fake_machines.A100))
+    assert pipe.unet.options["triton.cudagraphs"] is True
+    assert "triton.cudagraphs" not in pipe.text_encoder.options
+
+
+def test_sdpa_backend_auto_leaves_torchs_pick_on_a_gpu():
+    import types
+
+    import torch
+
+    built = BuiltPipeline(pipe=types.SimpleNamespace(unet=torch.nn.Linear(1, 1)), device="cuda", dtype="float16")
+    builder._apply_sdpa_backend(built, "auto", "sdpa", fake_machines.machine(fake_machines.A100))
+    assert "forward" not in vars(built.pipe.unet) and built.skipped == [] and built.applied == []

@@ -155,3 +155,41 @@ def test_distributed_probe_opens_only_its_own_gpu(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE")
     asked.clear()
     assert len(hardware.probe().gpus) == 4 and {i for _, i in asked} == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("name, capability, fast", [
+    ("Tesla P100-PCIE-16GB", (6, 0), True),  # the one Pascal with fast fp16
+    ("NVIDIA GeForce GTX 1080", (6, 1), False),
+    ("Tesla T4", (7, 5), True),
+])
+def test_fast_fp16_by_compute_capability(name, capability, fast):
+    assert hardware.GpuInfo(0, name, capability, 16000, 15000, bf16=False).fast_fp16 is fast
+
+
+def test_probe_gives_bf16_from_compute_capability_8_0(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    capabilities = [(8, 0), (7, 5)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: SimpleNamespace(name=f"GPU{i}", major=capabilities[i][0], minor=capabilities[i][1]))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (2**30, 2**31))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert [gpu.bf16 for gpu in hardware.probe().gpus] == [True, False]
+
+
+def test_transformers_offline_counts_as_offline(monkeypatch):
+    """huggingface_hub reads TRANSFORMERS_OFFLINE as HF_HUB_OFFLINE: doctor must too."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    assert hardware._hf_offline() is True
+
+
+def test_a_cpu_without_a_cpp_compiler_has_no_torch_compile(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert hardware._compiler_available(cuda=False) is False
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/clang++" if name == "clang++" else None)
+    assert hardware._compiler_available(cuda=False) is True

@@ -174,3 +174,19 @@ def test_a_cached_model_of_fp16_variant_files_alone_loads_offline(runner, hub_ca
                                   "--json", "-"])
     assert benched.exit_code == 0, benched.output
     assert [row["error"] for row in json.loads(benched.stdout)["results"]] == [None]
+
+
+def test_a_cached_model_without_safety_checker_weights_serves_the_presets_that_leave_it_off(runner, hub_cache,
+                                                                                            tiny_model_dir, tmp_path):
+    """`hf download --exclude "safety_checker/*"` saves a GB: advanced (no checker) runs from such a snapshot, and
+    baseline (checker on) says what is missing."""
+    snapshot = cache_model(hub_cache, tiny_model_dir)
+    for weights in (snapshot / "safety_checker").glob("model*"):
+        weights.unlink()
+    benched = runner.invoke(app, ["bench", "--presets", "advanced", *ARGS, "--runs", "1", "--warmup", "0",
+                                  "--json", "-"])
+    assert benched.exit_code == 0, benched.output
+    assert [row["error"] for row in json.loads(benched.stdout)["results"]] == [None]
+    refused = runner.invoke(app, ["generate", "castle", "--preset", "baseline", "--out", str(tmp_path / "out"), *ARGS])
+    assert refused.exit_code == 2, refused.output
+    assert "incomplete in the Hugging Face cache (safety_checker has no weights file" in refused.stderr.replace("\n", "")

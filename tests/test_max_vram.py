@@ -132,3 +132,27 @@ def test_a_prompts_file_that_is_a_pipe_is_read_once(runner, tmp_path):
         os.close(read_end)
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["prompt"] for line in result.stdout.splitlines()] == ["small castle", "small dragon"]
+
+
+def test_with_a_preset_the_plans_overrides_come_after_the_users_own():
+    """The plan is made from the user's settings: what it adds to fit (tiling here) must win over them."""
+    preset, overrides, plan = vram.fit_request(2.8, "advanced", ["vae.tiling=false"], default_preset="beginner",
+                                               machine=machine(RTX_3060), device="cuda")
+    assert preset == "advanced" and "vae.tiling=true" in plan.overrides
+    settings = load_preset(preset, overrides).settings
+    assert (settings.offload, settings.vae.tiling) == ("model", True)
+
+
+def test_fitting_never_trades_sequential_offload_for_model_offload():
+    """minvram untiled at 2048x2048: model offload with tiling would be expected to fit 5 GiB, but minvram's own
+    sequential offload with tiling fits with less."""
+    settings = load_preset("minvram", ["vae.tiling=false", "width=2048", "height=2048"]).settings
+    plan = vram.plan_for_preset("minvram", settings, 5.0, bitsandbytes_installed=False)
+    assert plan.fits and "offload=sequential" in plan.overrides and "offload=model" not in plan.overrides
+
+
+def test_fitting_keeps_the_quantization_a_preset_already_has():
+    settings = load_preset("advanced", ["quantization=int8"]).settings
+    plan = vram.plan_for_preset("advanced", settings, 2.2, bitsandbytes_installed=True)
+    assert plan.fits and "offload=sequential" in plan.overrides
+    assert not any(o.startswith("quantization=") for o in plan.overrides)

@@ -221,3 +221,17 @@ def test_a_cache_that_cannot_be_written_is_a_usage_error_naming_it(tmp_path, mon
     with pytest.raises(UsageError, match="nitro's cache folder .* can't be written") as error:
         random_model_folder("random:tiny")
     assert "NITRO_CACHE_DIR" in error.value.hint
+
+
+def test_a_folder_with_plain_and_fp16_weights_loads_the_plain_ones(tmp_path):
+    """A full download of an SD 1.x repo holds both: fp32 presets (baseline) must get the full-precision weights."""
+    from nitro_cli.models import ModelSource, _weights_variant_of
+
+    for component in ("unet", "vae", "text_encoder"):
+        (tmp_path / component).mkdir()
+        for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"):
+            (tmp_path / component / name).write_bytes(b"weights")
+    assert _weights_variant_of(ModelSource(str(tmp_path), "folder")) is None
+    for weights in (tmp_path / "unet").glob("diffusion_pytorch_model.safetensors"):
+        weights.unlink()  # the UNet in fp16 alone: only the fp16 variant has it
+    assert _weights_variant_of(ModelSource(str(tmp_path), "folder")) == "fp16"

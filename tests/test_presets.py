@@ -308,3 +308,25 @@ def test_the_field_reference_gives_each_field_its_real_choices_range_and_default
     assert sorted(documented) == sorted(all_keys())
     wrong = {key: (documented[key], _as_documented(f)) for key, f in _fields() if documented[key] != _as_documented(f)}
     assert wrong == {}, "docs/presets.md (documented, as the code checks it)"
+
+
+def test_set_one_key_of_a_group_keeps_the_presets_other_keys():
+    """lowvram slices and tiles its VAE: `--set vae.tiling=false` must turn tiling off and leave slicing on."""
+    assert load_preset("lowvram").settings.vae.slicing is True
+    vae = load_preset("lowvram", ["vae.tiling=false"]).settings.vae
+    assert (vae.slicing, vae.tiling) == (True, False)
+
+
+@pytest.mark.parametrize("override", ["steps=1", "steps=1000", "guidance=0", "guidance=50", "width=64", "width=4096",
+                                      "batch_size=64", "feature_cache_interval=10"])
+def test_the_ends_of_an_allowed_range_are_allowed(override):
+    """The messages say "allowed: 1 to 1000": both ends are in (guidance 0 turns classifier-free guidance off)."""
+    key, value = override.split("=")
+    assert getattr(load_preset("beginner", [override]).settings, key) == float(value)
+
+
+@pytest.mark.parametrize("override", ["steps=true", "batch_size=yes", "width=on"])
+def test_a_yes_or_no_is_not_a_whole_number(override):
+    """YAML reads yes/on/true as booleans, which Python counts as the number 1: `--set steps=yes` would run 1 step."""
+    with pytest.raises(UsageError, match="must be a whole number, not True"):
+        load_preset("beginner", [override])

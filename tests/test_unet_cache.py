@@ -179,6 +179,13 @@ def test_blocker_accepts_sd_layouts_and_names_what_it_cannot_cache(tiny_pipe):
     freeu = sd_like_unet()
     freeu.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
     assert "FreeU" in feature_cache_blocker(freeu)
+    # The shallow step runs the last up block's layers itself: an upsampler after them would be skipped.
+    upsampling = sd_like_unet()
+    upsampling.up_blocks[-1].upsamplers = upsampling.up_blocks[0].upsamplers
+    assert "upsampler" in feature_cache_blocker(upsampling)
+    hooked = sd_like_unet()  # CPU offload's hooks move the weights in within the forward the cached paths go around
+    hooked._hf_hook = object()
+    assert "accelerate hooks" in feature_cache_blocker(hooked)
     assert "UNet2DConditionModel" in feature_cache_blocker(tiny_pipe.vae)
 
     cached = sd_like_unet()

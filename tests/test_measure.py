@@ -1,4 +1,5 @@
-"""measure.py's peak memory where /proc is missing (macOS, Windows): the fallbacks, simulated on Linux."""
+"""measure.py: peak RSS from /proc, reset per region, and its fallbacks where /proc is missing (macOS, Windows,
+simulated on Linux); the seconds of a region and of a part of one."""
 
 import sys
 from types import SimpleNamespace

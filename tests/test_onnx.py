@@ -426,3 +426,43 @@ def test_an_export_without_its_safety_checker_graph_runs_only_with_the_checker_o
     else:
         assert result.exit_code == 0, result.output
         assert len(list((tmp_path / "images").glob("*.png"))) == 1
+
+
+def test_an_export_onnx_runtime_cannot_load_is_a_one_line_error(runner, tmp_path, exported):
+    import shutil
+
+    out = tmp_path / "onnx"
+    shutil.copytree(exported, out)
+    (out / "unet" / "model.onnx").write_bytes(b"not a graph")
+    result = runner.invoke(app, ["generate", "castle", *FAST, "--model", str(out), "--set", "backend=onnx",
+                                 "--out", str(tmp_path / "images")])
+    assert result.exit_code == 1, result.output
+    assert f"Error: ONNX Runtime could not load {out}" in result.stderr and "Traceback" not in result.output
+    assert "Hint: export it again" in result.stderr
+
+
+def test_a_folder_with_an_unreadable_model_index_is_not_an_onnx_export(tmp_path):
+    from nitro_cli.onnx_export import is_onnx_folder
+
+    (tmp_path / "model_index.json").write_bytes(b"\xff{ not json")
+    assert not is_onnx_folder(tmp_path)
+
+
+def test_a_component_the_exporter_fails_on_is_named_in_one_line(runner, tmp_path, monkeypatch):
+    from nitro_cli import onnx_export
+
+    real = onnx_export._export_one
+
+    def export_one(module, example, inputs, outputs, axes, folder, opset):
+        if folder.name == "unet":
+            raise RuntimeError("Unsupported: ONNX export of operator foo\ngraph(%sample : Float(...)) ...")
+        return real(module, example, inputs, outputs, axes, folder, opset)
+
+    monkeypatch.setattr(onnx_export, "_export_one", export_one)
+    out = tmp_path / "onnx"
+    result = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "Error: ONNX export of the unet failed: RuntimeError: Unsupported: ONNX export of operator foo" \
+        in result.stderr
+    assert "graph(" not in result.output and "Traceback" not in result.output
+    assert onnx_export.is_partial_export(out) and not onnx_export.is_onnx_folder(out)

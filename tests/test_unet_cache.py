@@ -213,3 +213,21 @@ def test_compiled_paths_match_the_eager_cache():
     assert (cache.full_calls, cache.shallow_calls) == (2, 2)
     torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
     cache.remove()
+
+
+def test_the_cached_forward_returns_what_the_unets_own_returns():
+    """A tuple for return_dict=False (callers unpack it: `noise_pred, = unet(..., return_dict=False)`), else
+    diffusers' output class."""
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+    unet = build_random_pipeline("random:tiny").unet
+    sample, timestep, context = unet_inputs()
+    cache = enable_feature_cache(unet, 2, Steps())
+    try:
+        with torch.no_grad():
+            as_tuple = unet(sample, timestep, context, return_dict=False)
+            as_output = unet(sample, timestep, context)
+    finally:
+        cache.remove()
+    assert type(as_tuple) is tuple and len(as_tuple) == 1 and as_tuple[0].shape == sample.shape
+    assert isinstance(as_output, UNet2DConditionOutput) and torch.equal(as_output.sample, as_tuple[0])

@@ -263,6 +263,17 @@ def test_under_a_launcher_the_run_is_recorded_after_every_load_and_before_any_im
                       "save", "save"]
 
 
+def test_prompts_from_standard_input_under_a_launcher_is_a_usage_error(runner, tmp_path, monkeypatch):
+    """Standard input reaches one process of the run only: the others would wait on an empty one."""
+    from nitro_cli import distributed
+
+    monkeypatch.setattr(distributed, "launched", lambda: True)
+    monkeypatch.setattr(distributed, "processes", lambda cpu: distributed.Processes())
+    result = runner.invoke(app, ["generate", "-f", "-", *FAST, "--out", str(tmp_path / "out")], input="castle\n")
+    assert result.exit_code == 2, result.output
+    assert "Error: --prompts-file - (standard input) reaches only one of the processes" in result.stderr
+    assert not (tmp_path / "out").exists()
+
 def test_world_size_without_a_launcher_is_a_usage_error(runner, tmp_path, monkeypatch):
     """WORLD_SIZE left over in a shell or job script: an Error line and exit 2, not accelerate's traceback."""
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -103,6 +103,21 @@ def test_onnx_images_match_pytorch_for_the_same_seed(pipelines, scheduler):
     assert psnr(images[1][0], images[1][1]) < 30  # the two seeds give different images: the check can fail
 
 
+def test_onnx_euler_a_takes_its_step_noise_from_the_seeds(pipelines):
+    """An ancestral scheduler adds noise at each step: drawn from the seeds' generators, not torch's global
+    generator, or the same seed gives another image on each run."""
+    import torch
+
+    from nitro_cli.builder import set_scheduler
+
+    onnx = pipelines[1]
+    set_scheduler(onnx, "euler_a")
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        runs.append([np.asarray(image) for image in two_images(onnx, steps=3).images])
+    assert all(np.array_equal(a, b) for a, b in zip(*runs))
+
 def test_onnx_step_callback_sees_and_replaces_the_latents(pipelines):
     import torch
 

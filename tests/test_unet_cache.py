@@ -183,6 +183,11 @@ def test_blocker_accepts_sd_layouts_and_names_what_it_cannot_cache(tiny_pipe):
     upsampling = sd_like_unet()
     upsampling.up_blocks[-1].upsamplers = upsampling.up_blocks[0].upsamplers
     assert "upsampler" in feature_cache_blocker(upsampling)
+    # The shallow step calls these blocks' layers itself: another block type's layers take other arguments.
+    assert "first down block (ResnetDownsampleBlock2D) is not an SD 1.x" in feature_cache_blocker(
+        sd_like_unet(down_block_types=("ResnetDownsampleBlock2D", "DownBlock2D")))
+    assert "last up block (ResnetUpsampleBlock2D) is not an SD 1.x" in feature_cache_blocker(
+        sd_like_unet(up_block_types=("UpBlock2D", "ResnetUpsampleBlock2D")))
     hooked = sd_like_unet()  # CPU offload's hooks move the weights in within the forward the cached paths go around
     hooked._hf_hook = object()
     assert "accelerate hooks" in feature_cache_blocker(hooked)

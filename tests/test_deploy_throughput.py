@@ -263,6 +263,17 @@ def test_under_a_launcher_the_run_is_recorded_after_every_load_and_before_any_im
                       "save", "save"]
 
 
+def test_prompts_from_standard_input_under_a_launcher_is_a_usage_error(runner, tmp_path, monkeypatch):
+    """Standard input reaches one process of the run only: the others would wait on an empty one."""
+    from nitro_cli import distributed
+
+    monkeypatch.setattr(distributed, "launched", lambda: True)
+    monkeypatch.setattr(distributed, "processes", lambda cpu: distributed.Processes())
+    result = runner.invoke(app, ["generate", "-f", "-", *FAST, "--out", str(tmp_path / "out")], input="castle\n")
+    assert result.exit_code == 2, result.output
+    assert "Error: --prompts-file - (standard input) reaches only one of the processes" in result.stderr
+    assert not (tmp_path / "out").exists()
+
 def test_world_size_without_a_launcher_is_a_usage_error(runner, tmp_path, monkeypatch):
     """WORLD_SIZE left over in a shell or job script: an Error line and exit 2, not accelerate's traceback."""
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -345,6 +356,61 @@ def test_the_others_exit_with_the_main_process_code_when_its_decision_fails(monk
     with pytest.raises(type(error)):
         processes.from_main(decide)
     assert sent == [[(None, code)]]
+
+
+@pytest.mark.parametrize("index, codes, outcome", [
+    (0, [2, 2], "own error"),  # every process failed alike: the main process tells it
+    (1, [2, 1], SystemExit(2)),  # ... and the others keep quiet, exiting with its code, whatever their own
+    (1, [0, 1], "own error"),  # only this one failed (a file missing on its machine): it tells why
+    (0, [0, 1], SystemExit(1)),  # ... and the main process, which did not fail, exits with that code
+    (1, [0, 0], "value"),
+])
+def test_each_failure_of_a_step_every_process_takes_is_told_once(index, codes, outcome):
+    from nitro_cli import distributed
+    from nitro_cli.errors import UsageError
+
+    processes = object.__new__(distributed._PartialStateProcesses)  # joined to nobody: the collective is a fake
+    processes.index, processes.count = index, len(codes)
+    processes.gather = lambda code: codes
+    failure = UsageError("prompts file line 2: unknown option")
+
+    def work():
+        if codes[index]:
+            raise failure
+        return "value"
+
+    if outcome == "value":
+        assert processes.on_every(work) == "value"
+        return
+    with pytest.raises(BaseException) as raised:
+        processes.on_every(work)
+    if outcome == "own error":
+        assert raised.value is failure
+    else:
+        assert type(raised.value) is SystemExit and raised.value.code == outcome.code
+
+
+@pytest.mark.parametrize("sent, outcome", [(("plan", 0), "plan"), ((None, 2), SystemExit(2))])
+def test_the_others_take_the_main_process_decision_or_exit_with_its_code(monkeypatch, sent, outcome):
+    """A process other than the main one never runs `decide`: it gets the value, or the main process's exit code
+    (the main process printed the error)."""
+    import accelerate.utils
+
+    from nitro_cli import distributed
+
+    def broadcast(box):
+        box[0] = sent
+
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", broadcast)
+    processes = object.__new__(distributed._PartialStateProcesses)  # joined to nobody: the collective is a fake
+    processes.index, processes.count = 1, 2
+    decide = lambda: pytest.fail("a process other than the main one decided")  # noqa: E731
+    if isinstance(outcome, SystemExit):
+        with pytest.raises(SystemExit) as exited:
+            processes.from_main(decide)
+        assert exited.value.code == outcome.code
+    else:
+        assert processes.from_main(decide) == outcome
 
 
 @pytest.mark.parametrize("failed", [False, True])

@@ -103,6 +103,21 @@ def test_onnx_images_match_pytorch_for_the_same_seed(pipelines, scheduler):
     assert psnr(images[1][0], images[1][1]) < 30  # the two seeds give different images: the check can fail
 
 
+def test_onnx_euler_a_takes_its_step_noise_from_the_seeds(pipelines):
+    """An ancestral scheduler adds noise at each step: drawn from the seeds' generators, not torch's global
+    generator, or the same seed gives another image on each run."""
+    import torch
+
+    from nitro_cli.builder import set_scheduler
+
+    onnx = pipelines[1]
+    set_scheduler(onnx, "euler_a")
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        runs.append([np.asarray(image) for image in two_images(onnx, steps=3).images])
+    assert all(np.array_equal(a, b) for a, b in zip(*runs))
+
 def test_onnx_step_callback_sees_and_replaces_the_latents(pipelines):
     import torch
 
@@ -320,3 +335,149 @@ def test_every_preset_field_is_sorted_for_the_onnx_backend():
                        "height", "batch_size"}
     assert set(flatten(Preset())) == descriptive | applied_by_onnx | set(PYTORCH_ONLY_FIELDS)
     assert not (descriptive | applied_by_onnx) & set(PYTORCH_ONLY_FIELDS)
+
+
+@pytest.mark.parametrize("command", [["export", "onnx", "--model", "random:tiny"],
+                                     ["generate", "castle", *FAST, "--set", "backend=onnx"]])
+def test_the_onnx_backend_without_its_packages_is_a_usage_error_naming_the_extra(runner, tmp_path, monkeypatch,
+                                                                                  command):
+    from nitro_cli import hardware, models
+
+    monkeypatch.setattr(hardware, "is_importable", lambda name: name != "onnxruntime")
+    monkeypatch.setattr(models, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model without onnxruntime"))
+    result = runner.invoke(app, [*command, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "Error: the ONNX backend needs onnxruntime, which is not installed" in result.stderr
+    assert "Hint: pip install 'nitro-cli[onnx]'" in result.stderr
+    assert not list(tmp_path.glob("out/*"))
+
+
+def test_exporting_an_onnx_export_again_is_a_usage_error_before_loading(runner, tmp_path, monkeypatch, exported):
+    from nitro_cli import models
+
+    monkeypatch.setattr(models, "load_pipeline", lambda *a, **k: pytest.fail("loaded an ONNX export as a model"))
+    result = runner.invoke(app, ["export", "onnx", "--model", str(exported), "--out", str(tmp_path / "again")])
+    assert result.exit_code == 2, result.output
+    assert f"Error: {exported} is already an ONNX export" in result.stderr
+    assert f"--model {exported} --set backend=onnx" in result.stderr
+    assert not (tmp_path / "again").exists()
+
+
+def test_a_model_without_a_safety_checker_exports_and_runs_without_one(runner, tmp_path):
+    """The export says the checker was not exported, and a preset that asks for it is warned instead of failing."""
+    from nitro_cli.models import build_random_pipeline
+
+    model, out = tmp_path / "no-checker", tmp_path / "onnx"
+    pipe = build_random_pipeline("random:tiny")
+    pipe.register_modules(safety_checker=None)
+    pipe.save_pretrained(model)
+    exported = runner.invoke(app, ["export", "onnx", "--model", str(model), "--out", str(out)])
+    assert exported.exit_code == 0, exported.output
+    assert "not exported: the model has none" in exported.stderr
+    assert not (out / "safety_checker").exists()
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["safety_checker"] == [None, None] and index["requires_safety_checker"] is False
+    result = runner.invoke(app, ["generate", "castle", *FAST, "--model", str(out), "--set", "backend=onnx",
+                                 "--preset", "beginner", "--out", str(tmp_path / "images")])
+    assert result.exit_code == 0, result.output
+    assert f"Warning: safety checker skipped: the export in {out} has none" in result.stderr
+    assert len(list((tmp_path / "images").glob("*.png"))) == 1
+
+
+def test_backend_onnx_warns_of_each_setting_only_pytorch_applies(exported):
+    """An ONNX export is a fixed float32 graph: a preset's PyTorch-only settings are skipped with a warning, not
+    silently, and the defaults say nothing."""
+    from nitro_cli import models
+    from nitro_cli.builder import _build_onnx
+    from nitro_cli.presets import load_preset
+
+    source = models.resolve_model(str(exported))
+    tuned = load_preset("baseline", ["backend=onnx", "precision=float16", "vae.tiling=true",
+                                     "safety_checker=false"]).settings
+    built = _build_onnx(tuned, source, "cpu")
+    assert [what for what, _ in built.skipped] == ["precision=float16", "vae.tiling=True"]
+    assert all("PyTorch backend only" in why for _, why in built.skipped)
+    plain = load_preset("baseline", ["backend=onnx", "safety_checker=false"]).settings
+    assert _build_onnx(plain, source, "cpu").skipped == []
+
+
+@pytest.mark.parametrize("cuda_in_onnxruntime", [True, False])
+def test_backend_onnx_on_cuda_takes_onnxruntimes_cuda_provider_or_says_it_has_none(exported, monkeypatch,
+                                                                                    cuda_in_onnxruntime):
+    import onnxruntime
+
+    from nitro_cli import models, onnx_export
+    from nitro_cli.builder import _build_onnx
+    from nitro_cli.presets import load_preset
+
+    providers = ["CUDAExecutionProvider"] * cuda_in_onnxruntime + ["CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: providers)
+    asked, load = [], onnx_export.load_onnx_pipeline
+
+    def load_on_the_cpu(folder, *, provider, with_safety_checker):  # this machine has no GPU to load onto
+        asked.append(provider)
+        return load(folder, provider="CPUExecutionProvider", with_safety_checker=with_safety_checker)
+
+    monkeypatch.setattr(onnx_export, "load_onnx_pipeline", load_on_the_cpu)
+    settings = load_preset("baseline", ["backend=onnx", "safety_checker=false"]).settings
+    built = _build_onnx(settings, models.resolve_model(str(exported)), "cuda")
+    assert asked == [providers[0]]
+    assert built.device == ("cuda" if cuda_in_onnxruntime else "cpu")
+    assert [what for what, _ in built.skipped] == ([] if cuda_in_onnxruntime else ["CUDA"])
+
+
+@pytest.mark.parametrize("checker", ["true", "false"])
+def test_an_export_without_its_safety_checker_graph_runs_only_with_the_checker_off(runner, tmp_path, exported,
+                                                                                    checker):
+    import shutil
+
+    out = tmp_path / "onnx"
+    shutil.copytree(exported, out)
+    shutil.rmtree(out / "safety_checker")
+    result = runner.invoke(app, ["generate", "castle", *FAST, "--model", str(out), "--set", "backend=onnx",
+                                 "--set", f"safety_checker={checker}", "--out", str(tmp_path / "images")])
+    if checker == "true":
+        assert result.exit_code == 1 and "is incomplete: no safety_checker/model.onnx" in result.stderr, result.output
+    else:
+        assert result.exit_code == 0, result.output
+        assert len(list((tmp_path / "images").glob("*.png"))) == 1
+
+
+def test_an_export_onnx_runtime_cannot_load_is_a_one_line_error(runner, tmp_path, exported):
+    import shutil
+
+    out = tmp_path / "onnx"
+    shutil.copytree(exported, out)
+    (out / "unet" / "model.onnx").write_bytes(b"not a graph")
+    result = runner.invoke(app, ["generate", "castle", *FAST, "--model", str(out), "--set", "backend=onnx",
+                                 "--out", str(tmp_path / "images")])
+    assert result.exit_code == 1, result.output
+    assert f"Error: ONNX Runtime could not load {out}" in result.stderr and "Traceback" not in result.output
+    assert "Hint: export it again" in result.stderr
+
+
+def test_a_folder_with_an_unreadable_model_index_is_not_an_onnx_export(tmp_path):
+    from nitro_cli.onnx_export import is_onnx_folder
+
+    (tmp_path / "model_index.json").write_bytes(b"\xff{ not json")
+    assert not is_onnx_folder(tmp_path)
+
+
+def test_a_component_the_exporter_fails_on_is_named_in_one_line(runner, tmp_path, monkeypatch):
+    from nitro_cli import onnx_export
+
+    real = onnx_export._export_one
+
+    def export_one(module, example, inputs, outputs, axes, folder, opset):
+        if folder.name == "unet":
+            raise RuntimeError("Unsupported: ONNX export of operator foo\ngraph(%sample : Float(...)) ...")
+        return real(module, example, inputs, outputs, axes, folder, opset)
+
+    monkeypatch.setattr(onnx_export, "_export_one", export_one)
+    out = tmp_path / "onnx"
+    result = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "Error: ONNX export of the unet failed: RuntimeError: Unsupported: ONNX export of operator foo" \
+        in result.stderr
+    assert "graph(" not in result.output and "Traceback" not in result.output
+    assert onnx_export.is_partial_export(out) and not onnx_export.is_onnx_folder(out)

@@ -179,6 +179,18 @@ def test_blocker_accepts_sd_layouts_and_names_what_it_cannot_cache(tiny_pipe):
     freeu = sd_like_unet()
     freeu.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
     assert "FreeU" in feature_cache_blocker(freeu)
+    # The shallow step runs the last up block's layers itself: an upsampler after them would be skipped.
+    upsampling = sd_like_unet()
+    upsampling.up_blocks[-1].upsamplers = upsampling.up_blocks[0].upsamplers
+    assert "upsampler" in feature_cache_blocker(upsampling)
+    # The shallow step calls these blocks' layers itself: another block type's layers take other arguments.
+    assert "first down block (ResnetDownsampleBlock2D) is not an SD 1.x" in feature_cache_blocker(
+        sd_like_unet(down_block_types=("ResnetDownsampleBlock2D", "DownBlock2D")))
+    assert "last up block (ResnetUpsampleBlock2D) is not an SD 1.x" in feature_cache_blocker(
+        sd_like_unet(up_block_types=("UpBlock2D", "ResnetUpsampleBlock2D")))
+    hooked = sd_like_unet()  # CPU offload's hooks move the weights in within the forward the cached paths go around
+    hooked._hf_hook = object()
+    assert "accelerate hooks" in feature_cache_blocker(hooked)
     assert "UNet2DConditionModel" in feature_cache_blocker(tiny_pipe.vae)
 
     cached = sd_like_unet()
@@ -206,3 +218,21 @@ def test_compiled_paths_match_the_eager_cache():
     assert (cache.full_calls, cache.shallow_calls) == (2, 2)
     torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
     cache.remove()
+
+
+def test_the_cached_forward_returns_what_the_unets_own_returns():
+    """A tuple for return_dict=False (callers unpack it: `noise_pred, = unet(..., return_dict=False)`), else
+    diffusers' output class."""
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+    unet = build_random_pipeline("random:tiny").unet
+    sample, timestep, context = unet_inputs()
+    cache = enable_feature_cache(unet, 2, Steps())
+    try:
+        with torch.no_grad():
+            as_tuple = unet(sample, timestep, context, return_dict=False)
+            as_output = unet(sample, timestep, context)
+    finally:
+        cache.remove()
+    assert type(as_tuple) is tuple and len(as_tuple) == 1 and as_tuple[0].shape == sample.shape
+    assert isinstance(as_output, UNet2DConditionOutput) and torch.equal(as_output.sample, as_tuple[0])

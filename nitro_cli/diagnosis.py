@@ -10,7 +10,7 @@ from typing import Callable
 
 from nitro_cli import builder, vram
 from nitro_cli.hardware import TORCH_REINSTALL_HINT, GpuInfo, Machine
-from nitro_cli.models import DEFAULT_MODEL
+from nitro_cli.models import DEFAULT_MODEL, finish_download_hint
 from nitro_cli.presets import load_preset
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -223,7 +223,7 @@ def _check_model(machine: Machine) -> list[Check]:
     cached = machine.model_cache
     if cached is not None and cached.problem:  # generate would fail to load it
         return [Check("model", WARN, f"{cached.repo_id} cached in {cached.path}, but incomplete: {cached.problem}",
-                      f"finish the download: `hf download {cached.repo_id}` once online")]
+                      finish_download_hint(cached.repo_id))]
     if cached is not None:
         return [Check("model", OK, f"{cached.repo_id} cached: {cached.path} ({cached.size_mib} MiB)")]
     if machine.hf_offline:

@@ -344,7 +344,7 @@ def fetch_hub_model(repo_id: str, *, with_safety_checker: bool) -> None:
     from diffusers import StableDiffusionPipeline
 
     try:
-        folder = StableDiffusionPipeline.download(repo_id, variant=_weights_variant_of(ModelSource(repo_id, "hub")),
+        folder = StableDiffusionPipeline.download(repo_id, variant=_weights_variant(cached_snapshot(repo_id)),
                                                   **({} if with_safety_checker else {"safety_checker": None}))
     except OSError as exc:
         raise hub_model_error(repo_id, exc, with_safety_checker=with_safety_checker) from exc
@@ -390,7 +390,12 @@ def hub_model_error(repo_id: str, exc: BaseException, *, with_safety_checker: bo
 
 def _incomplete_snapshot_error(repo_id: str, what: str, snapshot: Path) -> UsageError:
     return UsageError(f"model '{repo_id}' is incomplete in the Hugging Face cache ({what}: {snapshot})",
-                      hint=f"finish the download: `hf download {repo_id}` once online")
+                      hint=finish_download_hint(repo_id))
+
+
+def finish_download_hint(repo_id: str) -> str:
+    """What to do about a model cached in part: generate's and bench's error, doctor's warning."""
+    return f"finish the download: `hf download {repo_id}` once online"
 
 
 def snapshot_problem(snapshot: Path, *, with_safety_checker: bool = True) -> str | None:
@@ -412,13 +417,13 @@ def snapshot_problem(snapshot: Path, *, with_safety_checker: bool = True) -> str
     return None
 
 
-def _weights_variant(folder: Path) -> str | None:
+def _weights_variant(folder: Path | None) -> str | None:
     """The weights variant to load the pipeline in `folder` with: "fp16" where a component has fp16-variant files
     alone (`model.fp16.safetensors`: what `save_pretrained(..., variant="fp16")` writes and the diffusers docs'
     `from_pretrained(..., variant="fp16")` downloads), else None. Asked for "fp16", diffusers loads each
     component's fp16 files where it has them and its plain files elsewhere; asked for none, it finds no weights
-    in a component with fp16 files alone."""
-    components = [path for path in folder.iterdir() if path.is_dir()] if folder.is_dir() else []
+    in a component with fp16 files alone. No folder (a hub model not cached yet): None, the plain files."""
+    components = [path for path in folder.iterdir() if path.is_dir()] if folder and folder.is_dir() else []
     fp16_alone = any(_weights_files(component, FP16_VARIANT) and not _weights_files(component, None)
                      for component in components)
     return FP16_VARIANT if fp16_alone else None
@@ -428,8 +433,7 @@ def _weights_variant_of(source: ModelSource) -> str | None:
     """_weights_variant of a model folder, or of a hub model's snapshot in the Hugging Face cache."""
     if source.kind == "folder":
         return _weights_variant(Path(source.spec))
-    snapshot = cached_snapshot(source.spec) if source.kind == "hub" else None
-    return _weights_variant(snapshot) if snapshot is not None else None
+    return _weights_variant(cached_snapshot(source.spec)) if source.kind == "hub" else None
 
 
 def _weights_files(component: Path, variant: str | None) -> list[Path]:

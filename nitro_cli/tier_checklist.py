@@ -115,16 +115,15 @@ def tier_items(preset: Preset, reference: Preset, device: str, machine: Machine)
     return tuple(items)
 
 
-def moved_item_notes(tier: str, items: tuple[Item, ...]) -> tuple[str, ...]:
+def moved_item_notes(tier: str, preset: Preset, reference: Preset) -> tuple[str, ...]:
     """The article's items for `tier` that its preset leaves out, with their real effect and the presets that
     set them (read from the preset files)."""
-    reference = flatten(load_preset("baseline").settings)
-    present = {item.setting.split(":")[0] for item in items}
+    settings, base = flatten(preset), flatten(reference)
     notes = []
     for key in ARTICLE_ITEMS_MOVED.get(tier, ()):
-        if key in present:
+        if settings[key] != base[key]:
             continue
-        where = [name for name in shipped_names() if flatten(load_preset(name).settings)[key] != reference[key]]
+        where = [name for name in shipped_names() if flatten(load_preset(name).settings)[key] != base[key]]
         notes.append(f"not in {tier}: `{key}` ({ARTICLE_CLAIMS[key]}); it saves memory and costs time, so it "
                      f"is in {', '.join(where) or 'no shipped preset'} (or --set {key}=...)")
     return tuple(notes)
@@ -197,10 +196,10 @@ def build_checklist(machine: Machine, tiers: list[str], report: dict[str, Any] |
     for name in tiers:
         loaded = load_preset(name)
         preset = loaded.settings
-        items = tier_items(preset, reference, device, machine)
-        result.append(Tier(tier=loaded.name, scenario=preset.scenario, claimed=preset.claimed, items=items,
+        result.append(Tier(tier=loaded.name, scenario=preset.scenario, claimed=preset.claimed,
+                           items=tier_items(preset, reference, device, machine),
                            measured=measured_for(report, report_path, loaded.name, loaded.shipped),
-                           notes=moved_item_notes(loaded.name, items)))
+                           notes=moved_item_notes(loaded.name, preset, reference)))
     return result
 
 

@@ -1,5 +1,6 @@
 """`nitro checklist`: items derived from the preset files, this machine's verdicts, bench numbers."""
 
+import dataclasses
 import json
 import os
 
@@ -8,7 +9,7 @@ import pytest
 from nitro_cli import paths
 from nitro_cli.cli import app
 from nitro_cli.presets import flatten, load_preset, shipped_names
-from nitro_cli.tier_checklist import DESCRIPTIVE, build_checklist, tier_names
+from nitro_cli.tier_checklist import DESCRIPTIVE, build_checklist, moved_item_notes, tier_names
 
 from fake_machines import GTX_1060, MACHINES, RTX_3060, gpu, machine
 
@@ -154,6 +155,12 @@ def test_article_8bit_and_sharding_show_their_real_effect_and_where_they_are():
     (lowvram,) = build_checklist(MACHINES["A100 80 GB"], ["lowvram"])
     assert "memory down, time up" in {i.setting: i for i in lowvram.items}["offload: model"].claimed
     assert lowvram.notes == ()
+
+
+def test_a_moved_item_the_preset_sets_after_all_gets_no_note():
+    expert, baseline = load_preset("expert").settings, load_preset("baseline").settings
+    (note,) = moved_item_notes("expert", dataclasses.replace(expert, offload="model"), baseline)
+    assert note.startswith("not in expert: `quantization`")
 
 
 def test_markdown_lists_the_moved_items_under_expert(runner, fake_probe):

@@ -9,6 +9,15 @@ from typer.testing import CliRunner
 FAST = ["--model", "random:tiny", "--steps", "2", "--width", "64", "--height", "64", "--device", "cpu"]
 
 
+def assert_same_but_for_batch_rounding(got, want, name: str = "") -> None:
+    """Pixels of one image made at two batch sizes: CPU kernels may round by batch size, by a level on a few of
+    a 64x64 image's 12288 values (seen on AMX and AVX2-only CPUs); a wrong seed or prompt changes nearly all."""
+    import numpy as np
+
+    difference = np.abs(np.asarray(got).astype(int) - np.asarray(want).astype(int))
+    assert difference.max() <= 1 and np.count_nonzero(difference) <= 12, name
+
+
 @pytest.fixture(autouse=True)
 def offline_env(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -63,13 +63,14 @@ def require_onnx_packages() -> None:
 
 def is_onnx_folder(path: str | Path) -> bool:
     """True for a folder that `nitro export onnx` (or diffusers' ONNX conversion script) wrote."""
-    index = Path(path).expanduser() / "model_index.json"
-    if not index.is_file() or is_partial_export(path):
+    index_file = Path(path).expanduser() / "model_index.json"
+    if not index_file.is_file() or is_partial_export(path):
         return False
     try:
-        return json.loads(index.read_text(encoding="utf-8")).get("_class_name") == ONNX_PIPELINE_CLASS
-    except (ValueError, UnicodeDecodeError):
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON (UnicodeDecodeError is a ValueError)
         return False
+    return isinstance(index, dict) and index.get("_class_name") == ONNX_PIPELINE_CLASS
 
 
 def is_partial_export(path: str | Path) -> bool:

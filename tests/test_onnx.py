@@ -456,10 +456,12 @@ def test_an_export_onnx_runtime_cannot_load_is_a_one_line_error(runner, tmp_path
     assert "Hint: export it again" in result.stderr
 
 
-def test_a_folder_with_an_unreadable_model_index_is_not_an_onnx_export(tmp_path):
+@pytest.mark.parametrize("content", [b"\xff{ not json", b"[]"], ids=["not-utf8", "not-an-object"])
+def test_a_folder_with_an_unreadable_model_index_is_not_an_onnx_export(tmp_path, content):
+    """A model_index.json holding a JSON list crashed the check (AttributeError) before the model was even loaded."""
     from nitro_cli.onnx_export import is_onnx_folder
 
-    (tmp_path / "model_index.json").write_bytes(b"\xff{ not json")
+    (tmp_path / "model_index.json").write_bytes(content)
     assert not is_onnx_folder(tmp_path)
 
 

@@ -170,7 +170,11 @@ def _export_one(module, example: tuple, inputs: list[str], outputs: list[str], a
     import onnx
     import torch
 
-    folder.mkdir(parents=True, exist_ok=True)
+    # An earlier export's files go first: onnx appends external weights to a `weights.pb` already there (a
+    # re-export of SD 1.x's 3.4 GB UNet would double it), and a stale one would be counted in the size.
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="nitro-onnx-") as scratch:
         traced = Path(scratch) / ONNX_FILE
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():

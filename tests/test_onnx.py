@@ -483,3 +483,18 @@ def test_a_component_the_exporter_fails_on_is_named_in_one_line(runner, tmp_path
         in result.stderr
     assert "graph(" not in result.output and "Traceback" not in result.output
     assert onnx_export.is_partial_export(out) and not onnx_export.is_onnx_folder(out)
+
+
+def test_a_re_export_replaces_a_components_earlier_files(tmp_path):
+    """A re-export kept an earlier export's weights.pb in a component's folder: counted in the reported size, and
+    for a component over 2 GB (SD 1.x's UNet) onnx appended the new weights to it, doubling the file."""
+    import torch
+
+    from nitro_cli.onnx_export import DEFAULT_OPSET, _export_one
+
+    folder = tmp_path / "unet"
+    folder.mkdir()
+    (folder / "weights.pb").write_bytes(b"\0" * 4096)  # an earlier export of a model over 2 GB
+    size = _export_one(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), ["x"], ["y"], {}, folder, DEFAULT_OPSET)
+    assert [f.name for f in folder.iterdir()] == ["model.onnx"]
+    assert size == (folder / "model.onnx").stat().st_size

@@ -30,7 +30,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from nitro_cli import hardware, models
-from nitro_cli.errors import RuntimeFailure, UsageError, first_line
+from nitro_cli.errors import RuntimeFailure, UsageError, describe, first_line
 
 ONNX_PIPELINE_CLASS = "OnnxStableDiffusionPipeline"
 DEFAULT_OPSET = 17  # LayerNormalization as one op; every onnxruntime since 1.14 runs it
@@ -247,7 +247,7 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
             report.components[name] = _export_one(module, example, inputs, outputs, axes, out / name, opset)
         except Exception as exc:  # the tracer and onnx raise many kinds of errors; name the component
             # The first line only: the exporter's messages go on with the whole traced graph.
-            raise RuntimeFailure(f"ONNX export of the {name} failed: {type(exc).__name__}: {first_line(exc)}",
+            raise RuntimeFailure(f"ONNX export of the {name} failed: {describe(exc)}",
                                  hint="run with NITRO_DEBUG=1 for the traceback; try another --opset") from exc
     if "safety_checker" not in report.components:
         report.skipped.append(("safety_checker", "the model has none"))

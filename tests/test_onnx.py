@@ -465,22 +465,26 @@ def test_a_folder_with_an_unreadable_model_index_is_not_an_onnx_export(tmp_path,
     assert not is_onnx_folder(tmp_path)
 
 
-def test_a_component_the_exporter_fails_on_is_named_in_one_line(runner, tmp_path, monkeypatch):
+@pytest.mark.parametrize("error, named", [
+    (RuntimeError("Unsupported: ONNX export of operator foo\ngraph(%sample : Float(...)) ..."),
+     "RuntimeError: Unsupported: ONNX export of operator foo\n"),
+    (AssertionError(), "AssertionError\n"),  # no message: the type once, not "AssertionError: AssertionError"
+], ids=["message", "no-message"])
+def test_a_component_the_exporter_fails_on_is_named_in_one_line(runner, tmp_path, monkeypatch, error, named):
     from nitro_cli import onnx_export
 
     real = onnx_export._export_one
 
     def export_one(module, example, inputs, outputs, axes, folder, opset):
         if folder.name == "unet":
-            raise RuntimeError("Unsupported: ONNX export of operator foo\ngraph(%sample : Float(...)) ...")
+            raise error
         return real(module, example, inputs, outputs, axes, folder, opset)
 
     monkeypatch.setattr(onnx_export, "_export_one", export_one)
     out = tmp_path / "onnx"
     result = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(out)])
     assert result.exit_code == 1, result.output
-    assert "Error: ONNX export of the unet failed: RuntimeError: Unsupported: ONNX export of operator foo" \
-        in result.stderr
+    assert f"Error: ONNX export of the unet failed: {named}" in result.stderr
     assert "graph(" not in result.output and "Traceback" not in result.output
     assert onnx_export.is_partial_export(out) and not onnx_export.is_onnx_folder(out)
 

@@ -232,7 +232,6 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
                          hint="give a folder you can write to") from None
     if not os.access(out, os.W_OK):
         raise UsageError(f"--out {out}: the folder is not writable", hint="give a folder you can write to")
-    _mark_partial(out)
     from nitro_cli.builder import quiet_libraries
 
     quiet_libraries()  # first: it quiets the loggers that speak while diffusers imports
@@ -240,6 +239,8 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
     from diffusers import OnnxRuntimeModel, OnnxStableDiffusionPipeline
 
     pipe = models.load_pipeline(source, torch_dtype=torch.float32, with_safety_checker=True, device="cpu")
+    # Only now: a model that fails to load (or Ctrl-C during the minutes it takes) leaves an earlier export whole.
+    _mark_partial(out)
     report = ExportReport(out=out)
     for name, (module, example, inputs, outputs, axes) in _export_modules(pipe).items():
         print(f"Exporting {name} ...", file=sys.stderr)

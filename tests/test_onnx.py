@@ -296,6 +296,28 @@ def test_an_interrupted_re_export_is_not_taken_for_a_whole_one(runner, tmp_path,
     assert not (tmp_path / "images").exists() or not list((tmp_path / "images").glob("*.png"))
 
 
+def test_a_re_export_whose_model_fails_to_load_leaves_the_earlier_export_whole(runner, tmp_path, monkeypatch,
+                                                                              exported):
+    """The folder was marked half-exported before the model loaded: a model that failed to load (or Ctrl-C during
+    the load) left the earlier, whole export unusable though not one graph of it had been replaced."""
+    import shutil
+
+    from nitro_cli import models
+    from nitro_cli.errors import RuntimeFailure
+    from nitro_cli.onnx_export import is_onnx_folder
+
+    out = tmp_path / "onnx"
+    shutil.copytree(exported, out)
+
+    def load_fails(*args, **kwargs):
+        raise RuntimeFailure("could not load the model")
+
+    monkeypatch.setattr(models, "load_pipeline", load_fails)
+    result = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(out)])
+    assert result.exit_code == 1 and "could not load the model" in result.stderr, result.output
+    assert is_onnx_folder(out)
+
+
 @pytest.mark.parametrize("part", ["tokenizer", "unet"])
 def test_an_export_with_a_missing_file_is_a_one_line_error(runner, tmp_path, exported, part):
     """An empty tokenizer folder loaded without a word and failed at the first prompt with a traceback."""

@@ -23,7 +23,13 @@ T = TypeVar("T")
 
 
 def launched() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    try:
+        return int(world_size) > 1
+    except ValueError:  # `export WORLD_SIZE=$N` with N unset: a usage error, not int()'s traceback
+        raise UsageError(f"WORLD_SIZE={world_size!r} is not a number of processes",
+                         hint="unset WORLD_SIZE to run one process, or start the run with torchrun or accelerate "
+                              "launch (see docs/deploy.md)") from None
 
 
 def rank() -> int:

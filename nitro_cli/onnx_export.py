@@ -30,7 +30,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from nitro_cli import hardware, models
-from nitro_cli.errors import RuntimeFailure, UsageError, first_line
+from nitro_cli.errors import RuntimeFailure, UsageError, describe, first_line
 
 ONNX_PIPELINE_CLASS = "OnnxStableDiffusionPipeline"
 DEFAULT_OPSET = 17  # LayerNormalization as one op; every onnxruntime since 1.14 runs it
@@ -63,13 +63,14 @@ def require_onnx_packages() -> None:
 
 def is_onnx_folder(path: str | Path) -> bool:
     """True for a folder that `nitro export onnx` (or diffusers' ONNX conversion script) wrote."""
-    index = Path(path).expanduser() / "model_index.json"
-    if not index.is_file() or is_partial_export(path):
+    index_file = Path(path).expanduser() / "model_index.json"
+    if not index_file.is_file() or is_partial_export(path):
         return False
     try:
-        return json.loads(index.read_text(encoding="utf-8")).get("_class_name") == ONNX_PIPELINE_CLASS
-    except (ValueError, UnicodeDecodeError):
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON (UnicodeDecodeError is a ValueError)
         return False
+    return isinstance(index, dict) and index.get("_class_name") == ONNX_PIPELINE_CLASS
 
 
 def is_partial_export(path: str | Path) -> bool:
@@ -169,7 +170,11 @@ def _export_one(module, example: tuple, inputs: list[str], outputs: list[str], a
     import onnx
     import torch
 
-    folder.mkdir(parents=True, exist_ok=True)
+    # An earlier export's files go first: onnx appends external weights to a `weights.pb` already there (a
+    # re-export of SD 1.x's 3.4 GB UNet would double it), and a stale one would be counted in the size.
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="nitro-onnx-") as scratch:
         traced = Path(scratch) / ONNX_FILE
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
@@ -227,7 +232,6 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
                          hint="give a folder you can write to") from None
     if not os.access(out, os.W_OK):
         raise UsageError(f"--out {out}: the folder is not writable", hint="give a folder you can write to")
-    _mark_partial(out)
     from nitro_cli.builder import quiet_libraries
 
     quiet_libraries()  # first: it quiets the loggers that speak while diffusers imports
@@ -235,6 +239,8 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
     from diffusers import OnnxRuntimeModel, OnnxStableDiffusionPipeline
 
     pipe = models.load_pipeline(source, torch_dtype=torch.float32, with_safety_checker=True, device="cpu")
+    # Only now: a model that fails to load (or Ctrl-C during the minutes it takes) leaves an earlier export whole.
+    _mark_partial(out)
     report = ExportReport(out=out)
     for name, (module, example, inputs, outputs, axes) in _export_modules(pipe).items():
         print(f"Exporting {name} ...", file=sys.stderr)
@@ -242,7 +248,7 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
             report.components[name] = _export_one(module, example, inputs, outputs, axes, out / name, opset)
         except Exception as exc:  # the tracer and onnx raise many kinds of errors; name the component
             # The first line only: the exporter's messages go on with the whole traced graph.
-            raise RuntimeFailure(f"ONNX export of the {name} failed: {type(exc).__name__}: {first_line(exc)}",
+            raise RuntimeFailure(f"ONNX export of the {name} failed: {describe(exc)}",
                                  hint="run with NITRO_DEBUG=1 for the traceback; try another --opset") from exc
     if "safety_checker" not in report.components:
         report.skipped.append(("safety_checker", "the model has none"))

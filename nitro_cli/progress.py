@@ -47,7 +47,7 @@ class RunDisplay(RunObserver):
         # same terminal, but `nitro generate --json > images.jsonl` typed in a terminal would get an empty file.
         self._progress = Progress(TextColumn("{task.description:<7}"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), console=self.console, disable=not (bars and self.console.is_terminal),
-                                  redirect_stdout=sys.stdout is not None and sys.stdout.isatty())
+                                  redirect_stdout=sys.stdout.isatty())
         self._images = self._progress.add_task("images", total=total_images)
         self._steps = self._progress.add_task("steps", total=None)
         self._vae_fp32_said = False

@@ -16,7 +16,11 @@ def is_broken_pipe(exc: OSError) -> bool:
 def to_devnull(stream) -> None:
     """`stream`'s file descriptor pointed at devnull, as Python's docs advise for a broken pipe: no later write
     or flush (at exit) fails again."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
 
 
 def write_as_is(stream, text: str) -> None:

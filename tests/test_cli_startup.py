@@ -174,6 +174,21 @@ def test_on_windows_stderr_without_a_reader_goes_on(monkeypatch):
     assert len(silenced) == 2
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open descriptors in /proc/self/fd")
+def test_a_stream_sent_to_devnull_leaves_no_descriptor_open():
+    """to_devnull kept the descriptor it opened on devnull open for the rest of the process."""
+    from nitro_cli import streams
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader went away
+    with open(write_end, "w") as stream:
+        before = len(os.listdir("/proc/self/fd"))
+        streams.to_devnull(stream)
+        assert len(os.listdir("/proc/self/fd")) == before
+        stream.write("after\n")
+        stream.flush()  # goes to devnull, not to the broken pipe
+
+
 def test_on_windows_stdout_without_a_reader_lets_the_run_go_on(monkeypatch):
     """`nitro generate ... | head -1` on Windows: EINVAL was taken for a full disk, and the run stopped (exit 1)."""
     from nitro_cli import progress

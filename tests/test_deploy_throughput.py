@@ -283,6 +283,17 @@ def test_world_size_without_a_launcher_is_a_usage_error(runner, tmp_path, monkey
     assert "unset WORLD_SIZE" in result.stderr and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", ["generate", "checklist"])
+def test_a_world_size_that_is_not_a_number_is_a_usage_error(runner, tmp_path, monkeypatch, command):
+    """An empty WORLD_SIZE (`export WORLD_SIZE=$N` with N unset) stopped every command with int()'s traceback."""
+    monkeypatch.setenv("WORLD_SIZE", "")
+    args = ["generate", "castle", *FAST, "--out", str(tmp_path / "out")] if command == "generate" else [command]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "Error: WORLD_SIZE='' is not a number of processes" in result.stderr
+    assert "Hint: unset WORLD_SIZE" in result.stderr and not isinstance(result.exception, ValueError)
+
+
 def test_a_process_that_lost_the_others_says_so_without_a_traceback(monkeypatch):
     """When another process fails, gloo raises "Connection closed by peer" (a RuntimeError) in the collective
     this one waits in: that is a run-time failure pointing at the other's error, not a second traceback."""

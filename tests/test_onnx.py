@@ -296,6 +296,28 @@ def test_an_interrupted_re_export_is_not_taken_for_a_whole_one(runner, tmp_path,
     assert not (tmp_path / "images").exists() or not list((tmp_path / "images").glob("*.png"))
 
 
+def test_a_re_export_whose_model_fails_to_load_leaves_the_earlier_export_whole(runner, tmp_path, monkeypatch,
+                                                                              exported):
+    """The folder was marked half-exported before the model loaded: a model that failed to load (or Ctrl-C during
+    the load) left the earlier, whole export unusable though not one graph of it had been replaced."""
+    import shutil
+
+    from nitro_cli import models
+    from nitro_cli.errors import RuntimeFailure
+    from nitro_cli.onnx_export import is_onnx_folder
+
+    out = tmp_path / "onnx"
+    shutil.copytree(exported, out)
+
+    def load_fails(*args, **kwargs):
+        raise RuntimeFailure("could not load the model")
+
+    monkeypatch.setattr(models, "load_pipeline", load_fails)
+    result = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(out)])
+    assert result.exit_code == 1 and "could not load the model" in result.stderr, result.output
+    assert is_onnx_folder(out)
+
+
 @pytest.mark.parametrize("part", ["tokenizer", "unet"])
 def test_an_export_with_a_missing_file_is_a_one_line_error(runner, tmp_path, exported, part):
     """An empty tokenizer folder loaded without a word and failed at the first prompt with a traceback."""
@@ -456,28 +478,49 @@ def test_an_export_onnx_runtime_cannot_load_is_a_one_line_error(runner, tmp_path
     assert "Hint: export it again" in result.stderr
 
 
-def test_a_folder_with_an_unreadable_model_index_is_not_an_onnx_export(tmp_path):
+@pytest.mark.parametrize("content", [b"\xff{ not json", b"[]"], ids=["not-utf8", "not-an-object"])
+def test_a_folder_with_an_unreadable_model_index_is_not_an_onnx_export(tmp_path, content):
+    """A model_index.json holding a JSON list crashed the check (AttributeError) before the model was even loaded."""
     from nitro_cli.onnx_export import is_onnx_folder
 
-    (tmp_path / "model_index.json").write_bytes(b"\xff{ not json")
+    (tmp_path / "model_index.json").write_bytes(content)
     assert not is_onnx_folder(tmp_path)
 
 
-def test_a_component_the_exporter_fails_on_is_named_in_one_line(runner, tmp_path, monkeypatch):
+@pytest.mark.parametrize("error, named", [
+    (RuntimeError("Unsupported: ONNX export of operator foo\ngraph(%sample : Float(...)) ..."),
+     "RuntimeError: Unsupported: ONNX export of operator foo\n"),
+    (AssertionError(), "AssertionError\n"),  # no message: the type once, not "AssertionError: AssertionError"
+], ids=["message", "no-message"])
+def test_a_component_the_exporter_fails_on_is_named_in_one_line(runner, tmp_path, monkeypatch, error, named):
     from nitro_cli import onnx_export
 
     real = onnx_export._export_one
 
     def export_one(module, example, inputs, outputs, axes, folder, opset):
         if folder.name == "unet":
-            raise RuntimeError("Unsupported: ONNX export of operator foo\ngraph(%sample : Float(...)) ...")
+            raise error
         return real(module, example, inputs, outputs, axes, folder, opset)
 
     monkeypatch.setattr(onnx_export, "_export_one", export_one)
     out = tmp_path / "onnx"
     result = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(out)])
     assert result.exit_code == 1, result.output
-    assert "Error: ONNX export of the unet failed: RuntimeError: Unsupported: ONNX export of operator foo" \
-        in result.stderr
+    assert f"Error: ONNX export of the unet failed: {named}" in result.stderr
     assert "graph(" not in result.output and "Traceback" not in result.output
     assert onnx_export.is_partial_export(out) and not onnx_export.is_onnx_folder(out)
+
+
+def test_a_re_export_replaces_a_components_earlier_files(tmp_path):
+    """A re-export kept an earlier export's weights.pb in a component's folder: counted in the reported size, and
+    for a component over 2 GB (SD 1.x's UNet) onnx appended the new weights to it, doubling the file."""
+    import torch
+
+    from nitro_cli.onnx_export import DEFAULT_OPSET, _export_one
+
+    folder = tmp_path / "unet"
+    folder.mkdir()
+    (folder / "weights.pb").write_bytes(b"\0" * 4096)  # an earlier export of a model over 2 GB
+    size = _export_one(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), ["x"], ["y"], {}, folder, DEFAULT_OPSET)
+    assert [f.name for f in folder.iterdir()] == ["model.onnx"]
+    assert size == (folder / "model.onnx").stat().st_size

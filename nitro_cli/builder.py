@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nitro_cli import hardware, models, onnx_export
-from nitro_cli.errors import RuntimeFailure, UsageError
+from nitro_cli.errors import RuntimeFailure, UsageError, describe
 from nitro_cli.presets import Preset, flatten
 
 LICENSE_REMINDER = ("Safety checker off: Nitro-Diffusion's CreativeML OpenRAIL-M license still forbids "
@@ -421,7 +421,7 @@ def _apply_attention(built: BuiltPipeline, attention: str, machine: hardware.Mac
                 built.applied.append("xformers attention")
                 return attention
             except Exception as exc:  # a broken xformers build raises many kinds of errors
-                built.skip("xformers", f"failed to start ({type(exc).__name__}: {exc}): SDPA used")
+                built.skip("xformers", f"failed to start ({describe(exc)}): SDPA used")
     elif attention == "sliced":
         pipe.enable_attention_slicing()
         built.applied.append("sliced attention")

@@ -2,8 +2,9 @@
 
 Device work is asynchronous, so every timing synchronizes the device before reading the clock.
 Peak VRAM is the torch allocator's peak since the region began. Nothing runs beside the measured
-work: a sampling thread competes for the GIL with the launch-bound denoising loop (measured on an
-H200, 2026-11-26: a 20 ms RSS/NVML sampler made an eager fp16 image 1.5x slower). So peak RSS is the
+work: a sampling thread competes for the GIL with the launch-bound denoising loop (`nitro bench` on an
+H200, 2026-11-26, docs/benchmarks.md: a 20 ms RSS/NVML sampler made beginner's fp16 image 1.19 s instead of
+0.70 s). So peak RSS is the
 kernel's own high-water mark (VmHWM), reset at the start of the region through /proc/self/clear_refs
 on Linux (elsewhere the process-lifetime peak: getrusage on macOS, the peak working set on Windows),
 and the device-level figure nvidia-smi shows is read from NVML once at the end, when nvidia-ml-py is

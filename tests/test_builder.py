@@ -6,10 +6,12 @@ import sys
 import pytest
 
 from nitro_cli import hardware
-from nitro_cli.builder import build_pipeline, effective_precision, resolve_device
+from nitro_cli.builder import BuiltPipeline, _apply_attention, build_pipeline, effective_precision, resolve_device
 from nitro_cli.hardware import cpu_has_amx_bf16 as probe_amx_bf16  # the real one: conftest pins the module's to False
 from nitro_cli.errors import UsageError
 from nitro_cli.presets import SAMPLER_NAMES, load_preset
+
+from fake_machines import RTX_3060, machine as fake_machine
 
 
 def cpu_machine(**changes) -> hardware.Machine:
@@ -188,3 +190,17 @@ def test_the_license_reminder_is_printed_once_per_process(capsys, monkeypatch):
     for _ in range(2):
         build_pipeline(load_preset("advanced").settings, "random:tiny", "cpu", cpu_machine())
     assert capsys.readouterr().err.count(builder.LICENSE_REMINDER) == 1
+
+
+@pytest.mark.parametrize("error, shown", [(RuntimeError("no kernel image for sm_120"), "RuntimeError: no kernel image for sm_120"),
+                                          (NotImplementedError(), "NotImplementedError")])
+def test_xformers_that_fails_to_start_falls_back_to_sdpa_and_says_why(error, shown, capsys):
+    class Pipe:
+        def enable_xformers_memory_efficient_attention(self):
+            raise error
+
+    built = BuiltPipeline(pipe=Pipe(), device="cuda", dtype="float16")
+    assert _apply_attention(built, "xformers", fake_machine(RTX_3060, packages={"xformers": "0.0.28"})) == "sdpa"
+    assert built.skipped == [("xformers", f"failed to start ({shown}): SDPA used")]
+    assert built.applied == ["SDPA attention"]
+    assert f"Warning: xformers skipped: failed to start ({shown})" in capsys.readouterr().err

@@ -544,12 +544,15 @@ def test_cuda_out_of_memory_names_lighter_settings(runner, tmp_path, monkeypatch
     assert all(word in result.stderr for word in ("offload", "--batch-size 1", "lowvram", "--resume"))
 
 
-def test_out_that_is_a_file_is_a_usage_error(runner, tmp_path):
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_out_that_is_a_file_is_a_usage_error(runner, tmp_path, below):
+    """It says which file is in the way: mkdir's own "File exists" reads as if the folder were there."""
     not_a_folder = tmp_path / "taken"
     not_a_folder.write_text("x", encoding="utf-8")
-    result = runner.invoke(app, ["generate", "a cat", *FAST, "--out", str(not_a_folder)])
+    result = runner.invoke(app, ["generate", "a cat", *FAST, "--out", str(not_a_folder / below)])
     assert result.exit_code == 2, result.output
     assert "Error: cannot write to --out" in result.stderr and "Traceback" not in result.output
+    assert f"{not_a_folder} is a file, not a folder" in result.stderr
 
 
 def test_out_of_memory_while_loading_is_exit_1_with_lighter_settings(runner, tmp_path, monkeypatch):

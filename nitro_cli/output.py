@@ -226,7 +226,7 @@ def start_run(folder: Path, request_fingerprint: str, images: int, seed: int | N
         folder.mkdir(parents=True, exist_ok=True)
         writable = os.access(folder, os.W_OK)
     except OSError as exc:  # --out is a file, or under a folder this user can't write to
-        raise _unwritable(folder, exc.strerror or str(exc)) from None
+        raise _unwritable(folder, _file_in_the_way(folder) or exc.strerror or str(exc)) from None
     if not writable:
         raise _unwritable(folder, "permission denied")
     remove_stale_temporaries(folder)
@@ -244,6 +244,15 @@ def record_run(folder: Path, record: RunRecord) -> None:
                           overwrite=True)
     except OSError as exc:
         raise _unwritable(folder, exc.strerror or str(exc)) from None
+
+
+def _file_in_the_way(folder: Path) -> str | None:
+    """Which file stands where `folder` or a folder above it should be: mkdir says only "File exists" (or "Not a
+    directory"), which reads as if the folder were there."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return None if path.is_dir() else f"{path} is a file, not a folder"
+    return None
 
 
 def _unwritable(folder: Path, why: str) -> UsageError:

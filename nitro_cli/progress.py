@@ -127,8 +127,7 @@ class RunDisplay(RunObserver):
         on_gpu = device.startswith("cuda")
         table = Table(title="nitro generate", title_justify="left")
         for column in ("image", "seed", "s/image", "it/s", "peak VRAM MiB" if on_gpu else "peak RSS MiB", "note"):
-            table.add_column(column, justify="left" if column in ("image", "note") else "right",
-                             overflow="fold" if column == "image" else "ellipsis")
+            table.add_column(column, justify="left" if column in ("image", "note") else "right")
         half = SUMMARY_ROWS // 2
         shown = results if len(results) <= SUMMARY_ROWS else [*results[:half], None, *results[-half:]]
         for result in shown:

@@ -161,6 +161,11 @@ def _figure(name: str, value: Any) -> float | int | str | None:
     return value if is_number and math.isfinite(value) else None
 
 
+def _count(value: Any) -> int | None:
+    """A report's step count or size, or None for what is not one (an old or hand-edited file)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def _row(report: dict[str, Any], name: str, shipped: bool) -> dict[str, Any] | None:
     """The report's row for preset `name`. Rows are named by file stem, so a user's `expert.yaml` variant has
     the expert tier's name: a row is a shipped tier's only if bench says it ran the shipped file (and a user
@@ -184,6 +189,8 @@ def measured_for(report: dict[str, Any] | None, source: Path | None, tier: str,
     baseline = next((r for r in report["results"] if isinstance(r, dict) and r.get("preset") == BASELINE), {})
     if environment.get("baseline", BASELINE) != BASELINE or baseline.get("shipped") is False:
         measured.update(speedup_vs_baseline=None, psnr_vs_baseline_db=None)
+    # How the figures were made: a dry run's `bench --steps 2 --width 64` seconds are not a 25-step 512x512 image's.
+    measured.update({name: _count(entry.get(name)) for name in ("steps", "width", "height")})
     measured.update(device=environment.get("device"), model=environment.get("model"), file=str(source))
     return measured
 
@@ -208,6 +215,8 @@ def measured_text(measured: dict[str, Any] | None) -> str:
     if measured is None:
         return "not measured"
     parts = [f"{measured['median_s']:.3g} s/image"]
+    if measured.get("steps") and measured.get("width") and measured.get("height"):
+        parts[0] += f" ({measured['steps']} steps, {measured['width']}x{measured['height']})"
     if measured.get("speedup_vs_baseline") is not None:
         parts.append(f"{measured['speedup_vs_baseline']:.2f}x vs baseline")
     if measured.get("peak_vram_mib") is not None:

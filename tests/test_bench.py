@@ -292,15 +292,8 @@ def test_psnr_db():
     assert benchmark.psnr_db(off_by_one, black) == pytest.approx(20 * math.log10(255))
 
 
-def test_a_gpu_table_in_a_log_keeps_every_number_whole():
-    """Piped to a log (the GPU scripts' case), a row with a variant file's long stem and a GPU's VRAM column is
-    wider than the 120 columns a pipe gets: no number may be cut to an ellipsis."""
-    import io
-
-    from rich.console import Console
-
-    from nitro_cli.commands.bench import _print_report
-
+def _gpu_report() -> benchmark.BenchReport:
+    """Two GPU rows, one with a variant file's long stem: the widest table bench prints."""
     environment = {"model": "random:sd15", "device": "NVIDIA H200", "device_type": "cuda", "runs": 3, "warmup": 1,
                    "prompt": benchmark.BENCH_PROMPT, "seed": benchmark.BENCH_SEED, "steps_override": None,
                    "baseline": "expert", "max_vram_gib": None, "note": None}
@@ -309,14 +302,55 @@ def test_a_gpu_table_in_a_log_keeps_every_number_whole():
                                    peak_vram_mib=3521.0, peak_device_vram_mib=5012.0, peak_rss_mib=3378.0,
                                    load_s=12.34, first_call_s=104.56, psnr_vs_baseline_db=31.2)
             for name in ("expert", "expert-compile-text-encoder")]
+    return benchmark.BenchReport(environment=environment, results=rows)
+
+
+def test_a_gpu_table_in_a_log_keeps_every_number_whole():
+    """Piped to a log (the GPU scripts' case), a row with a variant file's long stem and a GPU's VRAM column is
+    wider than the 120 columns a pipe gets: no number may be cut to an ellipsis."""
+    from rich.console import Console
+
+    from nitro_cli.commands.bench import _print_report
+
     log = io.StringIO()
     console = Console(file=log, width=120)  # what `nitro bench` gives a pipe
-    _print_report(console, benchmark.BenchReport(environment=environment, results=rows))
+    _print_report(console, _gpu_report())
     table_rows = [line for line in log.getvalue().splitlines() if line.startswith(" expert")]
     assert len(table_rows) == 2
     for line in table_rows:
         assert "…" not in line
         assert "0.182-0.185" in line and "3521 (5012)" in line and "104.56" in line and "31.2" in line
+
+
+def test_a_gpu_table_in_an_80_column_terminal_keeps_every_number_whole():
+    """Rich shrank the columns to fit and cut every number to an ellipsis (`0.1… 3… 1…`): each column keeps its
+    longest number, the headers wrap between words, the long stem folds."""
+    from rich.console import Console
+
+    from nitro_cli.commands.bench import _print_report
+
+    screen = io.StringIO()
+    _print_report(Console(file=screen, width=80, force_terminal=True, color_system=None), _gpu_report())
+    lines = screen.getvalue().splitlines()
+    table_rows = [line for line in lines if "0.182-0.185" in line]
+    assert len(table_rows) == 2 and "…" not in screen.getvalue()
+    for line in table_rows:
+        assert all(number in line.split() for number in ("25", "0.183", "136", "1.00x", "3521", "3378", "12.34",
+                                                          "104.56", "31.2")), line
+    assert max(len(line) for line in lines) <= 80
+
+
+def test_a_table_too_wide_for_its_terminal_loses_no_character():
+    """Where even the longest numbers side by side are wider than the terminal, cells fold: ugly, but nothing
+    is cut."""
+    from rich.console import Console
+
+    from nitro_cli.commands.bench import _print_report
+
+    screen = io.StringIO()
+    _print_report(Console(file=screen, width=60, force_terminal=True, color_system=None), _gpu_report())
+    assert "…" not in screen.getvalue()
+    assert max(len(line) for line in screen.getvalue().splitlines()) <= 60
 
 
 @pytest.mark.gpu

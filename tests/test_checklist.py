@@ -314,3 +314,17 @@ def test_a_measurement_names_the_model_it_was_made_with(runner, fake_probe, tmp_
     assert f"0.5 s/image, 4.20x vs baseline, 2724 MiB peak VRAM, {shown}, on NVIDIA H200" in human.stdout
     markdown = runner.invoke(app, ["checklist", "--markdown", "--tier", "advanced", "--bench", str(report)])
     assert f"{shown}, on NVIDIA H200" in markdown.stdout
+
+
+def test_a_measurement_says_its_steps_and_size(runner, fake_probe, tmp_path):
+    """A dry run's `nitro bench --steps 2 --width 64 --height 64` seconds sat beside the tier's `steps: 25` as if
+    they were its own: the figure says how it was made."""
+    fake_probe(MACHINES["no GPU"])
+    report = tmp_path / "dry-run.json"
+    report.write_text(json.dumps({"environment": {"device": "AMD EPYC (2 logical CPUs)", "model": "random:tiny"},
+                                  "results": [{"preset": "advanced", "median_s": 0.0795, "steps": 2, "width": 64,
+                                               "height": 64}]}), encoding="utf-8")
+    human = runner.invoke(app, ["checklist", "--tier", "advanced", "--bench", str(report)], env={"COLUMNS": "300"})
+    assert "0.0795 s/image (2 steps, 64x64), random:tiny (random weights)" in human.stdout
+    (tier,) = json.loads(runner.invoke(app, ["checklist", "--json", "--tier", "advanced", "--bench", str(report)]).stdout)
+    assert (tier["measured"]["steps"], tier["measured"]["width"], tier["measured"]["height"]) == (2, 64, 64)

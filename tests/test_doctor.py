@@ -300,6 +300,19 @@ def test_a_long_compile_cache_path_is_shown_whole(runner, fake_probe, monkeypatc
     assert "".join(values) == folder
 
 
+def test_an_80_column_report_keeps_gpu_names_and_numbers_whole(runner, fake_probe, monkeypatch):
+    """`nitro doctor > doctor.txt` is 80 columns wide: the CUDA devices table cut the card's name to
+    `A100-SXM4-…` and its SDPA kernels to `mem_effici…`."""
+    fake_probe(MACHINES["two GPUs"])
+    monkeypatch.setenv("COLUMNS", "80")
+    result = runner.invoke(app, ["doctor"])
+    assert result.exit_code == 0, result.output
+    devices = result.stdout.split("CUDA devices")[1].split("Checks")[0]
+    assert "…" not in devices
+    assert all(word in devices for word in ("A100-SXM4-80GB", "mem_efficient", "81154", "80854", "capability"))
+    assert max(len(line) for line in result.stdout.split("For bug reports")[0].splitlines()) <= 80
+
+
 def test_a_16_gb_card_older_than_compute_capability_8_gets_advanced():
     """Rule 5 asks for 8.0+: a Tesla T4 (7.5, 16 GB) has no bf16 and no FlashAttention, so expert is not its tier."""
     assert diagnosis.recommend(_card(15360, "Tesla T4", (7, 5))).preset == "advanced"

@@ -419,6 +419,18 @@ def test_the_summary_of_a_big_run_shows_its_first_and_last_images(runner, tmp_pa
     assert "... 3 more (every image: --json)" in result.stderr and "Total:" in result.stderr
 
 
+def test_the_summary_in_a_narrow_terminal_keeps_the_seeds_whole(runner, tmp_path):
+    """A 60-column terminal cut a ten-digit seed to `344199…`, the one number that makes the image again: the file
+    names fold instead."""
+    result = runner.invoke(app, ["generate", "castle on a cliff", "-n", "2", "--seed", "3441992758",
+                                 "--out", str(tmp_path), *FAST],
+                           env={"COLUMNS": "60", "FORCE_COLOR": "1"})  # FORCE_COLOR: rich draws as on a terminal
+    assert result.exit_code == 0, result.output
+    table = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", result.stderr).split("nitro generate")[-1]
+    assert "3441992758" in table and "3441992759" in table and "…" not in table
+    assert max(len(line) for line in table.splitlines() if line[:1] in "┏┃┡│└") <= 60
+
+
 @pytest.mark.parametrize("signum, said", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
 def test_ctrl_c_or_sigterm_saves_finished_images_leaves_no_partial_file_and_exits_130(tmp_path, signum, said):
     """SIGTERM is what `kill`, `timeout` and job schedulers send: it stops a run as Ctrl-C does."""
@@ -532,12 +544,15 @@ def test_cuda_out_of_memory_names_lighter_settings(runner, tmp_path, monkeypatch
     assert all(word in result.stderr for word in ("offload", "--batch-size 1", "lowvram", "--resume"))
 
 
-def test_out_that_is_a_file_is_a_usage_error(runner, tmp_path):
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_out_that_is_a_file_is_a_usage_error(runner, tmp_path, below):
+    """It says which file is in the way: mkdir's own "File exists" reads as if the folder were there."""
     not_a_folder = tmp_path / "taken"
     not_a_folder.write_text("x", encoding="utf-8")
-    result = runner.invoke(app, ["generate", "a cat", *FAST, "--out", str(not_a_folder)])
+    result = runner.invoke(app, ["generate", "a cat", *FAST, "--out", str(not_a_folder / below)])
     assert result.exit_code == 2, result.output
     assert "Error: cannot write to --out" in result.stderr and "Traceback" not in result.output
+    assert f"{not_a_folder} is a file, not a folder" in result.stderr
 
 
 def test_out_of_memory_while_loading_is_exit_1_with_lighter_settings(runner, tmp_path, monkeypatch):

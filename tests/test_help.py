@@ -23,6 +23,15 @@ def test_help_shows_the_defaults_that_are_not_typed_ones(runner, args, default):
     assert re.search(rf"\[default: \(?{re.escape(default)}\)?\]", result.output), result.output
 
 
+def test_generate_help_in_an_80_column_terminal_cuts_nothing(runner):
+    """--style's choices, drawn as `<list[archer|arcane|disney]>`, took so wide a column that the --model default
+    was cut to `(nitrosocke/Nitro-Diffusi…`."""
+    result = runner.invoke(app, ["generate", "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert "(nitrosocke/Nitro-Diffusion)" in result.output and "…" not in result.output
+    assert "archer|arcane|disney" in result.output
+
+
 def test_generate_help_names_every_prompts_file_line_option(runner):
     """--help is where users look up a prompts line's options; it had missed those A1111 files use for image counts
     and the sampler."""

@@ -31,8 +31,7 @@ def _print_report(console, report) -> None:
                   box=box.SIMPLE_HEAD, pad_edge=False)
     for header in ("preset", "steps", "s/image", "min-max", "it/s", "vs base", "VRAM MiB",
                    "RSS MiB", "load s", "1st call s", "PSNR dB"):
-        is_name = header == "preset"
-        table.add_column(header, justify="left" if is_name else "right", no_wrap=is_name)
+        table.add_column(header, justify="left" if header == "preset" else "right")
     for r in report.results:
         if r.error:
             table.add_row(r.preset, _number(r.steps, 0), "[red]failed[/red]", *[""] * 8)

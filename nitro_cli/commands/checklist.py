@@ -47,6 +47,7 @@ def _show(tiers, source_line: str, machine_line: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from nitro_cli.tables import print_table
     from nitro_cli.tier_checklist import measured_text
 
     console = Console()  # the report is the command's output (`nitro checklist | less`); warnings go to stderr
@@ -57,14 +58,14 @@ def _show(tiers, source_line: str, machine_line: str) -> None:
                       caption=escape(f"claimed: {tier.claimed or '-'} | "
                                      f"measured: {measured_text(tier.measured)}"))
         for column in ("item", "setting", "here", "why / instead", "article claims"):
-            table.add_column(column, overflow="fold")
+            table.add_column(column)
         for item in tier.items:
             here = "[green]yes[/]" if item.available else "[yellow]no[/]"
             table.add_row(escape(item.name), escape(item.setting), here, escape(item.reason),
                           escape(item.claimed))
         if not tier.items:
             table.add_row("(none)", "the reference", "", "every tier is measured against it", "")
-        console.print(table)
+        print_table(console, table, widen_off_terminal=False)
         for note in tier.notes:
             console.print(f"Note: {note}", markup=False, highlight=False)
     console.print(source_line, markup=False, highlight=False)

@@ -65,11 +65,13 @@ def _show(machine, checks, recommendation) -> None:
     from rich.panel import Panel
     from rich.table import Table
 
+    from nitro_cli.tables import print_table
+
     console = Console()  # the report is the command's output (`nitro doctor > doctor.txt`); errors go to stderr
     packages = machine.packages
     info = Table(title="Machine", show_header=False)
     info.add_column()
-    info.add_column(overflow="fold")  # a long path (the compile cache) wraps whole instead of ending in "…"
+    info.add_column()
     info.add_row("OS", machine.os)
     info.add_row("Python", machine.python)
     info.add_row("torch", f"{packages.get('torch')} (CUDA build {machine.torch_cuda or 'none'}, "
@@ -79,7 +81,7 @@ def _show(machine, checks, recommendation) -> None:
                                        if name != "torch"))
     info.add_row("HF_HUB_OFFLINE", "set" if machine.hf_offline else "not set")
     info.add_row("compile cache", escape(machine.compile_cache_dir))
-    console.print(info)
+    print_table(console, info, widen_off_terminal=False)
     if machine.gpus:
         gpus = Table(title="CUDA devices")
         for column in ("#", "name", "compute capability", "VRAM total / free (MiB)", "bf16", "fast fp16", "SDPA kernels"):
@@ -89,16 +91,16 @@ def _show(machine, checks, recommendation) -> None:
                          f"{g.total_vram_mib} / {g.free_vram_mib}",
                          "yes" if g.bf16 else "no", "yes" if g.fast_fp16 else "[yellow]no[/]",
                          ", ".join(g.sdpa_kernels) or "not tested")
-        console.print(gpus)
+        print_table(console, gpus, widen_off_terminal=False)
     table = Table(title="Checks")
     for column in ("check", "status", "detail", "fix"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column)
     for check in checks:
         style = STATUS_STYLE[check.status]
         # Details and fixes are text, not markup: `pip install 'nitro-cli[fp8]'` must keep its [fp8].
         table.add_row(escape(check.name), f"[{style}]{check.status}[/]", escape(check.detail),
                       escape(check.fix))
-    console.print(table)
+    print_table(console, table, widen_off_terminal=False)
     notes = "".join(f"\nNote: {escape(note)}" for note in recommendation.notes)
     console.print(Panel(f"[bold]--preset {recommendation.preset}[/]: {escape(recommendation.reason)}{notes}",
                         title="Recommended preset", expand=False))

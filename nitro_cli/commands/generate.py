@@ -24,7 +24,7 @@ def generate(
         "--prompts-file", "-f", help="UTF-8 file (- for standard input), one prompt per line (# comments); lines may carry A1111-style "
                                      "overrides: --prompt --negative_prompt --seed --steps --cfg_scale --width --height --style "
                                      "--n_iter --batch_size --sampler_name.")] = None,
-    style: Annotated[Optional[list[Style]], typer.Option("--style", help="Add a Nitro-Diffusion style token (repeatable: mixed styles).")] = None,
+    style: Annotated[Optional[list[Style]], typer.Option("--style", metavar="|".join(s.value for s in Style), help="Add a Nitro-Diffusion style token (repeatable: mixed styles).")] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", show_default=generate_run.DEFAULT_PRESET,
                                                             help="Shipped preset name or path to a YAML file.")] = None,
     set_: options.SetOption = None,

@@ -147,7 +147,9 @@ def _interrupt(signum, frame) -> None:
 
 def main() -> None:
     # `kill`, `timeout`, Slurm's preemption and torchrun stop a process with SIGTERM: treated as Ctrl-C,
-    # so a run saves its finished images and exits 130, and bench keeps the presets it finished.
-    signal.signal(signal.SIGTERM, _interrupt)
+    # so a run saves its finished images and exits 130, and bench keeps the presets it finished. Unless the
+    # process was started ignoring it (`trap '' TERM`): that wish stands, as Python's own for SIGINT.
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, _interrupt)
     streams.prepare()
     app()

@@ -252,18 +252,21 @@ class StopAfterStep:
     """Ctrl-C (and SIGTERM, which `kill`, `timeout` and job schedulers send) for a run: the first signal
     only sets a flag, checked after each denoising step and between batches, so the run stops cleanly
     (KeyboardInterrupt) with every finished image saved; a second one acts as it did before the run (for
-    `nitro`: stop at once). Outside the main thread signals can't be caught: a no-op."""
+    `nitro`: stop at once). Outside the main thread signals can't be caught: a no-op. A signal the process
+    was started ignoring stays ignored: a shell script's `nitro generate ... &` is shielded from the terminal's
+    Ctrl-C that way (as `nohup` shields it from SIGHUP), and Python keeps SIG_IGN too."""
 
     SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
     def __init__(self):
         self.requested = False
         self._installed = threading.current_thread() is threading.main_thread()
-        self._previous = {signum: signal.getsignal(signum) for signum in self.SIGNALS}
+        self._previous = {signum: previous for signum in self.SIGNALS
+                          if (previous := signal.getsignal(signum)) != signal.SIG_IGN}
 
     def __enter__(self) -> "StopAfterStep":
         if self._installed:
-            for signum in self.SIGNALS:
+            for signum in self._previous:
                 signal.signal(signum, self._handle)
         return self
 

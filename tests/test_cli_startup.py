@@ -32,6 +32,17 @@ def test_help_does_not_import_heavy_modules(args):
     assert "HEAVY: []" in done.stdout
 
 
+@pytest.mark.parametrize("inherited, kept", [("SIG_DFL", False), ("SIG_IGN", True)])
+def test_sigterm_stops_a_run_as_ctrl_c_does_unless_the_process_was_started_ignoring_it(inherited, kept):
+    script = (f"import signal, sys\nsignal.signal(signal.SIGTERM, signal.{inherited})\n"
+              "from nitro_cli.cli import main\nsys.argv = ['nitro', '--version']\n"
+              "try:\n    main()\nexcept SystemExit:\n    pass\n"
+              "print('IGNORED' if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN else 'HANDLED', file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == ("IGNORED" if kept else "HANDLED")
+
+
 def test_python_dash_m_runs_the_same_cli():
     done = subprocess.run([sys.executable, "-m", "nitro_cli", "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0

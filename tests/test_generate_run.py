@@ -438,7 +438,9 @@ def test_ctrl_c_or_sigterm_saves_finished_images_leaves_no_partial_file_and_exit
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NITRO_CACHE_DIR": str(tmp_path / "cache")}
     process = subprocess.Popen(
         [sys.executable, "-m", "nitro_cli", "generate", "castle", "-n", "200", "--json", "--out", str(out), *FAST],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # As from a terminal: a test run in a script's background (`pytest ... &`) would pass on SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first_line = process.stdout.readline()  # the first image is saved: generation is under way
         assert first_line, process.stderr.read()
@@ -455,7 +457,19 @@ def test_ctrl_c_or_sigterm_saves_finished_images_leaves_no_partial_file_and_exit
         Image.open(out / name).load()  # complete files only
 
 
-def test_a_second_ctrl_c_stops_at_once_and_the_handlers_are_given_back_after_the_run():
+@pytest.fixture
+def python_default_handlers():
+    """The handlers a `nitro` process starts with, whatever this test process inherited: a script's background
+    job (`pytest ... &`) starts with SIGINT ignored."""
+    inherited = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for signum, handler in inherited.items():
+        signal.signal(signum, handler)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_handlers_are_given_back_after_the_run(python_default_handlers):
     watched = (signal.SIGINT, signal.SIGTERM)
     before = [signal.getsignal(signum) for signum in watched]
     with generation.StopAfterStep():
@@ -467,6 +481,18 @@ def test_a_second_ctrl_c_stops_at_once_and_the_handlers_are_given_back_after_the
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
     assert [signal.getsignal(signum) for signum in watched] == before
+
+
+def test_a_signal_the_process_was_started_ignoring_stays_ignored(python_default_handlers):
+    """`nitro generate ... &` in a shell script starts with SIGINT ignored, so the terminal's Ctrl-C leaves it be."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with generation.StopAfterStep() as stop:
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        signal.raise_signal(signal.SIGINT)
+        assert not stop.requested
+        signal.raise_signal(signal.SIGTERM)  # not ignored: it asks the run to stop
+        assert stop.requested
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")

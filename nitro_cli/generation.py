@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from nitro_cli import distributed
 from nitro_cli.errors import OUT_OF_MEMORY_HINT, RuntimeFailure, UsageError
 from nitro_cli.measure import Measurement, measure, timed
 from nitro_cli.output import fingerprint, image_name, slug
@@ -283,8 +284,9 @@ class StopAfterStep:
     def _handle(self, signum, frame) -> None:
         self.requested = True
         self._restore()
-        name = self.SIGNALS[signum]
-        print(f"{name}: stopping after the current step (a second {name} stops at once)...", file=sys.stderr)
+        if distributed.rank() == 0:  # a terminal's Ctrl-C reaches every process of a launched run: said once
+            name = self.SIGNALS[signum]
+            print(f"{name}: stopping after the current step (a second {name} stops at once)...", file=sys.stderr)
 
     def check(self) -> None:
         if self.requested:

@@ -483,6 +483,18 @@ def test_a_second_ctrl_c_stops_at_once_and_the_handlers_are_given_back_after_the
     assert [signal.getsignal(signum) for signum in watched] == before
 
 
+@pytest.mark.parametrize("rank, said", [("0", True), ("1", False)])
+def test_a_launched_run_says_it_is_stopping_once_from_the_main_process(python_default_handlers, monkeypatch, capsys,
+                                                                       rank, said):
+    """A terminal's Ctrl-C reaches every process of a torchrun run: one line, not one per process."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    with generation.StopAfterStep() as stop:
+        signal.raise_signal(signal.SIGINT)
+    assert stop.requested
+    assert ("Ctrl-C: stopping after the current step" in capsys.readouterr().err) == said
+
+
 def test_a_signal_the_process_was_started_ignoring_stays_ignored(python_default_handlers):
     """`nitro generate ... &` in a shell script starts with SIGINT ignored, so the terminal's Ctrl-C leaves it be."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)

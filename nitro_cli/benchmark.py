@@ -135,6 +135,7 @@ def preset_label(entry: str) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    exc = paths.compile_cache_failure(exc) or exc
     if isinstance(exc, NitroError):
         return f"{exc.message} (hint: {exc.hint})" if exc.hint else exc.message
     return describe(exc)

@@ -12,7 +12,7 @@ import traceback
 import typer
 from typer.core import TyperGroup
 
-from nitro_cli import __version__, distributed, streams
+from nitro_cli import __version__, distributed, paths, streams
 from nitro_cli.commands import bench, checklist, doctor, export, generate
 from nitro_cli.errors import EXIT_INTERRUPTED, OUT_OF_MEMORY_HINT, NitroError, RuntimeFailure, UsageError, first_line
 
@@ -75,7 +75,7 @@ def _expected_failure(exc: Exception) -> NitroError | None:
     # user can act on. Matched by name: importing torch here would slow every `--help`.
     if type(exc).__name__ == "OutOfMemoryError":
         return RuntimeFailure(f"out of GPU memory: {first_line(exc)}", hint=OUT_OF_MEMORY_HINT)
-    return None
+    return paths.compile_cache_failure(exc)
 
 
 def guarded(command):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
 
-from nitro_cli.errors import UsageError
+from nitro_cli.errors import RuntimeFailure, UsageError
 
 # generate's default --out, relative to the current folder (doctor checks the free disk there).
 DEFAULT_OUTPUTS = "outputs"
@@ -30,6 +31,25 @@ def bench_dir() -> Path:
 def compile_cache_dir() -> Path:
     """torch.compile's on-disk caches (inductor), so a second process skips most compilation."""
     return cache_dir() / "torch-compile"
+
+
+# dlopen's words for a library cut short before the end of its ELF header (an empty file, say).
+_LIBRARY_CUT_SHORT = re.compile(r"(\S+\.so): file too short")
+
+
+def compile_cache_failure(exc: BaseException) -> RuntimeFailure | None:
+    """`exc` as a damaged library in compile_cache_dir(), if that is what it is. torch builds each compiled kernel
+    library right at its cache path and reuses any file it finds there, so a compile killed part way (SIGKILL, the
+    OOM killer) can leave an empty library that every later run with that kernel fails to load."""
+    cache = compile_cache_dir().resolve()
+    for match in _LIBRARY_CUT_SHORT.finditer(str(exc)):
+        library = Path(match[1])
+        if library.resolve().is_relative_to(cache):
+            return RuntimeFailure(f"a damaged file in the compile cache: {library} (a compile killed part way "
+                                  "leaves one)", hint=f"delete it and any other empty library there (find {cache} "
+                                                      "-name '*.so' -empty -delete), then run again: torch compiles "
+                                                      "them anew")
+    return None
 
 
 def make_cache_folder(folder: Path) -> Path:

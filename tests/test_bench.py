@@ -589,6 +589,26 @@ def test_a_failed_baseline_leaves_the_other_rows_without_comparison(runner, tmp_
     assert beginner["speedup_vs_baseline"] is None and beginner["psnr_vs_baseline_db"] is None
 
 
+
+def test_a_row_that_loads_an_empty_compiled_library_names_the_file(runner, tmp_path, monkeypatch):
+    """The row says which file in the compile cache to delete (see test_generate_run's test of generate)."""
+    from torch._inductor.exc import InductorError
+
+    import nitro_cli.builder
+
+    library = paths.compile_cache_dir() / "3u" / "c3ue.main.so"
+
+    def cut_short_library(*args, **kwargs):
+        raise InductorError(ImportError(f"{library}: file too short"), None)
+
+    monkeypatch.setattr(nitro_cli.builder, "build_pipeline", cut_short_library)
+    report_file = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", "--presets", "beginner", "--runs", "1", *FAST, "--json", str(report_file)])
+    assert result.exit_code == 1, result.output
+    [row] = json.loads(report_file.read_text())["results"]
+    assert row["error"].startswith(f"a damaged file in the compile cache: {library} (a compile killed part way "
+                                   "leaves one) (hint: delete it and any other empty library there")
+
 def test_reports_saved_in_the_same_second_are_all_kept():
     """Three quick runs (a script's loop) in one second: each keeps its own history file."""
     report = benchmark.BenchReport(environment={"date": "2026-11-27T10:00:00+00:00"}, results=[])

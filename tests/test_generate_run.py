@@ -582,6 +582,32 @@ def test_cuda_out_of_memory_names_lighter_settings(runner, tmp_path, monkeypatch
     assert all(word in result.stderr for word in ("offload", "--batch-size 1", "lowvram", "--resume"))
 
 
+
+@pytest.mark.parametrize("in_cache", [True, False])
+def test_an_empty_library_in_the_compile_cache_is_named_for_deletion(runner, tmp_path, monkeypatch, in_cache):
+    """A compile killed part way (SIGKILL mid `g++ -o`) leaves an empty kernel library at its cache path, which torch
+    then loads in every run with that kernel: the words torch 2.13 raised for one (a killed second process of
+    docs/gpu/run-variants.sh on a CPU). The same words about a library elsewhere are not this failure."""
+    from torch._inductor.exc import InductorError
+
+    from nitro_cli import paths
+
+    folder = paths.compile_cache_dir() if in_cache else tmp_path / "elsewhere"
+    library = folder / "3u" / "c3ue7shyrilxuxeqnoy2qawazbsv6rzrb3v6gef2dpjpqnirlpoa.main.so"
+
+    def cut_short_library(*args, **kwargs):
+        raise InductorError(ImportError(f"{library}: file too short"), None)
+
+    monkeypatch.setattr(generation, "run_batch", cut_short_library)
+    result = runner.invoke(app, ["generate", "castle", "--out", str(tmp_path / "out"), *FAST])
+    if in_cache:
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert f"Error: a damaged file in the compile cache: {library}" in result.stderr
+        assert f"Hint: delete it and any other empty library there (find {folder.resolve()} -name '*.so' -empty " \
+               "-delete), then run again" in result.stderr
+    else:
+        assert isinstance(result.exception, InductorError)  # a bug to report: its traceback stands
+
 @pytest.mark.parametrize("below", ["", "sub"])
 def test_out_that_is_a_file_is_a_usage_error(runner, tmp_path, below):
     """It says which file is in the way: mkdir's own "File exists" reads as if the folder were there."""

@@ -3,5 +3,5 @@
 # 5 minutes; the compiled-vs-eager test on random:sd15 compiles the expert preset cold, the fp8 one
 # compiles random:tiny twice. Log in $OUT.
 . "$(dirname "$0")/setup.sh"
-timeout 330 python3 -m pytest -q -m gpu -p no:cacheprovider -rs --durations=10 > "$OUT/pytest-gpu.log" 2>&1
+timeout -k 10 330 python3 -m pytest -v -m gpu -p no:cacheprovider -rs --durations=10 > "$OUT/pytest-gpu.log" 2>&1
 tail -25 "$OUT/pytest-gpu.log"

@@ -14,7 +14,8 @@
 # Results and logs go to $OUT (or ./gpu-out). Needs .whl/ as docs/gpu/run-tiers.sh does.
 . "$(dirname "$0")/setup.sh"
 V=docs/gpu-variants
-row() { grep -E "^ (preset|[a-z0-9-]+) +[0-9]+ " "$1"; }
+# The bench table's header and rows (a row: its name, then its steps; a failed row too), not the lines around it.
+row() { grep -E "^ (preset +steps|[a-z0-9-]+ +[0-9]+) " "$1"; }
 # A step's timeout: its share ($1 s), cut to what is left before END (SECONDS: this script's own clock, the
 # wheels' install included), so no step runs past the call's 570 s and loses what the later steps wrote;
 # `timeout -k` then kills a step that does not stop soon after its SIGTERM. At least 1: `timeout 0` never ends.
@@ -24,18 +25,22 @@ rm -rf /tmp/second-process /tmp/deploy-200  # fresh output folders: the counts b
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; date -u; } 2>&1 | tee "$OUT/machine.txt"
 
 # expert's own code path is unchanged since its H200 row (11.63x baseline): compare the two levers with it
-# (the grep shows whether fp8 matmuls were applied or skipped, and why).
+# (the second grep shows whether fp8 matmuls were applied, skipped or failed, and why: the lines that
+# name fp8, less the preset's progress lines and its table row).
 # expert-no-compile-vae last: its UNet graph is expert's, so it loads from the on-disk cache in seconds.
 timeout -k 10 $(share 345) $nitro bench --model random:sd15 \
   --presets expert,$V/expert-feature-cache.yaml,$V/expert-fp8-matmul.yaml,$V/expert-no-compile-vae.yaml \
   --baseline expert --json "$OUT/expert.json" > "$OUT/expert.log" 2>&1
-row "$OUT/expert.log"; grep -i "fp8" "$OUT/expert.log"
+row "$OUT/expert.log"
+grep -i "fp8" "$OUT/expert.log" | grep -vE "^\[[0-9]+/[0-9]+\] |^expert-fp8-matmul: (built|warm-up|timed) |^ expert-fp8-matmul +[0-9]+ "
 # A second process, same model/preset/shape: its first image with the caches the bench just filled, and
-# where its compile time went (dynamo's phases, the largest first). -k 30: generate stops at SIGTERM only after
-# the step it is in, which may still be compiling, and only a process that stops prints the phases.
+# where its compile time went (dynamo's phases, the largest first). Only a process that stops prints the phases,
+# and generate stops at SIGTERM only after the step it is in, which may still be compiling: so 20 s after the
+# SIGTERM a SIGINT stops it at once (sent by the outer timeout to the inner one, which passes it on; the inner
+# one ignores a second SIGTERM), and -k 30 kills it 10 s later. A slow second process is the one to explain.
 for preset in expert $V/expert-no-compile-vae.yaml; do
-  name=$(basename "$preset" .yaml)
-  timeout -k 30 $(share 45) python3 docs/gpu/second_process.py generate "arcane style warrior" --model random:sd15 --preset "$preset" \
+  name=$(basename "$preset" .yaml) stop=$(share 45)
+  timeout -s INT $((stop + 20)) timeout -k 30 "$stop" python3 docs/gpu/second_process.py generate "arcane style warrior" --model random:sd15 --preset "$preset" \
     --seed 1 -n 2 --out "/tmp/second-process/$name" --json > "$OUT/second-process-$name.jsonl" 2> "$OUT/second-process-$name.log"
   echo "second process, $name: exit $?, per image:" $(grep -o "\"seconds\": [0-9.]*" "$OUT/second-process-$name.jsonl")
   awk -F', ' 'NF == 2 && $1 !~ / / && $2 + 0 >= 0.3' "$OUT/second-process-$name.log" | sort -t, -k2 -nr | head -8

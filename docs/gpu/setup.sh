@@ -3,6 +3,9 @@
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 NITRO_CACHE_DIR=${NITRO_CACHE_DIR:-/tmp/nitro-cache}
+# This checkout's nitro_cli, also for `python3 docs/gpu/second_process.py` (a script's own folder comes first on
+# its sys.path, not the current one): without it, that script imports an installed nitro, if any.
+export PYTHONPATH=$PWD
 if [ -d .whl ]; then
   [ -d /tmp/site/diffusers ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD

@@ -251,18 +251,23 @@ def test_an_opset_torch_cannot_export_is_a_usage_error_before_loading(runner, tm
     assert not out.exists()
 
 
-def interrupt_at_unet(monkeypatch):
-    """Ctrl-C while the UNet is being exported, after the text encoder was written."""
+def fail_at_unet(monkeypatch, error: BaseException) -> None:
+    """`error` raised while the UNet is being exported, after the text encoder was written."""
     from nitro_cli import onnx_export
 
     real = onnx_export._export_one
 
     def export_one(module, example, inputs, outputs, axes, folder, opset):
         if folder.name == "unet":
-            raise KeyboardInterrupt
+            raise error
         return real(module, example, inputs, outputs, axes, folder, opset)
 
     monkeypatch.setattr(onnx_export, "_export_one", export_one)
+
+
+def interrupt_at_unet(monkeypatch):
+    """Ctrl-C while the UNet is being exported."""
+    fail_at_unet(monkeypatch, KeyboardInterrupt())
 
 
 def test_an_interrupted_export_is_finished_by_running_it_again(runner, tmp_path, monkeypatch):
@@ -495,14 +500,7 @@ def test_a_folder_with_an_unreadable_model_index_is_not_an_onnx_export(tmp_path,
 def test_a_component_the_exporter_fails_on_is_named_in_one_line(runner, tmp_path, monkeypatch, error, named):
     from nitro_cli import onnx_export
 
-    real = onnx_export._export_one
-
-    def export_one(module, example, inputs, outputs, axes, folder, opset):
-        if folder.name == "unet":
-            raise error
-        return real(module, example, inputs, outputs, axes, folder, opset)
-
-    monkeypatch.setattr(onnx_export, "_export_one", export_one)
+    fail_at_unet(monkeypatch, error)
     out = tmp_path / "onnx"
     result = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(out)])
     assert result.exit_code == 1, result.output

@@ -1,5 +1,6 @@
 """Full generate runs on `random:tiny`: seeds, batching, files, metadata, JSON, resume, interruption, guards."""
 
+import errno
 import json
 import os
 import re
@@ -617,6 +618,38 @@ def test_out_that_is_a_file_is_a_usage_error(runner, tmp_path, below):
     assert result.exit_code == 2, result.output
     assert "Error: cannot write to --out" in result.stderr and "Traceback" not in result.output
     assert f"{not_a_folder} is a file, not a folder" in result.stderr
+
+
+def test_an_out_folder_without_write_permission_is_a_usage_error_before_any_image(runner, tmp_path, monkeypatch):
+    """A folder that is there but can't be written (another user's, a read-only mount) is named at the start of
+    the run, before its model loads, not as a failed write once it has."""
+    from nitro_cli import output
+
+    out = tmp_path / "out"
+    out.mkdir()
+    real_access = output.os.access
+    # The check itself is what is tested: root (CI containers) may write anywhere, whatever the folder's mode.
+    monkeypatch.setattr(output.os, "access", lambda path, mode, **kwargs: Path(path) != out
+                        and real_access(path, mode, **kwargs))
+    result = runner.invoke(app, ["generate", "a cat", *FAST, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"Error: cannot write to --out {out}: permission denied" in result.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_a_run_record_that_cannot_be_written_is_an_error_not_a_traceback(runner, tmp_path, monkeypatch):
+    """The folder passed the check, then `.nitro-run.json` could not be written (the disk filled up while the
+    model loaded): no image was made, and the user is told where and why."""
+    from nitro_cli import output
+
+    def disk_full(path, write, overwrite=False):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(output, "_write_atomically", disk_full)
+    result = runner.invoke(app, ["generate", "a cat", *FAST, "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert f"Error: cannot write to --out {tmp_path}: No space left on device" in result.stderr
+    assert "Hint:" in result.stderr and pngs(tmp_path) == []
 
 
 def test_out_of_memory_while_loading_is_exit_1_with_lighter_settings(runner, tmp_path, monkeypatch):

@@ -667,6 +667,24 @@ def test_out_of_memory_while_loading_is_exit_1_with_lighter_settings(runner, tmp
     assert "--preset lowvram" in result.output and "Traceback" not in result.output
 
 
+def test_a_one_line_error_is_the_first_line_of_the_message_or_the_type_alone():
+    """Libraries' messages run over several lines (the allocator's notes after a CUDA out-of-memory error, YAML's
+    marks): an `Error:` line or a bench error row takes the first; a blank message still names what failed."""
+    from nitro_cli.errors import describe, first_line
+
+    oom = RuntimeError("\nCUDA out of memory. Tried to allocate 3.00 GiB\nOf the allocated memory 70.1 GiB ...")
+    assert first_line(oom) == "CUDA out of memory. Tried to allocate 3.00 GiB"
+    assert describe(oom) == "RuntimeError: CUDA out of memory. Tried to allocate 3.00 GiB"
+    assert first_line(KeyError()) == "KeyError" and describe(OSError(" ")) == "OSError"
+
+
+def test_a_log_of_stderr_gets_no_progress_bars(runner, tmp_path):
+    """Bars draw only on a terminal: in a log (`2> run.log`, a CI job) each would leave its last frame behind."""
+    result = runner.invoke(app, ["generate", "castle", "-n", "2", "--out", str(tmp_path), *FAST])
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stderr.splitlines() if line.startswith(("images", "steps"))] == []
+    assert "Total:" in result.stderr
+
 def test_a_seed_past_the_generator_range_is_a_usage_error_before_anything_is_written(runner, tmp_path):
     out = tmp_path / "out"
     # The first image's seed fits (2**64 - 1), the second's (seed + 1) does not.

@@ -420,6 +420,24 @@ def test_the_summary_of_a_big_run_shows_its_first_and_last_images(runner, tmp_pa
     assert "... 3 more (every image: --json)" in result.stderr and "Total:" in result.stderr
 
 
+@pytest.mark.parametrize("device, column, peak", [("cuda:0", "peak VRAM MiB", "3210"), ("cpu", "peak RSS MiB", "987")])
+def test_the_summary_shows_the_peak_memory_of_the_device_the_run_used(capsys, device, column, peak):
+    """On a GPU the memory that runs out is VRAM: the process's RSS there would hide a run close to out of memory."""
+    from nitro_cli.generation import CacheStats, ImageResult, PlannedImage
+    from nitro_cli.measure import Measurement
+    from nitro_cli.progress import RunDisplay
+    from nitro_cli.prompts import PromptJob
+
+    job = PromptJob(prompt="a castle", negative="", seed=None, steps=2, guidance=7.5, width=64, height=64)
+    result = ImageResult(PlannedImage(job, 1, "00000-1-a-castle.png"), Path("00000-1-a-castle.png"), seconds=1.0,
+                         it_per_s=2.0, batch_size=1,
+                         measurement=Measurement(1.0, peak_vram_mib=3210.4, peak_rss_mib=987.2))
+    RunDisplay(1, json_output=False, model="random:tiny", preset="beginner").summary(
+        [result], CacheStats(enabled=True), 1.0, device)
+    table = capsys.readouterr().err
+    assert column in table and peak in table.split("00000-1-a-castle.png")[1].split()
+
+
 def test_the_summary_in_a_narrow_terminal_keeps_the_seeds_whole(runner, tmp_path):
     """A 60-column terminal cut a ten-digit seed to `344199…`, the one number that makes the image again: the file
     names fold instead."""

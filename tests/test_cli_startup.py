@@ -221,3 +221,18 @@ def test_a_missing_stderr_takes_any_letters_in_a_non_utf8_locale():
     done = subprocess.run([sys.executable, "-X", "utf8=0", "-c", script], capture_output=True, text=True,
                           timeout=60, env={**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0"})
     assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
+
+
+def test_a_report_written_as_is_follows_earlier_lines_and_the_streams_error_handling():
+    """`--json -`/`--csv -` bytes go after whatever stdout already holds, and are escaped as stdout escapes text it
+    can't encode (PYTHONIOENCODING=ascii, a Windows pipe): a model folder with other letters is printed, not a
+    UnicodeEncodeError after the bench has run."""
+    import io
+
+    from nitro_cli.streams import write_as_is
+
+    raw = io.BytesIO()
+    stdout = io.TextIOWrapper(raw, encoding="ascii", errors="backslashreplace")
+    stdout.write("earlier line\n")
+    write_as_is(stdout, "model\r\nmod\u00e8les/\u00e9t\u00e9\r\n")
+    assert raw.getvalue() == b"earlier line\nmodel\r\nmod\\xe8les/\\xe9t\\xe9\r\n"

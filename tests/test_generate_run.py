@@ -1,5 +1,6 @@
 """Full generate runs on `random:tiny`: seeds, batching, files, metadata, JSON, resume, interruption, guards."""
 
+import errno
 import json
 import os
 import re
@@ -419,6 +420,24 @@ def test_the_summary_of_a_big_run_shows_its_first_and_last_images(runner, tmp_pa
     assert "... 3 more (every image: --json)" in result.stderr and "Total:" in result.stderr
 
 
+@pytest.mark.parametrize("device, column, peak", [("cuda:0", "peak VRAM MiB", "3210"), ("cpu", "peak RSS MiB", "987")])
+def test_the_summary_shows_the_peak_memory_of_the_device_the_run_used(capsys, device, column, peak):
+    """On a GPU the memory that runs out is VRAM: the process's RSS there would hide a run close to out of memory."""
+    from nitro_cli.generation import CacheStats, ImageResult, PlannedImage
+    from nitro_cli.measure import Measurement
+    from nitro_cli.progress import RunDisplay
+    from nitro_cli.prompts import PromptJob
+
+    job = PromptJob(prompt="a castle", negative="", seed=None, steps=2, guidance=7.5, width=64, height=64)
+    result = ImageResult(PlannedImage(job, 1, "00000-1-a-castle.png"), Path("00000-1-a-castle.png"), seconds=1.0,
+                         it_per_s=2.0, batch_size=1,
+                         measurement=Measurement(1.0, peak_vram_mib=3210.4, peak_rss_mib=987.2))
+    RunDisplay(1, json_output=False, model="random:tiny", preset="beginner").summary(
+        [result], CacheStats(enabled=True), 1.0, device)
+    table = capsys.readouterr().err
+    assert column in table and peak in table.split("00000-1-a-castle.png")[1].split()
+
+
 def test_the_summary_in_a_narrow_terminal_keeps_the_seeds_whole(runner, tmp_path):
     """A 60-column terminal cut a ten-digit seed to `344199…`, the one number that makes the image again: the file
     names fold instead."""
@@ -619,6 +638,38 @@ def test_out_that_is_a_file_is_a_usage_error(runner, tmp_path, below):
     assert f"{not_a_folder} is a file, not a folder" in result.stderr
 
 
+def test_an_out_folder_without_write_permission_is_a_usage_error_before_any_image(runner, tmp_path, monkeypatch):
+    """A folder that is there but can't be written (another user's, a read-only mount) is named at the start of
+    the run, before its model loads, not as a failed write once it has."""
+    from nitro_cli import output
+
+    out = tmp_path / "out"
+    out.mkdir()
+    real_access = output.os.access
+    # The check itself is what is tested: root (CI containers) may write anywhere, whatever the folder's mode.
+    monkeypatch.setattr(output.os, "access", lambda path, mode, **kwargs: Path(path) != out
+                        and real_access(path, mode, **kwargs))
+    result = runner.invoke(app, ["generate", "a cat", *FAST, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"Error: cannot write to --out {out}: permission denied" in result.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_a_run_record_that_cannot_be_written_is_an_error_not_a_traceback(runner, tmp_path, monkeypatch):
+    """The folder passed the check, then `.nitro-run.json` could not be written (the disk filled up while the
+    model loaded): no image was made, and the user is told where and why."""
+    from nitro_cli import output
+
+    def disk_full(path, write, overwrite=False):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(output, "_write_atomically", disk_full)
+    result = runner.invoke(app, ["generate", "a cat", *FAST, "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert f"Error: cannot write to --out {tmp_path}: No space left on device" in result.stderr
+    assert "Hint:" in result.stderr and pngs(tmp_path) == []
+
+
 def test_out_of_memory_while_loading_is_exit_1_with_lighter_settings(runner, tmp_path, monkeypatch):
     import torch
 
@@ -633,6 +684,24 @@ def test_out_of_memory_while_loading_is_exit_1_with_lighter_settings(runner, tmp
     assert "Error: out of GPU memory: CUDA out of memory" in result.output
     assert "--preset lowvram" in result.output and "Traceback" not in result.output
 
+
+def test_a_one_line_error_is_the_first_line_of_the_message_or_the_type_alone():
+    """Libraries' messages run over several lines (the allocator's notes after a CUDA out-of-memory error, YAML's
+    marks): an `Error:` line or a bench error row takes the first; a blank message still names what failed."""
+    from nitro_cli.errors import describe, first_line
+
+    oom = RuntimeError("\nCUDA out of memory. Tried to allocate 3.00 GiB\nOf the allocated memory 70.1 GiB ...")
+    assert first_line(oom) == "CUDA out of memory. Tried to allocate 3.00 GiB"
+    assert describe(oom) == "RuntimeError: CUDA out of memory. Tried to allocate 3.00 GiB"
+    assert first_line(KeyError()) == "KeyError" and describe(OSError(" ")) == "OSError"
+
+
+def test_a_log_of_stderr_gets_no_progress_bars(runner, tmp_path):
+    """Bars draw only on a terminal: in a log (`2> run.log`, a CI job) each would leave its last frame behind."""
+    result = runner.invoke(app, ["generate", "castle", "-n", "2", "--out", str(tmp_path), *FAST])
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stderr.splitlines() if line.startswith(("images", "steps"))] == []
+    assert "Total:" in result.stderr
 
 def test_a_seed_past_the_generator_range_is_a_usage_error_before_anything_is_written(runner, tmp_path):
     out = tmp_path / "out"

@@ -2,10 +2,12 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from nitro_cli import paths
 from nitro_cli.cli import app
 from nitro_cli.models import build_random_pipeline, clip_tokenizer, resolve_model
 from tests.conftest import FAST
@@ -221,6 +223,65 @@ def test_a_cache_that_cannot_be_written_is_a_usage_error_naming_it(tmp_path, mon
     with pytest.raises(UsageError, match="nitro's cache folder .* can't be written") as error:
         random_model_folder("random:tiny")
     assert "NITRO_CACHE_DIR" in error.value.hint
+
+
+@pytest.mark.parametrize("env, cache", [
+    ({"NITRO_CACHE_DIR": "~/nitro-cache", "XDG_CACHE_HOME": "~/xdg"}, "nitro-cache"),
+    ({"NITRO_CACHE_DIR": "", "XDG_CACHE_HOME": "~/xdg"}, "xdg/nitro"),
+    ({"XDG_CACHE_HOME": ""}, ".cache/nitro"),
+])
+def test_the_cache_folder_is_nitro_cache_dir_then_xdg_cache_home_then_home(tmp_path, monkeypatch, env, cache):
+    """An empty variable counts as unset (`NITRO_CACHE_DIR= nitro ...` was the current folder), and `~` is the home
+    folder even where no shell expanded it (a quoted value, a systemd unit, a .env file)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("NITRO_CACHE_DIR")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert paths.cache_dir() == tmp_path / cache
+
+
+def test_a_cache_folder_without_write_permission_is_a_usage_error(tmp_path, monkeypatch):
+    """A cache folder that is there but can't be written (another user's, a read-only mount): mkdir succeeds on
+    it, so only the permission check names it before a traceback from deep inside a save."""
+    from nitro_cli.errors import UsageError
+
+    real_access = paths.os.access
+    # The check itself is what is tested: root (CI containers) may write anywhere, whatever the folder's mode.
+    monkeypatch.setattr(paths.os, "access", lambda path, mode, **kwargs: Path(path) != tmp_path
+                        and real_access(path, mode, **kwargs))
+    with pytest.raises(UsageError, match=f"nitro's cache folder {tmp_path} can't be written"):
+        paths.make_cache_folder(tmp_path)
+
+
+def test_a_cache_entry_is_made_once_and_again_only_when_damaged_or_missing(tmp_path):
+    """A whole entry is reused as it is; one with a file deleted by hand is made anew; an interrupted make
+    leaves neither the entry nor its staging folder."""
+    folder = tmp_path / "models" / "entry"
+    made = []
+
+    def make(staging):
+        made.append(staging)
+        (staging / "weights").write_text("whole")
+
+    def is_complete(candidate):
+        return (candidate / "weights").is_file()
+
+    assert paths.made_once(folder, make, is_complete) == folder and len(made) == 1
+    paths.made_once(folder, make, is_complete)
+    assert len(made) == 1
+    (folder / "weights").unlink()
+    (folder / "config").write_text("left")
+    paths.made_once(folder, make, is_complete)
+    assert len(made) == 2 and [p.name for p in folder.iterdir()] == ["weights"]
+
+    def interrupted(staging):
+        (staging / "weights").write_text("half")
+        raise KeyboardInterrupt
+
+    other = tmp_path / "models" / "other"
+    with pytest.raises(KeyboardInterrupt):
+        paths.made_once(other, interrupted, is_complete)
+    assert [p.name for p in folder.parent.iterdir()] == ["entry"]
 
 
 def test_a_folder_with_plain_and_fp16_weights_loads_the_plain_ones(tmp_path):

@@ -703,6 +703,7 @@ def test_a_log_of_stderr_gets_no_progress_bars(runner, tmp_path):
     assert [line for line in result.stderr.splitlines() if line.startswith(("images", "steps"))] == []
     assert "Total:" in result.stderr
 
+
 def test_a_seed_past_the_generator_range_is_a_usage_error_before_anything_is_written(runner, tmp_path):
     out = tmp_path / "out"
     # The first image's seed fits (2**64 - 1), the second's (seed + 1) does not.

@@ -86,7 +86,8 @@ def write_bench(folder, name, median_s, age_s=0, **environment):
     report = {"environment": {"device": "NVIDIA H200", "model": "random:sd15", **environment},
               "results": [{"preset": "baseline", "median_s": 2.1, "speedup_vs_baseline": 1.0, "peak_vram_mib": 6492},
                           {"preset": "advanced", "median_s": median_s, "speedup_vs_baseline": 2.1 / median_s,
-                           "peak_vram_mib": 2724.0, "images_per_min": 60 / median_s}]}
+                           "peak_vram_mib": 2724.0, "images_per_min": 60 / median_s,
+                           "psnr_vs_baseline_db": 31.5}]}
     path = folder / name
     path.write_text(json.dumps(report), encoding="utf-8")
     stamp = 1_700_000_000 - age_s
@@ -174,6 +175,7 @@ def test_a_report_compared_with_another_row_gives_no_speed_up_against_baseline(r
     chosen = write_bench(tmp_path, "mine.json", 1.4, baseline="advanced")  # `nitro bench --baseline advanced`
     (tier,) = json.loads(runner.invoke(app, ["checklist", "--json", "--tier", "advanced", "--bench", str(chosen)]).stdout)
     assert tier["measured"]["median_s"] == 1.4 and tier["measured"]["speedup_vs_baseline"] is None
+    assert tier["measured"]["psnr_vs_baseline_db"] is None  # a PSNR against advanced, not against baseline
 
 
 @pytest.mark.parametrize("content", ["{broken", '{"results": 3}', "[]"], ids=["not-json", "no-results", "a-list"])
@@ -262,6 +264,11 @@ def test_human_tables_print_brackets_as_text(runner, fake_probe, tmp_path, monke
     # Triton installed, but it compiles for compute capability 7.0+ only: torch raises GPUTooOldForTriton.
     (MACHINES["GTX 1060 6 GB"], "cuda", ["compile=reduce-overhead"], "compile: reduce-overhead", "needs 7.0+"),
     (MACHINES["GTX 1060 6 GB"], "cuda", ["compile=default", "compile_vae=true"], "compile_vae: true", "needs 7.0+"),
+    (MACHINES["no GPU"], "cpu", ["offload=model"], "offload: model", "already on the CPU"),
+    # No compiler: the CPU's "runs without CUDA graphs" must not make an unavailable compile look available.
+    (machine(compiler_available=False), "cpu", ["compile=reduce-overhead"], "compile: reduce-overhead",
+     "a C++ compiler"),
+    (MACHINES["RTX 3060 12 GB"], "cuda", ["feature_cache_interval=2"], "feature_cache_interval: 2", "no step index"),
 ])
 def test_checklist_refuses_what_the_builder_skips(fake, device, overrides, setting, reason):
     from nitro_cli.tier_checklist import tier_items
@@ -328,3 +335,54 @@ def test_a_measurement_says_its_steps_and_size(runner, fake_probe, tmp_path):
     assert "0.0795 s/image (2 steps, 64x64), random:tiny (random weights)" in human.stdout
     (tier,) = json.loads(runner.invoke(app, ["checklist", "--json", "--tier", "advanced", "--bench", str(report)]).stdout)
     assert (tier["measured"]["steps"], tier["measured"]["width"], tier["measured"]["height"]) == (2, 64, 64)
+
+
+def test_a_sliced_attention_item_is_not_judged_by_xformers(runner, fake_probe, tmp_path):
+    """Only `attention: xformers` needs the xformers package: sliced attention runs anywhere."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("tier: mine\nattention: sliced\n", encoding="utf-8")
+    fake_probe(machine(RTX_3060))
+    item = items_of(json.loads(runner.invoke(app, ["checklist", "--json", "--tier", str(mine)]).stdout),
+                    "mine")["attention: sliced"]
+    assert item["available"] is True and item["reason"] == ""
+
+
+@pytest.mark.parametrize("shipped", [True, False])
+def test_a_users_file_named_like_a_tier_takes_only_its_own_row(runner, fake_probe, tmp_path, shipped):
+    """`--tier mine/advanced.yaml`: a report row `advanced` of the shipped file is not this file's measurement."""
+    fake_probe(MACHINES["no GPU"])
+    report = write_bench(tmp_path, "report.json", 0.5)
+    data = json.loads(report.read_text(encoding="utf-8"))
+    for row in data["results"]:
+        row["shipped"] = shipped
+    report.write_text(json.dumps(data), encoding="utf-8")
+    (tmp_path / "mine").mkdir()
+    mine = tmp_path / "mine" / "advanced.yaml"
+    mine.write_text("tier: advanced\nsteps: 20\n", encoding="utf-8")
+    tiers = json.loads(runner.invoke(app, ["checklist", "--json", "--tier", str(mine), "--bench", str(report)]).stdout)
+    assert (tiers[0]["measured"] is None) is shipped
+
+
+def test_the_newest_report_of_two_in_one_second_is_the_suffixed_one(runner, fake_probe):
+    """bench names a second report of the same second `bench-STAMP-2.json`, which sorts before `bench-STAMP.json`."""
+    fake_probe(MACHINES["no GPU"])
+    write_bench(paths.bench_dir(), "bench-20261126-100000.json", 1.0, age_s=1)
+    second = write_bench(paths.bench_dir(), "bench-20261126-100000-2.json", 0.7)
+    (tier,) = json.loads(runner.invoke(app, ["checklist", "--json", "--tier", "advanced"]).stdout)
+    assert tier["measured"]["median_s"] == 0.7 and tier["measured"]["file"] == str(second)
+
+
+def test_human_tables_say_no_for_what_this_machine_cannot_do(runner, fake_probe):
+    fake_probe(MACHINES["no GPU"])
+    markdown = runner.invoke(app, ["checklist", "--markdown", "--tier", "expert"]).stdout
+    assert "| cudnn benchmark | `cudnn_benchmark: true` | no: no CUDA device" in markdown
+    table = runner.invoke(app, ["checklist", "--tier", "expert"], env={"COLUMNS": "300"}).stdout
+    (row,) = [line for line in table.splitlines() if "cudnn_benchmark: true" in line]
+    assert [cell.strip() for cell in row.split("│")][3] == "no"
+
+
+def test_an_empty_tier_is_a_usage_error(runner, fake_probe):
+    """A script's `--tier "$TIER"` with the variable unset must not quietly list every tier."""
+    fake_probe(MACHINES["no GPU"])
+    result = runner.invoke(app, ["checklist", "--json", "--tier", ""])
+    assert result.exit_code == 2 and "Error: --tier is empty" in result.stderr and result.stdout == ""

@@ -173,6 +173,9 @@ def test_bitsandbytes_without_its_cuda_library_fails():
     checks = {c.name: c for c in diagnosis.run_checks(broken)}
     assert checks["bitsandbytes"].status == "fail" and "pip install -U bitsandbytes" in checks["bitsandbytes"].fix
     assert diagnosis.failed(list(checks.values()))
+    working = machine(RTX_3060, packages={"bitsandbytes": "0.45.0"},
+                      bitsandbytes_test=hardware.PackageTest(True, "4-bit matmul ran"))
+    assert {c.name: c for c in diagnosis.run_checks(working)}["bitsandbytes"].status == "ok"
 
 
 @pytest.mark.parametrize("card, torchao, detail, fix", [
@@ -333,6 +336,56 @@ def test_a_gpu_with_only_the_math_attention_kernel_is_a_warning():
 
 
 def test_little_free_disk_is_a_warning():
-    checks = {c.name: c for c in diagnosis.run_checks(machine(free_disk_mib=500))}
-    assert checks["disk"].status == "warn" and checks["disk"].detail.startswith("500 MiB free")
+    checks = {c.name: c for c in diagnosis.run_checks(machine(free_disk_mib=1000))}  # under 1 GiB
+    assert checks["disk"].status == "warn" and checks["disk"].detail.startswith("1000 MiB free")
     assert {c.name: c for c in diagnosis.run_checks(machine(free_disk_mib=5000))}["disk"].status == "ok"
+
+
+@pytest.mark.parametrize("package", diagnosis.REQUIRED)
+def test_each_required_package_missing_fails(package):
+    checks = {c.name: c for c in diagnosis.run_checks(machine(packages={package: None}))}
+    assert checks["packages"].status == "fail" and package in checks["packages"].detail
+
+
+def test_a_cuda_build_that_sees_no_gpu_is_told_to_check_the_driver_not_to_reinstall_torch():
+    check = {c.name: c for c in diagnosis.run_checks(machine(torch_cuda="13.0"))}["cuda"]
+    assert check.status == "warn" and "sees no GPU" in check.detail and "nvidia-smi" in check.fix
+
+
+def test_a_turing_card_without_bf16_still_has_fast_fp16():
+    check = {c.name: c for c in diagnosis.run_checks(_card(15360, "Tesla T4", (7, 5)))}["fp16 (GPU 0 Tesla T4)"]
+    assert check.status == "ok" and "bf16 no" in check.detail
+
+
+def test_each_gpu_gets_its_own_vram_plan():
+    small = gpu("NVIDIA GeForce GTX 1050 3GB", (6, 1), 3072, index=1)
+    checks = {c.name: c for c in diagnosis.run_checks(machine(A100, small))}
+    assert checks["vram (GPU 0 NVIDIA A100-SXM4-80GB)"].status == "ok"
+    small_check = checks["vram (GPU 1 NVIDIA GeForce GTX 1050 3GB)"]
+    assert small_check.status == "warn" and small_check.fix.startswith("--preset minvram")
+
+
+def test_gpus_without_fast_fp16_are_not_a_deploy_machine():
+    """They run deploy's fp16 batch of 8 in fp32, about twice the memory: two 11 GB Pascal cards fit it in fp16,
+    not in fp32."""
+    pascal = lambda index: gpu("NVIDIA GeForce GTX 1080 Ti", (6, 1), 11264, index=index)
+    assert _edge_mib("deploy") < 11264 < _edge_mib("deploy", fp32=True)
+    assert diagnosis.recommend(machine(pascal(0), pascal(1))).preset != "deploy"
+
+
+def test_doctor_json_bf16_is_the_cards_bf16_not_its_fp16(runner, fake_probe):
+    fake_probe(machine(gpu("Tesla T4", (7, 5), 15360)))  # fast fp16, no bf16
+    (device,) = json.loads(runner.invoke(app, ["doctor", "--json"]).stdout)["devices"]
+    assert device["bf16"] is False and device["fast_fp16"] is True
+
+
+def test_unknown_free_disk_is_no_check_not_a_crash():
+    assert "disk" not in {c.name for c in diagnosis.run_checks(machine(free_disk_mib=None))}
+
+
+def test_doctor_json_top_level_fields_follow_the_contract(runner, fake_probe):
+    fake_probe(MACHINES["RTX 3060 12 GB"])
+    report = json.loads(runner.invoke(app, ["doctor", "--json"]).stdout)
+    assert (report["python"], report["torch"], report["diffusers"]) == ("3.11.7", "2.13.0+cu130", "0.42.1")
+    # "name to version or null": a package that is not installed is there, as null.
+    assert report["packages"]["xformers"] is None and report["packages"]["bitsandbytes"] is None

@@ -1,5 +1,7 @@
 """The low-VRAM path: lowvram/minvram presets, quantization back-ends, VAE tiling, and the VRAM rule."""
 
+import dataclasses
+
 import pytest
 import yaml
 
@@ -267,11 +269,31 @@ def test_preset_that_cannot_fit_says_what_would_help():
     assert lean.fits and lean.overrides == ()  # never steps a leaner preset back up to model offload
 
 
+def test_the_safety_checker_hint_comes_only_with_the_checker_and_counts_fp32():
+    """What --set safety_checker=false would save, said where nothing fits: the estimate's own difference, in fp32
+    too (baseline); not said at all where the checker is already off (advanced), where it would change nothing."""
+    settings = load_preset("baseline").settings
+    plan = plan_for_preset("baseline", settings, 1.5)
+    stepped = MemoryLayout("sequential", True, True, True)
+    saved = estimate_peak_gib(stepped) - estimate_peak_gib(dataclasses.replace(stepped, safety_checker=False))
+    assert not plan.fits and f"saves {saved:.2f} GiB" in plan.explanation
+    without = plan_for_preset("advanced", load_preset("advanced").settings, 1.0)
+    assert not without.fits and "safety_checker" not in without.explanation
+
+
 def test_vram_plan_for_a_large_image_steps_down_and_tiles():
     plan = plan_for_vram(4.5, width=1024, height=1024)
     assert plan.preset == "lowvram" and plan.fits  # advanced would need 2.65 + 3 x 0.53 GiB
     roomy = plan_for_vram(24, width=1024, height=1024)
     assert roomy.preset == "advanced" and "vae.tiling=true" in roomy.overrides
+
+
+def test_vram_plan_adds_only_overrides_that_change_the_preset():
+    """The plan's --set list is printed and applied: each one must change something. lowvram already tiles, minvram
+    already has NF4 where bitsandbytes is installed; a wide image needs tiling as much as a square one."""
+    assert plan_for_vram(4.5, width=1024, height=1024).overrides == ()
+    assert plan_for_vram(1.8, bitsandbytes_installed=True).overrides == ()
+    assert plan_for_vram(24, width=1024, height=512).overrides == ("vae.tiling=true",)
 
 
 def test_vram_plan_without_bitsandbytes_uses_fp8_storage_and_the_overrides_are_valid():

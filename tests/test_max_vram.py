@@ -156,3 +156,18 @@ def test_fitting_keeps_the_quantization_a_preset_already_has():
     plan = vram.plan_for_preset("advanced", settings, 2.2, bitsandbytes_installed=True)
     assert plan.fits and "offload=sequential" in plan.overrides
     assert not any(o.startswith("quantization=") for o in plan.overrides)
+
+
+@pytest.mark.parametrize("preset", [None, "advanced"])
+def test_the_plan_is_made_for_a_tall_image_of_a_prompts_file(preset):
+    """A prompts file's 512x1536 line is three 512x512 images' pixels: with or without --preset, the plan counts
+    it (advanced fits 4 GiB at 512x512, not at 512x1536)."""
+    rtx = machine(RTX_3060)
+    chosen, _, plan = vram.fit_request(4.0, preset, [], default_preset="beginner", machine=rtx, device="cuda",
+                                       largest_image=(512, 1536))
+    if preset is None:
+        assert chosen == "lowvram" and "512x1536" in plan.explanation
+    else:
+        assert chosen == "advanced" and "offload=model" in plan.overrides
+    assert vram.fit_request(4.0, preset, [], default_preset="beginner", machine=rtx,
+                            device="cuda")[2].overrides == ()

@@ -237,6 +237,15 @@ def test_export_out_that_cannot_be_created_is_a_usage_error_before_loading(runne
     assert "Error: --out" in result.stderr and "opset" not in result.stderr
 
 
+def test_an_opset_below_14_is_a_usage_error_before_loading(runner, tmp_path, monkeypatch):
+    from nitro_cli import models
+
+    monkeypatch.setattr(models, "load_pipeline", lambda *a, **k: pytest.fail("loaded the model before checking --opset"))
+    out = tmp_path / "onnx"
+    result = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(out), "--opset", "13"])
+    assert result.exit_code == 2 and "--opset" in result.stderr and not out.exists()
+
+
 @pytest.mark.parametrize("opset", ["24", str(10**20)])
 def test_an_opset_torch_cannot_export_is_a_usage_error_before_loading(runner, tmp_path, monkeypatch, opset):
     """torch 2.13 exports up to opset 23: --opset 24 failed after the model loaded, as exit 1 with the traced graph."""

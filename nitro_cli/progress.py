@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from nitro_cli import distributed
 from nitro_cli.errors import RuntimeFailure
 from nitro_cli.generation import RESUME_HINT, CacheStats, ImageResult, PlannedImage, RunObserver
 from nitro_cli.streams import is_broken_pipe, to_devnull
@@ -63,8 +64,11 @@ class RunDisplay(RunObserver):
     def __exit__(self, exc_type, exc, traceback) -> None:
         self._progress.stop()
         if exc_type is KeyboardInterrupt:
-            self.console.print(f"Stopped: {self._saved} image(s) of {self._total} saved, none half-written. "
-                               "Repeat the command with --resume to make the rest.", markup=False)
+            saved = f"{self._saved} image(s) of {self._total} saved"
+            if distributed.launched():  # a terminal's Ctrl-C stops every process, each with its share of the run
+                saved = f"process {distributed.rank()} saved {self._saved} of its {self._total} image(s)"
+            resume = " Repeat the command with --resume to make the rest." if distributed.rank() == 0 else ""
+            self.console.print(f"Stopped: {saved}, none half-written.{resume}", markup=False)
 
     def batch_started(self, batch: list[PlannedImage]) -> None:
         size = f"{batch[0].job.width}x{batch[0].job.height}"

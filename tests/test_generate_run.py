@@ -514,6 +514,33 @@ def test_a_launched_run_says_it_is_stopping_once_from_the_main_process(python_de
     assert ("Ctrl-C: stopping after the current step" in capsys.readouterr().err) == said
 
 
+@pytest.mark.parametrize("world_size, rank, said", [
+    ("1", "0", "Stopped: 1 image(s) of 3 saved, none half-written. Repeat the command with --resume to make the rest."),
+    ("2", "0", "Stopped: process 0 saved 1 of its 3 image(s), none half-written. Repeat the command with --resume"),
+    ("2", "1", "Stopped: process 1 saved 1 of its 3 image(s), none half-written.\n"),
+])
+def test_a_stopped_run_says_what_it_saved_and_a_launched_one_what_each_process_saved(monkeypatch, capsys, world_size,
+                                                                                     rank, said):
+    """Under torchrun every process is stopped and counts only its own share: "1 of 3" from each of two processes
+    read as if the run had saved 1 image of 3. The resume hint is given once."""
+    from nitro_cli.generation import ImageResult, PlannedImage
+    from nitro_cli.measure import Measurement
+    from nitro_cli.progress import RunDisplay
+    from nitro_cli.prompts import PromptJob
+
+    monkeypatch.setenv("WORLD_SIZE", world_size)
+    monkeypatch.setenv("RANK", rank)
+    job = PromptJob(prompt="a castle", negative="", seed=None, steps=2, guidance=7.5, width=64, height=64)
+    saved = ImageResult(PlannedImage(job, 1, "00000-1-a-castle.png"), Path("00000-1-a-castle.png"), seconds=1.0,
+                        it_per_s=2.0, batch_size=1, measurement=Measurement(1.0, peak_vram_mib=None, peak_rss_mib=9.0))
+    with pytest.raises(KeyboardInterrupt):
+        with RunDisplay(3, json_output=False, model="random:tiny", preset="beginner") as display:
+            display.image_done(saved)
+            raise KeyboardInterrupt
+    stderr = capsys.readouterr().err
+    assert said in stderr and stderr.count("Stopped:") == 1
+
+
 def test_a_signal_the_process_was_started_ignoring_stays_ignored(python_default_handlers):
     """`nitro generate ... &` in a shell script starts with SIGINT ignored, so the terminal's Ctrl-C leaves it be."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)

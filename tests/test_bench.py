@@ -63,6 +63,7 @@ def test_json_csv_and_history_copy(runner, tmp_path):
     assert float(csv_rows[1]["median_s"]) == rows["beginner"]["median_s"]
     assert csv_rows[0]["peak_vram_mib"] == "" and csv_rows[0]["psnr_vs_baseline_db"] == "inf"
     assert csv_rows[0]["shipped"] == "true"  # as the JSON spells it, not Python's True
+    assert csv_rows[0]["applied"] == "; ".join(rows["baseline"]["applied"])  # a cell of text, not a Python list
 
     copies = list(paths.bench_dir().glob("bench-*.json"))
     assert len(copies) == 1 and json.loads(copies[0].read_text()) == report
@@ -551,7 +552,7 @@ def scripted_measure(monkeypatch):
 
 def test_a_row_is_per_image_over_the_timed_calls_with_their_median(scripted_measure):
     """Batches of 2, one warm-up call (the slow first one) and three timed calls, one of them an outlier."""
-    load, warm_up, timed = (5.0, 100.0), (9.0, 300.0), [(2.0, 500.0), (2.4, 200.0), (8.0, 150.0)]
+    load, warm_up, timed = (5.0, 100.0), (9.0, 600.0), [(2.0, 500.0), (2.4, 200.0), (8.0, 150.0)]
     scripted_measure([load, warm_up, *timed])
     options = benchmark.BenchOptions(presets=("beginner",), model="random:tiny", runs=3, warmup=1, steps=2,
                                      batch_size=2, width=64, height=64, device="cpu")
@@ -561,7 +562,7 @@ def test_a_row_is_per_image_over_the_timed_calls_with_their_median(scripted_meas
     assert row.it_per_s == pytest.approx(2 / 2.4)  # steps per second of a whole call (a step covers the batch)
     assert row.images_per_min == pytest.approx(60 / 1.2)
     assert (row.load_s, row.first_call_s) == (5.0, 9.0)
-    assert row.peak_rss_mib == 500.0  # the highest of the calls
+    assert row.peak_rss_mib == 600.0  # the highest of the calls, warm-up ones included
 
 
 def test_a_failed_baseline_leaves_the_other_rows_without_comparison(runner, tmp_path, monkeypatch):

@@ -63,6 +63,7 @@ def test_json_csv_and_history_copy(runner, tmp_path):
     assert float(csv_rows[1]["median_s"]) == rows["beginner"]["median_s"]
     assert csv_rows[0]["peak_vram_mib"] == "" and csv_rows[0]["psnr_vs_baseline_db"] == "inf"
     assert csv_rows[0]["shipped"] == "true"  # as the JSON spells it, not Python's True
+    assert csv_rows[0]["applied"] == "; ".join(rows["baseline"]["applied"])  # a cell of text, not a Python list
 
     copies = list(paths.bench_dir().glob("bench-*.json"))
     assert len(copies) == 1 and json.loads(copies[0].read_text()) == report
@@ -186,7 +187,8 @@ def test_presets_keep_their_own_steps_without_baseline(runner, tmp_path):
     ("baseline,beginer", "64", "unknown preset 'beginer'"),
     ("baseline,missing.yaml", "64", "preset file not found: missing.yaml"),
     ("baseline,beginner", "65", "'width' must be a multiple of 8, not 65"),
-], ids=["misspelled", "missing-file", "bad-width"])
+    (" , ", "64", "--presets is empty"),  # not an empty report saved as a run that measured nothing
+], ids=["misspelled", "missing-file", "bad-width", "empty"])
 def test_bad_presets_and_sizes_are_usage_errors_before_any_preset_runs(runner, presets, size, message):
     result = runner.invoke(app, ["bench", "--presets", presets, "--model", "random:tiny", "--steps", "2",
                                  "--width", size, "--height", "64", "--device", "cpu", "--runs", "1"])
@@ -550,7 +552,7 @@ def scripted_measure(monkeypatch):
 
 def test_a_row_is_per_image_over_the_timed_calls_with_their_median(scripted_measure):
     """Batches of 2, one warm-up call (the slow first one) and three timed calls, one of them an outlier."""
-    load, warm_up, timed = (5.0, 100.0), (9.0, 300.0), [(2.0, 500.0), (2.4, 200.0), (8.0, 150.0)]
+    load, warm_up, timed = (5.0, 100.0), (9.0, 600.0), [(2.0, 500.0), (2.4, 200.0), (8.0, 150.0)]
     scripted_measure([load, warm_up, *timed])
     options = benchmark.BenchOptions(presets=("beginner",), model="random:tiny", runs=3, warmup=1, steps=2,
                                      batch_size=2, width=64, height=64, device="cpu")
@@ -560,7 +562,7 @@ def test_a_row_is_per_image_over_the_timed_calls_with_their_median(scripted_meas
     assert row.it_per_s == pytest.approx(2 / 2.4)  # steps per second of a whole call (a step covers the batch)
     assert row.images_per_min == pytest.approx(60 / 1.2)
     assert (row.load_s, row.first_call_s) == (5.0, 9.0)
-    assert row.peak_rss_mib == 500.0  # the highest of the calls
+    assert row.peak_rss_mib == 600.0  # the highest of the calls, warm-up ones included
 
 
 def test_a_failed_baseline_leaves_the_other_rows_without_comparison(runner, tmp_path, monkeypatch):
@@ -616,3 +618,19 @@ def test_reports_saved_in_the_same_second_are_all_kept():
     assert [path.name for path in saved] == ["bench-20261127-100000.json", "bench-20261127-100000-2.json",
                                              "bench-20261127-100000-3.json"]
     assert all(path.is_file() for path in saved)
+
+
+def test_the_table_says_which_rows_a_busy_machine_moved_and_when_nothing_compares_with_baseline():
+    """A row whose slowest timed call is over NOISY_SPREAD times its fastest is named (its median may be the
+    machine's, not the preset's); without a baseline row the empty 'vs base' and PSNR columns are explained."""
+    from nitro_cli.commands.bench import NOISY_SPREAD, _table_notes
+
+    environment = {"runs": 3, "warmup": 1, "prompt": benchmark.BENCH_PROMPT, "seed": benchmark.BENCH_SEED,
+                   "device_type": "cpu", "steps_override": 2, "baseline": benchmark.BASELINE, "note": None}
+    steady = benchmark.PresetResult("beginner", steps=2, min_s=1.0, median_s=1.1, max_s=NOISY_SPREAD)
+    noisy = benchmark.PresetResult("advanced", steps=2, min_s=1.0, median_s=1.2, max_s=NOISY_SPREAD + 0.1)
+    failed = benchmark.PresetResult("expert", steps=2, error="out of memory")
+    notes = _table_notes(benchmark.BenchReport(environment, [steady, noisy, failed]))
+    [busy] = [note for note in notes if f"over {NOISY_SPREAD}x" in note]
+    assert "advanced" in busy and "beginner" not in busy and "expert" not in busy
+    assert any("baseline not run" in note and "no speed-up or PSNR" in note for note in notes)

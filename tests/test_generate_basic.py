@@ -20,6 +20,15 @@ def test_generate_writes_png_with_parameters(runner, tmp_path):
     assert str(files[0]) in result.stdout
 
 
+def test_several_styles_on_the_command_line_mix_in_the_prompt(runner, tmp_path):
+    result = runner.invoke(app, ["generate", "castle", "--style", "arcane", "--style", "disney", "--seed", "7",
+                                 "--out", str(tmp_path), *FAST])
+    assert result.exit_code == 0, result.output
+    [image] = tmp_path.glob("*.png")
+    prompt = Image.open(image).text["parameters"].split("\n")[0]
+    assert "arcane style" in prompt and "modern disney style" in prompt, prompt
+
+
 @pytest.mark.parametrize("command", [["generate", "castle", *FAST], ["export", "onnx", "--model", "random:tiny"]])
 def test_an_empty_out_is_a_usage_error_not_the_current_folder(runner, tmp_path, monkeypatch, command):
     """`--out "$DIR"` with the variable unset: typer's Path type reads "" as ".", so images (or an export)

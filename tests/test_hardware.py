@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 
@@ -124,6 +125,7 @@ def test_gpu_probe_tests_the_sdpa_kernels_and_optional_packages():
     ({"WORLD_SIZE": "1", "LOCAL_RANK": "0"}, 4, [0, 1, 2, 3]),
     ({"WORLD_SIZE": "4", "LOCAL_RANK": "2"}, 4, [2]),
     ({"WORLD_SIZE": "4", "LOCAL_RANK": "3"}, 1, [0]),  # one visible GPU per process
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, 1, [0]),  # the rank equals the count: still out of range
     ({"WORLD_SIZE": "4"}, 4, [0, 1, 2, 3]),
     ({"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, 0, []),
 ])
@@ -137,8 +139,6 @@ def test_probed_gpu_indices(monkeypatch, environ, count, expected):
 
 def test_distributed_probe_opens_only_its_own_gpu(monkeypatch):
     """probe() asks torch.cuda about the process's own GPU only (mem_get_info opens a context there)."""
-    from types import SimpleNamespace
-
     import torch
 
     asked = []
@@ -167,8 +167,6 @@ def test_fast_fp16_by_compute_capability(name, capability, fast):
 
 
 def test_probe_gives_bf16_from_compute_capability_8_0(monkeypatch):
-    from types import SimpleNamespace
-
     import torch
 
     capabilities = [(8, 0), (7, 5)]
@@ -193,3 +191,50 @@ def test_a_cpu_without_a_cpp_compiler_has_no_torch_compile(monkeypatch):
     assert hardware._compiler_available(cuda=False) is False
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/clang++" if name == "clang++" else None)
     assert hardware._compiler_available(cuda=False) is True
+
+
+def installed_as(monkeypatch, distribution, modules):
+    """`distribution` looks installed, its modules replaced by these fakes: no real import, no GPU needed."""
+    import sys
+
+    real_version = hardware.package_version
+    monkeypatch.setattr(hardware, "package_version",
+                        lambda name: "1.0" if name == distribution else real_version(name))
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_an_xformers_that_imports_but_fails_to_run_is_broken(monkeypatch):
+    """A wheel built for another torch imports fine and fails at its first call: on a GPU it must be run, on a
+    CPU (no kernels to run) importing is all there is to test."""
+    from types import ModuleType
+
+    def mismatched_build(*args):
+        raise RuntimeError("No operator found for `memory_efficient_attention_forward`")
+
+    ops = SimpleNamespace(memory_efficient_attention=mismatched_build)
+    package = ModuleType("xformers")
+    package.ops = ops
+    installed_as(monkeypatch, "xformers", {"xformers": package, "xformers.ops": ops})
+    import torch
+
+    monkeypatch.setattr(torch, "randn", lambda *args, **kwargs: "q")  # the failure is xformers', on any machine
+    assert hardware._test_xformers(cuda=True).ok is False
+    assert hardware._test_xformers(cuda=False).ok is True
+
+
+@pytest.mark.parametrize("lib, cuda, expected", [
+    (SimpleNamespace(compiled_with_cuda=True), True, True),
+    (SimpleNamespace(compiled_with_cuda=False, error_msg="CUDA Setup failed\nmore"), True, False),
+    (SimpleNamespace(), True, False),  # an older bitsandbytes without the attribute: no CUDA library either
+    (SimpleNamespace(compiled_with_cuda=False), False, None),  # no GPU: nothing for it to do, nothing to report
+])
+def test_bitsandbytes_is_usable_only_with_its_cuda_library(monkeypatch, lib, cuda, expected):
+    from types import ModuleType
+
+    extension = ModuleType("bitsandbytes.cextension")
+    extension.lib = lib
+    installed_as(monkeypatch, "bitsandbytes", {"bitsandbytes": ModuleType("bitsandbytes"),
+                                               "bitsandbytes.cextension": extension})
+    test = hardware._test_bitsandbytes(cuda)
+    assert test is None if expected is None else test.ok is expected

@@ -60,3 +60,11 @@ def test_option_errors_are_error_and_hint_lines(runner, args, message):
     assert lines[0].startswith(message), result.stderr
     assert lines[1].startswith("Hint: see `") and lines[1].endswith(" --help`")
     assert len(lines) == 2 and "─" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["export"]])
+def test_a_command_group_without_a_command_shows_its_help_not_an_error(runner, args):
+    """`nitro` (or `nitro export`) alone: click signals "show the help" with a usage error of its own, which must
+    not become an empty `Error:` line in place of the help."""
+    result = runner.invoke(app, args)
+    assert "Usage:" in result.output and "Error:" not in result.output, result.output

@@ -64,9 +64,9 @@ class RunDisplay(RunObserver):
     def __exit__(self, exc_type, exc, traceback) -> None:
         self._progress.stop()
         if exc_type is KeyboardInterrupt:
-            saved = f"{self._saved} image(s) of {self._total} saved"
-            if distributed.launched():  # a terminal's Ctrl-C stops every process, each with its share of the run
-                saved = f"process {distributed.rank()} saved {self._saved} of its {self._total} image(s)"
+            # A terminal's Ctrl-C stops every process of a launched run, each with its own share of the images.
+            saved = (f"process {distributed.rank()} saved {self._saved} of its {self._total} image(s)"
+                     if distributed.launched() else f"{self._saved} image(s) of {self._total} saved")
             resume = " Repeat the command with --resume to make the rest." if distributed.rank() == 0 else ""
             self.console.print(f"Stopped: {saved}, none half-written.{resume}", markup=False)
 

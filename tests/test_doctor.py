@@ -64,6 +64,11 @@ def test_card_without_fast_fp16_is_told_fp32_is_needed():
     assert not diagnosis.recommend(MACHINES["RTX 3060 12 GB"]).notes
 
 
+def checks_of(probed):
+    """doctor's checks of the `probed` machine, by name."""
+    return {c.name: c for c in diagnosis.run_checks(probed)}
+
+
 def _card(total_mib, name="NVIDIA GeForce RTX 3090", capability=(8, 6)):
     return machine(gpu(name, capability, total_mib))
 
@@ -118,10 +123,10 @@ def test_cards_without_fast_fp16_are_planned_in_fp32():
 
 
 def test_small_card_vram_check_names_the_plan():
-    checks = {c.name: c for c in diagnosis.run_checks(_card(3072))}
+    checks = checks_of(_card(3072))
     check = checks["vram (GPU 0 NVIDIA GeForce RTX 3090)"]
     assert check.status == "warn" and check.fix == "--preset lowvram" and "expected peak" in check.detail
-    roomy = {c.name: c for c in diagnosis.run_checks(_card(7980))}
+    roomy = checks_of(_card(7980))
     assert roomy["vram (GPU 0 NVIDIA GeForce RTX 3090)"].status == "ok"
 
 
@@ -141,12 +146,12 @@ def test_large_card_without_triton_gets_advanced_with_a_note():
 def test_pascal_card_with_triton_is_told_torch_compile_does_not_run():
     """Triton compiles for compute capability 7.0+ only: on a GTX 1060 torch.compile raises GPUTooOldForTriton,
     and installing Triton does not help."""
-    checks = {c.name: c for c in diagnosis.run_checks(MACHINES["GTX 1060 6 GB"])}
+    checks = checks_of(MACHINES["GTX 1060 6 GB"])
     check = checks["torch.compile"]
     assert check.status == "warn" and "7.0+" in check.detail and "pip install triton" not in check.fix
     # A 24 GB Pascal card (Tesla P40) without Triton: advanced, and no advice to install Triton.
     p40 = machine(gpu("Tesla P40", (6, 1), 22919), compiler_available=False)
-    check = {c.name: c for c in diagnosis.run_checks(p40)}["torch.compile"]
+    check = checks_of(p40)["torch.compile"]
     assert check.status == "warn" and "7.0+" in check.detail and "pip install triton" not in check.fix
     recommendation = diagnosis.recommend(p40)
     assert recommendation.preset == "advanced"
@@ -170,12 +175,12 @@ def test_small_gpus_do_not_make_a_deploy_machine():
 def test_bitsandbytes_without_its_cuda_library_fails():
     broken = machine(RTX_3060, packages={"bitsandbytes": "0.45.0"},
                      bitsandbytes_test=hardware.PackageTest(False, "libbitsandbytes_cuda130.so not found"))
-    checks = {c.name: c for c in diagnosis.run_checks(broken)}
+    checks = checks_of(broken)
     assert checks["bitsandbytes"].status == "fail" and "pip install -U bitsandbytes" in checks["bitsandbytes"].fix
     assert diagnosis.failed(list(checks.values()))
     working = machine(RTX_3060, packages={"bitsandbytes": "0.45.0"},
                       bitsandbytes_test=hardware.PackageTest(True, "4-bit matmul ran"))
-    assert {c.name: c for c in diagnosis.run_checks(working)}["bitsandbytes"].status == "ok"
+    assert checks_of(working)["bitsandbytes"].status == "ok"
 
 
 @pytest.mark.parametrize("card, torchao, detail, fix", [
@@ -184,7 +189,7 @@ def test_bitsandbytes_without_its_cuda_library_fails():
     (A100, "0.18.0", "NVIDIA A100-SXM4-80GB (compute capability 8.0) has no fp8 tensor cores", ""),
 ])
 def test_fp8_check_says_whether_fp8_matmul_runs(card, torchao, detail, fix):
-    checks = {c.name: c for c in diagnosis.run_checks(machine(card, packages={"torchao": torchao}))}
+    checks = checks_of(machine(card, packages={"torchao": torchao}))
     assert checks["fp8"].status == "ok" and checks["fp8"].detail.startswith(detail) and checks["fp8"].fix == fix
     assert "fp8" not in {c.name for c in diagnosis.run_checks(MACHINES["no GPU"])}
 
@@ -192,21 +197,21 @@ def test_fp8_check_says_whether_fp8_matmul_runs(card, torchao, detail, fix):
 @pytest.mark.parametrize("amx, detail", [(True, "AMX with bf16: half-precision presets run in bfloat16"),
                                          (False, "no AMX: presets run in float32")])
 def test_cpu_check_says_which_precision_the_presets_run_in(amx, detail):
-    checks = {c.name: c for c in diagnosis.run_checks(machine(cpu_amx_bf16=amx))}
+    checks = checks_of(machine(cpu_amx_bf16=amx))
     assert checks["cpu"].status == "ok" and checks["cpu"].detail.startswith(detail)
     assert "cpu" not in {c.name for c in diagnosis.run_checks(MACHINES["A100 80 GB"])}
 
 
 def test_missing_required_package_fails_and_offline_uncached_model_warns():
     broken = machine(packages={"diffusers": None}, hf_offline=True)
-    checks = {c.name: c for c in diagnosis.run_checks(broken)}
+    checks = checks_of(broken)
     assert checks["packages"].status == "fail" and "diffusers" in checks["packages"].detail
     assert checks["model"].status == "warn" and "HF_HUB_OFFLINE" in checks["model"].detail
     cached = machine(model_cache=hardware.CachedModel("nitrosocke/Nitro-Diffusion", "/hf/models--x", 5120))
-    assert {c.name: c for c in diagnosis.run_checks(cached)}["model"].status == "ok"
+    assert checks_of(cached)["model"].status == "ok"
     broken = machine(model_cache=hardware.CachedModel("nitrosocke/Nitro-Diffusion", "/hf/models--x", 5120,
                                                       "unet has no weights file"))
-    check = {c.name: c for c in diagnosis.run_checks(broken)}["model"]
+    check = checks_of(broken)["model"]
     assert check.status == "warn" and "incomplete: unet has no weights file" in check.detail
     assert "hf download nitrosocke/Nitro-Diffusion" in check.fix
 
@@ -323,7 +328,7 @@ def test_a_16_gb_card_older_than_compute_capability_8_gets_advanced():
 
 def test_a_gpu_mostly_in_use_is_a_warning():
     busy = machine(gpu("NVIDIA GeForce RTX 3090", (8, 6), 24576, free_mib=8000))
-    check = {c.name: c for c in diagnosis.run_checks(busy)}["vram (GPU 0 NVIDIA GeForce RTX 3090)"]
+    check = checks_of(busy)["vram (GPU 0 NVIDIA GeForce RTX 3090)"]
     assert check.status == "warn" and check.detail == "16576 of 24576 MiB already in use"
 
 
@@ -331,35 +336,35 @@ def test_a_gpu_with_only_the_math_attention_kernel_is_a_warning():
     import dataclasses
 
     math_only = machine(dataclasses.replace(RTX_3060, sdpa_kernels=("math",)))
-    check = {c.name: c for c in diagnosis.run_checks(math_only)}["sdpa (GPU 0 NVIDIA GeForce RTX 3060)"]
+    check = checks_of(math_only)["sdpa (GPU 0 NVIDIA GeForce RTX 3060)"]
     assert check.status == "warn" and "only the math kernel" in check.detail
 
 
 def test_little_free_disk_is_a_warning():
-    checks = {c.name: c for c in diagnosis.run_checks(machine(free_disk_mib=1000))}  # under 1 GiB
+    checks = checks_of(machine(free_disk_mib=1000))  # under 1 GiB
     assert checks["disk"].status == "warn" and checks["disk"].detail.startswith("1000 MiB free")
-    assert {c.name: c for c in diagnosis.run_checks(machine(free_disk_mib=5000))}["disk"].status == "ok"
+    assert checks_of(machine(free_disk_mib=5000))["disk"].status == "ok"
 
 
 @pytest.mark.parametrize("package", diagnosis.REQUIRED)
 def test_each_required_package_missing_fails(package):
-    checks = {c.name: c for c in diagnosis.run_checks(machine(packages={package: None}))}
+    checks = checks_of(machine(packages={package: None}))
     assert checks["packages"].status == "fail" and package in checks["packages"].detail
 
 
 def test_a_cuda_build_that_sees_no_gpu_is_told_to_check_the_driver_not_to_reinstall_torch():
-    check = {c.name: c for c in diagnosis.run_checks(machine(torch_cuda="13.0"))}["cuda"]
+    check = checks_of(machine(torch_cuda="13.0"))["cuda"]
     assert check.status == "warn" and "sees no GPU" in check.detail and "nvidia-smi" in check.fix
 
 
 def test_a_turing_card_without_bf16_still_has_fast_fp16():
-    check = {c.name: c for c in diagnosis.run_checks(_card(15360, "Tesla T4", (7, 5)))}["fp16 (GPU 0 Tesla T4)"]
+    check = checks_of(_card(15360, "Tesla T4", (7, 5)))["fp16 (GPU 0 Tesla T4)"]
     assert check.status == "ok" and "bf16 no" in check.detail
 
 
 def test_each_gpu_gets_its_own_vram_plan():
     small = gpu("NVIDIA GeForce GTX 1050 3GB", (6, 1), 3072, index=1)
-    checks = {c.name: c for c in diagnosis.run_checks(machine(A100, small))}
+    checks = checks_of(machine(A100, small))
     assert checks["vram (GPU 0 NVIDIA A100-SXM4-80GB)"].status == "ok"
     small_check = checks["vram (GPU 1 NVIDIA GeForce GTX 1050 3GB)"]
     assert small_check.status == "warn" and small_check.fix.startswith("--preset minvram")

@@ -420,18 +420,25 @@ def test_the_summary_of_a_big_run_shows_its_first_and_last_images(runner, tmp_pa
     assert "... 3 more (every image: --json)" in result.stderr and "Total:" in result.stderr
 
 
-@pytest.mark.parametrize("device, column, peak", [("cuda:0", "peak VRAM MiB", "3210"), ("cpu", "peak RSS MiB", "987")])
-def test_the_summary_shows_the_peak_memory_of_the_device_the_run_used(capsys, device, column, peak):
-    """On a GPU the memory that runs out is VRAM: the process's RSS there would hide a run close to out of memory."""
-    from nitro_cli.generation import CacheStats, ImageResult, PlannedImage
+def saved_image(*, peak_vram_mib, peak_rss_mib):
+    """The result of one saved image, `00000-1-a-castle.png`, for a RunDisplay fed by hand."""
+    from nitro_cli.generation import ImageResult, PlannedImage
     from nitro_cli.measure import Measurement
-    from nitro_cli.progress import RunDisplay
     from nitro_cli.prompts import PromptJob
 
     job = PromptJob(prompt="a castle", negative="", seed=None, steps=2, guidance=7.5, width=64, height=64)
-    result = ImageResult(PlannedImage(job, 1, "00000-1-a-castle.png"), Path("00000-1-a-castle.png"), seconds=1.0,
-                         it_per_s=2.0, batch_size=1,
-                         measurement=Measurement(1.0, peak_vram_mib=3210.4, peak_rss_mib=987.2))
+    return ImageResult(PlannedImage(job, 1, "00000-1-a-castle.png"), Path("00000-1-a-castle.png"), seconds=1.0,
+                       it_per_s=2.0, batch_size=1,
+                       measurement=Measurement(1.0, peak_vram_mib=peak_vram_mib, peak_rss_mib=peak_rss_mib))
+
+
+@pytest.mark.parametrize("device, column, peak", [("cuda:0", "peak VRAM MiB", "3210"), ("cpu", "peak RSS MiB", "987")])
+def test_the_summary_shows_the_peak_memory_of_the_device_the_run_used(capsys, device, column, peak):
+    """On a GPU the memory that runs out is VRAM: the process's RSS there would hide a run close to out of memory."""
+    from nitro_cli.generation import CacheStats
+    from nitro_cli.progress import RunDisplay
+
+    result = saved_image(peak_vram_mib=3210.4, peak_rss_mib=987.2)
     RunDisplay(1, json_output=False, model="random:tiny", preset="beginner").summary(
         [result], CacheStats(enabled=True), 1.0, device)
     table = capsys.readouterr().err
@@ -523,16 +530,11 @@ def test_a_stopped_run_says_what_it_saved_and_a_launched_one_what_each_process_s
                                                                                      rank, said):
     """Under torchrun every process is stopped and counts only its own share: "1 of 3" from each of two processes
     read as if the run had saved 1 image of 3. The resume hint is given once."""
-    from nitro_cli.generation import ImageResult, PlannedImage
-    from nitro_cli.measure import Measurement
     from nitro_cli.progress import RunDisplay
-    from nitro_cli.prompts import PromptJob
 
     monkeypatch.setenv("WORLD_SIZE", world_size)
     monkeypatch.setenv("RANK", rank)
-    job = PromptJob(prompt="a castle", negative="", seed=None, steps=2, guidance=7.5, width=64, height=64)
-    saved = ImageResult(PlannedImage(job, 1, "00000-1-a-castle.png"), Path("00000-1-a-castle.png"), seconds=1.0,
-                        it_per_s=2.0, batch_size=1, measurement=Measurement(1.0, peak_vram_mib=None, peak_rss_mib=9.0))
+    saved = saved_image(peak_vram_mib=None, peak_rss_mib=9.0)
     with pytest.raises(KeyboardInterrupt):
         with RunDisplay(3, json_output=False, model="random:tiny", preset="beginner") as display:
             display.image_done(saved)

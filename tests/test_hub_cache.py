@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,6 +49,98 @@ def test_default_model_loads_from_the_cache_offline_without_hub_chatter(tiny_mod
 
     record = json.loads(result.stdout.splitlines()[-1])
     assert f"Model: {DEFAULT_MODEL}," in Image.open(record["path"]).text["parameters"]
+
+
+@pytest.fixture
+def silent_endpoint():
+    """The address of a hub that takes connections and never answers, as a stalled proxy or firewall does:
+    the kernel completes connections to a listening socket that nobody accepts."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+@pytest.fixture
+def silent_hub(hub_cache, silent_endpoint, monkeypatch):
+    """This process online, its hub `silent_endpoint`, waited for 1 s (HF_HUB_ETAG_TIMEOUT)."""
+    from huggingface_hub import constants
+
+    from nitro_cli import models
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", silent_endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)
+    models._hub_is_silent.cache_clear()  # the answer is kept for the process
+    yield silent_endpoint
+    models._hub_is_silent.cache_clear()
+
+
+def test_a_hub_that_never_answers_does_not_hang_a_cached_model(tiny_model_dir, tmp_path, silent_endpoint):
+    """A real process, online behind a proxy that stalls: diffusers asks the hub about the model with no time
+    limit (this hung for ever); nitro asks first, within huggingface_hub's limit, then loads the cached copy."""
+    cache_model(tmp_path / "hf" / "hub", tiny_model_dir)
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=silent_endpoint, HF_HUB_ETAG_TIMEOUT="1",
+               NITRO_CACHE_DIR=str(tmp_path / "nitro"))
+    result = subprocess.run([sys.executable, "-m", "nitro_cli", "generate", "castle", "--json", "--out",
+                             str(tmp_path / "out"), *ARGS], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (f"Warning: the Hugging Face hub was not reached (no answer from {silent_endpoint} within 1 s): "
+            f"{DEFAULT_MODEL} loads from its cached copy; HF_HUB_OFFLINE=1 skips asking") in result.stderr
+    assert Path(json.loads(result.stdout.splitlines()[-1])["path"]).is_file()
+
+
+def test_a_hub_that_answers_no_is_not_taken_for_a_silent_one(tmp_path):
+    """A real process asking a hub that answers every request with "repository not found": nitro's question
+    got an answer, so diffusers' own load runs and its not-found error is the one named."""
+    import http.server
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.send_header("X-Error-Code", "RepoNotFound")  # huggingface_hub's RepositoryNotFoundError
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
+        env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}",
+                   NITRO_CACHE_DIR=str(tmp_path / "nitro"))
+        result = subprocess.run([sys.executable, "-m", "nitro_cli", "generate", "castle", "--model", "someone/missing",
+                                 "--out", str(tmp_path / "out"), *ARGS], capture_output=True, text=True, env=env,
+                                timeout=300)
+        server.shutdown()
+    assert result.returncode == 2, result.stderr
+    assert "Error: model 'someone/missing' not found on the hub" in result.stderr
+    assert "hub was not reached" not in result.stderr
+
+
+def test_a_silent_hub_is_asked_once_per_run(runner, hub_cache, silent_hub, tiny_model_dir):
+    """bench loads the model once per preset: one wait and one warning, not one per preset."""
+    cache_model(hub_cache, tiny_model_dir)
+    result = runner.invoke(app, ["bench", "--presets", "beginner,advanced", *ARGS, "--runs", "1", "--warmup", "0",
+                                 "--json", "-"])
+    assert result.exit_code == 0, result.output
+    assert [row["error"] for row in json.loads(result.stdout)["results"]] == [None, None]
+    assert result.stderr.count("Warning: the Hugging Face hub was not reached") == 1
+
+
+def test_a_silent_hub_and_no_cached_copy_is_a_usage_error(runner, hub_cache, silent_hub, tmp_path):
+    result = runner.invoke(app, ["generate", "castle", "--out", str(tmp_path / "out"), *ARGS])
+    assert result.exit_code == 2, result.output
+    assert (f"is not in the Hugging Face cache ({hub_cache}) and the hub could not be reached (no answer "
+            f"from {silent_hub} within 1 s)") in result.stderr.replace("\n", "")
+    assert "hub was not reached" not in result.stderr
 
 
 def drop_unet_weights(snapshot):

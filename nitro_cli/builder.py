@@ -271,7 +271,8 @@ IMPORT_TIME_LOGGERS = ("torchao", "torch.utils._pytree")
 
 
 def quiet_libraries() -> None:
-    """diffusers', transformers' and huggingface_hub's info warnings and progress bars are noise in a CLI; NITRO_DEBUG keeps them."""
+    """diffusers', transformers' and huggingface_hub's info warnings are noise in a CLI, and so are their progress
+    bars off a terminal; NITRO_DEBUG keeps them all."""
     if os.environ.get("NITRO_DEBUG"):
         return
     import logging
@@ -294,6 +295,13 @@ def quiet_libraries() -> None:
     # huggingface_hub says "Could not reach the Hub ... Using cached commit hash" on every offline run of a cached
     # model, even with HF_HUB_OFFLINE set on purpose; a model it can't have is nitro's own one-line error.
     huggingface_hub.utils.logging.set_verbosity_error()
+    from rich.console import Console
+
+    if not Console(stderr=True).is_terminal:
+        # Bars draw only on a terminal, as nitro's own do: in a log (`2> run.log`, a CI job) each loading bar
+        # would leave its frames behind. transformers' switch turns huggingface_hub's download bars off too.
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
 
 
 def _remind_license() -> None:

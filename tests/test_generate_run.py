@@ -733,6 +733,13 @@ def test_a_log_of_stderr_gets_no_progress_bars(runner, tmp_path):
     assert "Total:" in result.stderr
 
 
+def test_a_log_of_stderr_gets_no_loading_bars_from_the_libraries(runner, tmp_path, tiny_model_dir):
+    """A saved model loads through diffusers and transformers, whose tqdm bars would leave their frames in a log."""
+    result = runner.invoke(app, ["generate", "castle", "--out", str(tmp_path), *FAST, "--model", str(tiny_model_dir)])
+    assert result.exit_code == 0, result.output
+    assert "Loading" not in result.stderr and "\r" not in result.stderr and "Total:" in result.stderr
+
+
 def test_a_seed_past_the_generator_range_is_a_usage_error_before_anything_is_written(runner, tmp_path):
     out = tmp_path / "out"
     # The first image's seed fits (2**64 - 1), the second's (seed + 1) does not.

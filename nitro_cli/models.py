@@ -309,7 +309,13 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
         return pipe
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "variant": _weights_variant_of(source)}
     if source.kind == "hub":
-        kwargs["local_files_only"] = hub_is_silent(source.spec)
+        answer = ask_hub(source.spec)
+        kwargs["local_files_only"] = answer == "silent"
+        snapshot = cached_snapshot(source.spec)
+        if answer == "found" and (snapshot is None
+                                  or snapshot_problem(snapshot, with_safety_checker=with_safety_checker)):
+            # A download may take minutes, and the hub's own bars show only on a terminal.
+            print(f"Downloading {source.spec} into the Hugging Face cache ...", file=sys.stderr)
     if not with_safety_checker:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if quantization_config is not None:
@@ -347,7 +353,7 @@ def fetch_hub_model(repo_id: str, *, with_safety_checker: bool) -> None:
 
     try:
         folder = StableDiffusionPipeline.download(repo_id, variant=_weights_variant(cached_snapshot(repo_id)),
-                                                  local_files_only=hub_is_silent(repo_id),
+                                                  local_files_only=ask_hub(repo_id) == "silent",
                                                   **({} if with_safety_checker else {"safety_checker": None}))
     except OSError as exc:
         raise hub_model_error(repo_id, exc, with_safety_checker=with_safety_checker) from exc
@@ -358,26 +364,28 @@ def fetch_hub_model(repo_id: str, *, with_safety_checker: bool) -> None:
         raise _incomplete_snapshot_error(repo_id, problem, Path(folder))
 
 
-def hub_is_silent(repo_id: str) -> bool:
-    """Whether the hub gave no answer about `repo_id`, so that it loads from the Hugging Face cache alone (a
-    warning says so). diffusers asks the hub about a model with no time limit: a hub, proxy or firewall that
-    takes the connection and never answers would hang every load of a cached model. Not cached: a usage error."""
+def ask_hub(repo_id: str) -> str:
+    """What the hub says about model `repo_id`: "found"; "refused" (an answer such as not found or gated, which
+    diffusers' own load reports); "offline" (HF_HUB_OFFLINE: not asked); or "silent", where no answer came, so
+    the model loads from the Hugging Face cache alone (a warning says so; not cached, a usage error). diffusers
+    asks with no time limit: a hub, proxy or firewall that takes the connection and never answers would hang
+    every load, even of a cached model."""
     from huggingface_hub import constants
 
-    return not constants.HF_HUB_OFFLINE and _hub_is_silent(constants.ENDPOINT, repo_id)
+    return "offline" if constants.HF_HUB_OFFLINE else _ask_hub(constants.ENDPOINT, repo_id)
 
 
 @lru_cache(maxsize=None)  # asked once per process: bench loads the model once per preset
-def _hub_is_silent(endpoint: str, repo_id: str) -> bool:
+def _ask_hub(endpoint: str, repo_id: str) -> str:
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
     timeout = constants.HF_HUB_ETAG_TIMEOUT  # huggingface_hub's own limit on metadata requests
     try:
         HfApi(endpoint=endpoint).model_info(repo_id, timeout=timeout)
-        return False
-    except HfHubHTTPError:  # an answer (not found, gated, a server error): diffusers' own load deals with it
-        return False
+        return "found"
+    except HfHubHTTPError:
+        return "refused"
     except Exception as exc:  # no answer: the network, the time limit, a page not the hub's (a captive portal)
         # By name: the exception types are those of whichever HTTP library huggingface_hub ships with.
         silence = (f"no answer from {endpoint} within {timeout} s" if "Timeout" in type(exc).__name__
@@ -386,7 +394,7 @@ def _hub_is_silent(endpoint: str, repo_id: str) -> bool:
         raise hub_model_error(repo_id, ConnectionError(silence))
     print(f"Warning: the Hugging Face hub was not reached ({silence}): {repo_id} loads from its cached copy; "
           "HF_HUB_OFFLINE=1 skips asking", file=sys.stderr)
-    return True
+    return "silent"
 
 
 def hub_model_error(repo_id: str, exc: BaseException, *, with_safety_checker: bool = True) -> UsageError:

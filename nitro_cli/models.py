@@ -251,12 +251,13 @@ def write_configs(name: str, folder: Path) -> None:
 
 
 def load_safety_checker(torch_dtype):
-    """The SD 1.x safety checker for a pipeline loaded without one, or None where it can't be had (offline
-    and not in the Hugging Face cache)."""
+    """The SD 1.x safety checker for a pipeline loaded without one, or None where it can't be had (not in the
+    Hugging Face cache, and the hub offline or silent)."""
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 
     try:
-        return StableDiffusionSafetyChecker.from_pretrained(SAFETY_CHECKER_REPO, dtype=torch_dtype)
+        return StableDiffusionSafetyChecker.from_pretrained(
+            SAFETY_CHECKER_REPO, dtype=torch_dtype, local_files_only=ask_hub(SAFETY_CHECKER_REPO).silence is not None)
     except OSError:
         return None
 
@@ -309,13 +310,7 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
         return pipe
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "variant": _weights_variant_of(source)}
     if source.kind == "hub":
-        answer = ask_hub(source.spec)
-        kwargs["local_files_only"] = answer == "silent"
-        snapshot = cached_snapshot(source.spec)
-        if answer == "found" and (snapshot is None
-                                  or snapshot_problem(snapshot, with_safety_checker=with_safety_checker)):
-            # A download may take minutes, and the hub's own bars show only on a terminal.
-            print(f"Downloading {source.spec} into the Hugging Face cache ...", file=sys.stderr)
+        kwargs["local_files_only"] = _from_cache_alone(source.spec, with_safety_checker=with_safety_checker)
     if not with_safety_checker:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if quantization_config is not None:
@@ -351,9 +346,10 @@ def fetch_hub_model(repo_id: str, *, with_safety_checker: bool) -> None:
     `from_pretrained` would fetch), or a UsageError saying why they can't be had."""
     from diffusers import StableDiffusionPipeline
 
+    from_cache_alone = _from_cache_alone(repo_id, with_safety_checker=with_safety_checker)
     try:
         folder = StableDiffusionPipeline.download(repo_id, variant=_weights_variant(cached_snapshot(repo_id)),
-                                                  local_files_only=ask_hub(repo_id) == "silent",
+                                                  local_files_only=from_cache_alone,
                                                   **({} if with_safety_checker else {"safety_checker": None}))
     except OSError as exc:
         raise hub_model_error(repo_id, exc, with_safety_checker=with_safety_checker) from exc
@@ -364,37 +360,60 @@ def fetch_hub_model(repo_id: str, *, with_safety_checker: bool) -> None:
         raise _incomplete_snapshot_error(repo_id, problem, Path(folder))
 
 
-def ask_hub(repo_id: str) -> str:
-    """What the hub says about model `repo_id`: "found"; "refused" (an answer such as not found or gated, which
-    diffusers' own load reports); "offline" (HF_HUB_OFFLINE: not asked); or "silent", where no answer came, so
-    the model loads from the Hugging Face cache alone (a warning says so; not cached, a usage error). diffusers
-    asks with no time limit: a hub, proxy or firewall that takes the connection and never answers would hang
-    every load, even of a cached model."""
+def _from_cache_alone(repo_id: str, *, with_safety_checker: bool) -> bool:
+    """Whether model `repo_id` loads from the Hugging Face cache alone: the hub gave no answer (a warning says
+    so; not cached, a usage error). A download that may take minutes gets a line first: the hub's own bars show
+    only on a terminal."""
+    answer = ask_hub(repo_id)
+    snapshot = cached_snapshot(repo_id)
+    if answer.silence is not None and snapshot is None:
+        raise hub_model_error(repo_id, ConnectionError(answer.silence))
+    if answer.silence is not None:
+        _warn_once(f"the Hugging Face hub was not reached ({answer.silence}): {repo_id} loads from its cached copy; "
+                   "HF_HUB_OFFLINE=1 skips asking")
+    elif answer.found and (snapshot is None or snapshot_problem(snapshot, with_safety_checker=with_safety_checker)):
+        print(f"Downloading {repo_id} into the Hugging Face cache ...", file=sys.stderr)
+    return answer.silence is not None
+
+
+@lru_cache(maxsize=None)  # bench loads the model once per preset
+def _warn_once(warning: str) -> None:
+    print(f"Warning: {warning}", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class HubAnswer:
+    """What the hub said about a repo: `found` it, or not (an answer such as not found or gated, which the load
+    that follows reports, or no question asked: HF_HUB_OFFLINE). `silence`: why no answer came at all."""
+    found: bool
+    silence: str | None = None
+
+
+def ask_hub(repo_id: str) -> HubAnswer:
+    """What the hub says about model `repo_id`, within huggingface_hub's time limit on metadata requests.
+    diffusers and transformers ask it with no time limit before they load a repo, even one in the cache: a hub,
+    proxy or firewall that takes the connection and never answers would hang the load for ever, unless told
+    to use the cache alone."""
     from huggingface_hub import constants
 
-    return "offline" if constants.HF_HUB_OFFLINE else _ask_hub(constants.ENDPOINT, repo_id)
+    return HubAnswer(found=False) if constants.HF_HUB_OFFLINE else _ask_hub(constants.ENDPOINT, repo_id)
 
 
 @lru_cache(maxsize=None)  # asked once per process: bench loads the model once per preset
-def _ask_hub(endpoint: str, repo_id: str) -> str:
+def _ask_hub(endpoint: str, repo_id: str) -> HubAnswer:
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
-    timeout = constants.HF_HUB_ETAG_TIMEOUT  # huggingface_hub's own limit on metadata requests
+    timeout = constants.HF_HUB_ETAG_TIMEOUT
     try:
         HfApi(endpoint=endpoint).model_info(repo_id, timeout=timeout)
-        return "found"
     except HfHubHTTPError:
-        return "refused"
+        return HubAnswer(found=False)
     except Exception as exc:  # no answer: the network, the time limit, a page not the hub's (a captive portal)
         # By name: the exception types are those of whichever HTTP library huggingface_hub ships with.
-        silence = (f"no answer from {endpoint} within {timeout} s" if "Timeout" in type(exc).__name__
-                   else first_line(exc))
-    if cached_snapshot(repo_id) is None:
-        raise hub_model_error(repo_id, ConnectionError(silence))
-    print(f"Warning: the Hugging Face hub was not reached ({silence}): {repo_id} loads from its cached copy; "
-          "HF_HUB_OFFLINE=1 skips asking", file=sys.stderr)
-    return "silent"
+        return HubAnswer(found=False, silence=(f"no answer from {endpoint} within {timeout} s"
+                                               if "Timeout" in type(exc).__name__ else first_line(exc)))
+    return HubAnswer(found=True)
 
 
 def hub_model_error(repo_id: str, exc: BaseException, *, with_safety_checker: bool = True) -> UsageError:

@@ -65,17 +65,34 @@ def silent_endpoint():
 
 @pytest.fixture
 def silent_hub(hub_cache, silent_endpoint, monkeypatch):
-    """This process online, its hub `silent_endpoint`, waited for 1 s (HF_HUB_ETAG_TIMEOUT)."""
-    from huggingface_hub import constants
+    """This process online, its hub `silent_endpoint` (for diffusers' and transformers' own questions too),
+    waited for 1 s (HF_HUB_ETAG_TIMEOUT). A test that hangs all the same fails after a minute."""
+    import signal
+
+    from huggingface_hub import constants, hf_api
 
     from nitro_cli import models
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", silent_endpoint)
+    monkeypatch.setattr(hf_api.api, "endpoint", silent_endpoint)  # the HfApi behind huggingface_hub's functions
     monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)
-    models._ask_hub.cache_clear()  # the answer is kept for the process
+
+    class Hung(BaseException):  # not an Exception: the HTTP and hub libraries catch those and retry
+        pass
+
+    def hung(signum, frame):
+        raise Hung("still waiting for the silent hub after 60 s")
+
+    models._ask_hub.cache_clear()  # answers and warnings are kept for the process
+    models._warn_once.cache_clear()
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
     yield silent_endpoint
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
     models._ask_hub.cache_clear()
+    models._warn_once.cache_clear()
 
 
 def test_a_hub_that_never_answers_does_not_hang_a_cached_model(tiny_model_dir, tmp_path, silent_endpoint):
@@ -143,6 +160,15 @@ def test_a_silent_hub_is_asked_once_per_run(runner, hub_cache, silent_hub, tiny_
     assert result.exit_code == 0, result.output
     assert [row["error"] for row in json.loads(result.stdout)["results"]] == [None, None]
     assert result.stderr.count("Warning: the Hugging Face hub was not reached") == 1
+
+
+def test_a_silent_hub_leaves_the_safety_checker_to_the_cache(hub_cache, silent_hub):
+    """A single file has no checker: transformers would ask the hub about the SD 1.x one with no time limit."""
+    import torch
+
+    from nitro_cli import models
+
+    assert models.load_safety_checker(torch.float32) is None  # not cached: the preset goes on without it
 
 
 def test_a_silent_hub_and_no_cached_copy_is_a_usage_error(runner, hub_cache, silent_hub, tmp_path):

@@ -36,13 +36,19 @@ def hub_cache(tmp_path, monkeypatch):
     return tmp_path / "hub"
 
 
+def generate_in_a_process(tmp_path, *args, **env):
+    """`nitro generate castle ARGS` in a real process, as a user runs it, with HF_HOME and nitro's cache in
+    `tmp_path` and `env` on top of this process's environment (None unsets a variable)."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "NITRO_CACHE_DIR": str(tmp_path / "nitro"), **env}
+    return subprocess.run([sys.executable, "-m", "nitro_cli", "generate", "castle", "--out", str(tmp_path / "out"),
+                           *args, *ARGS], capture_output=True, text=True, timeout=300,
+                          env={key: value for key, value in env.items() if value is not None})
+
+
 def test_default_model_loads_from_the_cache_offline_without_hub_chatter(tiny_model_dir, tmp_path):
     """A real process, as a user runs it: HF_HOME's cache, HF_HUB_OFFLINE=1, no --model."""
     cache_model(tmp_path / "hf" / "hub", tiny_model_dir)
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
-           "NITRO_CACHE_DIR": str(tmp_path / "nitro")}
-    result = subprocess.run([sys.executable, "-m", "nitro_cli", "generate", "castle", "--json", "--out",
-                             str(tmp_path / "out"), *ARGS], capture_output=True, text=True, env=env, timeout=600)
+    result = generate_in_a_process(tmp_path, "--json", HF_HUB_OFFLINE="1")
     assert result.returncode == 0, result.stderr
     assert "Could not reach the Hub" not in result.stderr  # huggingface_hub's warning on every offline run
     from PIL import Image
@@ -99,11 +105,8 @@ def test_a_hub_that_never_answers_does_not_hang_a_cached_model(tiny_model_dir, t
     """A real process, online behind a proxy that stalls: diffusers asks the hub about the model with no time
     limit (this hung for ever); nitro asks first, within huggingface_hub's limit, then loads the cached copy."""
     cache_model(tmp_path / "hf" / "hub", tiny_model_dir)
-    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
-    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=silent_endpoint, HF_HUB_ETAG_TIMEOUT="1",
-               NITRO_CACHE_DIR=str(tmp_path / "nitro"))
-    result = subprocess.run([sys.executable, "-m", "nitro_cli", "generate", "castle", "--json", "--out",
-                             str(tmp_path / "out"), *ARGS], capture_output=True, text=True, env=env, timeout=300)
+    result = generate_in_a_process(tmp_path, "--json", HF_HUB_OFFLINE=None, HF_ENDPOINT=silent_endpoint,
+                                   HF_HUB_ETAG_TIMEOUT="1")
     assert result.returncode == 0, result.stderr
     assert (f"Warning: the Hugging Face hub was not reached (no answer from {silent_endpoint} within 1 s): "
             f"{DEFAULT_MODEL} loads from its cached copy; HF_HUB_OFFLINE=1 skips asking") in result.stderr
@@ -139,12 +142,8 @@ def test_a_hub_that_answers_is_not_taken_for_a_silent_one(tmp_path, has_model):
 
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
-        env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}",
-                   NITRO_CACHE_DIR=str(tmp_path / "nitro"))
-        result = subprocess.run([sys.executable, "-m", "nitro_cli", "generate", "castle", "--model", "someone/model",
-                                 "--out", str(tmp_path / "out"), *ARGS], capture_output=True, text=True, env=env,
-                                timeout=300)
+        result = generate_in_a_process(tmp_path, "--model", "someone/model", HF_HUB_OFFLINE=None,
+                                       HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}")
         server.shutdown()
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert "hub was not reached" not in result.stderr

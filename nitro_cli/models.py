@@ -362,16 +362,18 @@ def fetch_hub_model(repo_id: str, *, with_safety_checker: bool) -> None:
 
 def _from_cache_alone(repo_id: str, *, with_safety_checker: bool) -> bool:
     """Whether model `repo_id` loads from the Hugging Face cache alone: the hub gave no answer (a warning says
-    so; not cached, a usage error). A download that may take minutes gets a line first: the hub's own bars show
-    only on a terminal."""
+    so; not cached, or cached in part, a usage error). A download that may take minutes gets a line first: the
+    hub's own bars show only on a terminal."""
     answer = ask_hub(repo_id)
     snapshot = cached_snapshot(repo_id)
-    if answer.silence is not None and snapshot is None:
-        raise hub_model_error(repo_id, ConnectionError(answer.silence))
+    loadable = snapshot is not None and snapshot_problem(snapshot, with_safety_checker=with_safety_checker) is None
+    if answer.silence is not None and not loadable:
+        # Now, rather than a warning that it loads from the cache, then diffusers' words and an error that it can't.
+        raise hub_model_error(repo_id, ConnectionError(answer.silence), with_safety_checker=with_safety_checker)
     if answer.silence is not None:
         _warn_once(f"the Hugging Face hub was not reached ({answer.silence}): {repo_id} loads from its cached copy; "
                    "HF_HUB_OFFLINE=1 skips asking")
-    elif answer.found and (snapshot is None or snapshot_problem(snapshot, with_safety_checker=with_safety_checker)):
+    elif answer.found and not loadable:
         print(f"Downloading {repo_id} into the Hugging Face cache ...", file=sys.stderr)
     return answer.silence is not None
 

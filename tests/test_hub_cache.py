@@ -178,6 +178,17 @@ def test_a_silent_hub_and_no_cached_copy_is_a_usage_error(runner, hub_cache, sil
     assert "hub was not reached" not in result.stderr
 
 
+def test_a_silent_hub_and_a_cached_copy_in_part_is_one_usage_error(runner, hub_cache, silent_hub, tiny_model_dir,
+                                                                   tmp_path):
+    """Not a warning that the model loads from its cached copy, then an error that it can't."""
+    drop_unet_weights(cache_model(hub_cache, tiny_model_dir))
+    result = runner.invoke(app, ["generate", "castle", "--out", str(tmp_path / "out"), *ARGS])
+    assert result.exit_code == 2, result.output
+    assert (f"Error: model '{DEFAULT_MODEL}' is incomplete in the Hugging Face cache (unet has no weights file"
+            in result.stderr.replace("\n", ""))
+    assert "loads from its cached copy" not in result.stderr
+
+
 def drop_unet_weights(snapshot):
     for weights in (snapshot / "unet").glob("diffusion_pytorch_model*"):
         weights.unlink()

@@ -411,7 +411,10 @@ def _ask_hub(endpoint: str, repo_id: str) -> HubAnswer:
         HfApi(endpoint=endpoint).model_info(repo_id, timeout=timeout)
     except HfHubHTTPError:
         return HubAnswer(found=False)
-    except Exception as exc:  # no answer: the network, the time limit, a page not the hub's (a captive portal)
+    except json.JSONDecodeError:  # json's own words ("Expecting value: line 1 column 1") would say nothing
+        return HubAnswer(found=False, silence=f"{endpoint} answered with a page that is not the hub's, such as a "
+                                              "network's login page")
+    except Exception as exc:  # no answer: the network, the time limit
         # By name: the exception types are those of whichever HTTP library huggingface_hub ships with.
         return HubAnswer(found=False, silence=(f"no answer from {endpoint} within {timeout} s"
                                                if "Timeout" in type(exc).__name__ else first_line(exc)))

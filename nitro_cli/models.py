@@ -255,9 +255,13 @@ def load_safety_checker(torch_dtype):
     Hugging Face cache, and the hub offline or silent)."""
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 
+    answer = ask_hub(SAFETY_CHECKER_REPO)
+    snapshot = cached_snapshot(SAFETY_CHECKER_REPO)
+    if answer.found and (snapshot is None or not _weights_files(snapshot, None)):
+        _say_downloading(SAFETY_CHECKER_REPO)
     try:
-        return StableDiffusionSafetyChecker.from_pretrained(
-            SAFETY_CHECKER_REPO, dtype=torch_dtype, local_files_only=ask_hub(SAFETY_CHECKER_REPO).silence is not None)
+        return StableDiffusionSafetyChecker.from_pretrained(SAFETY_CHECKER_REPO, dtype=torch_dtype,
+                                                            local_files_only=answer.silence is not None)
     except OSError:
         return None
 
@@ -362,8 +366,7 @@ def fetch_hub_model(repo_id: str, *, with_safety_checker: bool) -> None:
 
 def _from_cache_alone(repo_id: str, *, with_safety_checker: bool) -> bool:
     """Whether model `repo_id` loads from the Hugging Face cache alone: the hub gave no answer (a warning says
-    so; not cached, or cached in part, a usage error). A download that may take minutes gets a line first: the
-    hub's own bars show only on a terminal."""
+    so; not cached, or cached in part, a usage error). A download gets a line first."""
     answer = ask_hub(repo_id)
     snapshot = cached_snapshot(repo_id)
     loadable = snapshot is not None and snapshot_problem(snapshot, with_safety_checker=with_safety_checker) is None
@@ -374,8 +377,13 @@ def _from_cache_alone(repo_id: str, *, with_safety_checker: bool) -> bool:
         _warn_once(f"the Hugging Face hub was not reached ({answer.silence}): {repo_id} loads from its cached copy; "
                    "HF_HUB_OFFLINE=1 skips asking")
     elif answer.found and not loadable:
-        print(f"Downloading {repo_id} into the Hugging Face cache ...", file=sys.stderr)
+        _say_downloading(repo_id)
     return answer.silence is not None
+
+
+def _say_downloading(repo_id: str) -> None:
+    """A line before a download that may take minutes: the hub's own bars show only on a terminal."""
+    print(f"Downloading {repo_id} into the Hugging Face cache ...", file=sys.stderr)
 
 
 @lru_cache(maxsize=None)  # bench loads the model once per preset

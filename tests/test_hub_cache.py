@@ -188,6 +188,25 @@ def test_a_silent_hub_leaves_the_safety_checker_to_the_cache(hub_cache, silent_h
     assert models.load_safety_checker(torch.float32) is None  # not cached: the preset goes on without it
 
 
+def test_the_safety_checkers_download_gets_its_line_too(hub_cache, online_hub, capsys):
+    """A single file has no checker: the SD 1.x one downloads after a line, as a model does (this hub then has
+    no file to give)."""
+    import torch
+
+    from nitro_cli import models
+
+    def answer(path):
+        if path.startswith(f"/api/models/{models.SAFETY_CHECKER_REPO}"):
+            return 200, {"Content-Type": "application/json"}, json.dumps(
+                {"id": models.SAFETY_CHECKER_REPO, "sha": COMMIT, "siblings": []}).encode()
+        return 404, {"X-Error-Code": "EntryNotFound"}, b""
+
+    with answering_hub(answer) as endpoint:
+        online_hub(endpoint)
+        assert models.load_safety_checker(torch.float32) is None
+    assert f"Downloading {models.SAFETY_CHECKER_REPO} into the Hugging Face cache ..." in capsys.readouterr().err
+
+
 def test_a_silent_hub_and_no_cached_copy_is_a_usage_error(runner, hub_cache, silent_hub, tmp_path):
     result = runner.invoke(app, ["generate", "castle", "--out", str(tmp_path / "out"), *ARGS])
     assert result.exit_code == 2, result.output

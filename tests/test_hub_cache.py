@@ -169,14 +169,21 @@ def test_a_hub_that_answers_is_not_taken_for_a_silent_one(tmp_path, has_model):
     assert has_model or "Error: model 'someone/model' not found on the hub" in result.stderr
 
 
-def test_a_silent_hub_is_asked_once_per_run(runner, hub_cache, silent_hub, tiny_model_dir):
-    """bench loads the model once per preset: one wait and one warning, not one per preset."""
+def test_a_silent_hub_is_asked_once_per_run(runner, hub_cache, silent_hub, tiny_model_dir, monkeypatch):
+    """bench loads the model once per preset: one wait (else in each preset's load time) and one warning, not
+    one per preset."""
+    from huggingface_hub import HfApi
+
+    asked, model_info = [], HfApi.model_info
+    monkeypatch.setattr(HfApi, "model_info", lambda api, repo_id, **kwargs: asked.append(repo_id) or
+                        model_info(api, repo_id, **kwargs))
     cache_model(hub_cache, tiny_model_dir)
     result = runner.invoke(app, ["bench", "--presets", "beginner,advanced", *ARGS, "--runs", "1", "--warmup", "0",
                                  "--json", "-"])
     assert result.exit_code == 0, result.output
     assert [row["error"] for row in json.loads(result.stdout)["results"]] == [None, None]
     assert result.stderr.count("Warning: the Hugging Face hub was not reached") == 1
+    assert asked == [DEFAULT_MODEL]
 
 
 def test_a_silent_hub_leaves_the_safety_checker_to_the_cache(hub_cache, silent_hub):

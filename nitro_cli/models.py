@@ -255,9 +255,13 @@ def load_safety_checker(torch_dtype):
     Hugging Face cache, and the hub offline or silent)."""
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 
+    answer = ask_hub(SAFETY_CHECKER_REPO)
+    snapshot = cached_snapshot(SAFETY_CHECKER_REPO)
+    if answer.found and (snapshot is None or not _weights_files(snapshot, None)):
+        _say_downloading(SAFETY_CHECKER_REPO)
     try:
-        return StableDiffusionSafetyChecker.from_pretrained(
-            SAFETY_CHECKER_REPO, dtype=torch_dtype, local_files_only=ask_hub(SAFETY_CHECKER_REPO).silence is not None)
+        return StableDiffusionSafetyChecker.from_pretrained(SAFETY_CHECKER_REPO, dtype=torch_dtype,
+                                                            local_files_only=answer.silence is not None)
     except OSError:
         return None
 
@@ -362,18 +366,24 @@ def fetch_hub_model(repo_id: str, *, with_safety_checker: bool) -> None:
 
 def _from_cache_alone(repo_id: str, *, with_safety_checker: bool) -> bool:
     """Whether model `repo_id` loads from the Hugging Face cache alone: the hub gave no answer (a warning says
-    so; not cached, a usage error). A download that may take minutes gets a line first: the hub's own bars show
-    only on a terminal."""
+    so; not cached, or cached in part, a usage error). A download gets a line first."""
     answer = ask_hub(repo_id)
     snapshot = cached_snapshot(repo_id)
-    if answer.silence is not None and snapshot is None:
-        raise hub_model_error(repo_id, ConnectionError(answer.silence))
+    loadable = snapshot is not None and snapshot_problem(snapshot, with_safety_checker=with_safety_checker) is None
+    if answer.silence is not None and not loadable:
+        # Now, rather than a warning that it loads from the cache, then diffusers' words and an error that it can't.
+        raise hub_model_error(repo_id, ConnectionError(answer.silence), with_safety_checker=with_safety_checker)
     if answer.silence is not None:
         _warn_once(f"the Hugging Face hub was not reached ({answer.silence}): {repo_id} loads from its cached copy; "
                    "HF_HUB_OFFLINE=1 skips asking")
-    elif answer.found and (snapshot is None or snapshot_problem(snapshot, with_safety_checker=with_safety_checker)):
-        print(f"Downloading {repo_id} into the Hugging Face cache ...", file=sys.stderr)
+    elif answer.found and not loadable:
+        _say_downloading(repo_id)
     return answer.silence is not None
+
+
+def _say_downloading(repo_id: str) -> None:
+    """A line before a download that may take minutes: the hub's own bars show only on a terminal."""
+    print(f"Downloading {repo_id} into the Hugging Face cache ...", file=sys.stderr)
 
 
 @lru_cache(maxsize=None)  # bench loads the model once per preset
@@ -409,7 +419,10 @@ def _ask_hub(endpoint: str, repo_id: str) -> HubAnswer:
         HfApi(endpoint=endpoint).model_info(repo_id, timeout=timeout)
     except HfHubHTTPError:
         return HubAnswer(found=False)
-    except Exception as exc:  # no answer: the network, the time limit, a page not the hub's (a captive portal)
+    except json.JSONDecodeError:  # json's own words ("Expecting value: line 1 column 1") would say nothing
+        return HubAnswer(found=False, silence=f"{endpoint} answered with a page that is not the hub's, such as a "
+                                              "network's login page")
+    except Exception as exc:  # no answer: the network, the time limit
         # By name: the exception types are those of whichever HTTP library huggingface_hub ships with.
         return HubAnswer(found=False, silence=(f"no answer from {endpoint} within {timeout} s"
                                                if "Timeout" in type(exc).__name__ else first_line(exc)))

@@ -1,5 +1,6 @@
 """Hub ids (the default model first) from a Hugging Face cache laid out as huggingface_hub lays it out, offline."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -69,36 +70,76 @@ def silent_endpoint():
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"
 
 
+@contextlib.contextmanager
+def answering_hub(answer):
+    """The address of a local hub that answers each request for a path with `answer(path)`: status, headers, body."""
+    import http.server
+    import threading
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            status, headers, body = answer(self.path)
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            if self.command == "GET":
+                self.wfile.write(body)
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+
+
 @pytest.fixture
-def silent_hub(hub_cache, silent_endpoint, monkeypatch):
-    """This process online, its hub `silent_endpoint` (for diffusers' and transformers' own questions too),
-    waited for 1 s (HF_HUB_ETAG_TIMEOUT). A test that hangs all the same fails after a minute."""
+def online_hub(hub_cache, monkeypatch):
+    """`online_hub(endpoint)`: this process online, its hub `endpoint` (for diffusers' and transformers' own
+    questions too). A test that hangs all the same fails after a minute."""
     import signal
 
     from huggingface_hub import constants, hf_api
 
     from nitro_cli import models
 
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", silent_endpoint)
-    monkeypatch.setattr(hf_api.api, "endpoint", silent_endpoint)  # the HfApi behind huggingface_hub's functions
-    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)
+    def online(endpoint):
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        monkeypatch.setattr(hf_api.api, "endpoint", endpoint)  # the HfApi behind huggingface_hub's functions
+        return endpoint
 
     class Hung(BaseException):  # not an Exception: the HTTP and hub libraries catch those and retry
         pass
 
     def hung(signum, frame):
-        raise Hung("still waiting for the silent hub after 60 s")
+        raise Hung("still waiting for the hub after 60 s")
 
     models._ask_hub.cache_clear()  # answers and warnings are kept for the process
     models._warn_once.cache_clear()
     previous = signal.signal(signal.SIGALRM, hung)
     signal.alarm(60)
-    yield silent_endpoint
+    yield online
     signal.alarm(0)
     signal.signal(signal.SIGALRM, previous)
     models._ask_hub.cache_clear()
     models._warn_once.cache_clear()
+
+
+@pytest.fixture
+def silent_hub(online_hub, silent_endpoint, monkeypatch):
+    """online_hub of `silent_endpoint`, waited for 1 s (HF_HUB_ETAG_TIMEOUT). A hub that answers keeps the 10 s
+    default: a loaded machine must not turn its answer into silence."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)
+    return online_hub(silent_endpoint)
 
 
 def test_a_hub_that_never_answers_does_not_hang_a_cached_model(tiny_model_dir, tmp_path, silent_endpoint):
@@ -118,47 +159,35 @@ def test_a_hub_that_answers_is_not_taken_for_a_silent_one(tmp_path, has_model):
     """A real process asking a hub that answers. Without the model ("repository not found"), diffusers' own
     load runs and names it, and nothing says it downloads. With it, one line says a download begins (this hub
     then has no file to give)."""
-    import http.server
-    import threading
+    def answer(path):
+        if has_model and path.startswith("/api/models/someone/model"):
+            return 200, {"Content-Type": "application/json"}, json.dumps({"id": "someone/model", "sha": COMMIT,
+                                                                          "siblings": []}).encode()
+        return 404, {"X-Error-Code": "RepoNotFound"}, b""  # huggingface_hub's RepositoryNotFoundError
 
-    class Hub(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            if has_model and self.path.startswith("/api/models/someone/model"):
-                body = json.dumps({"id": "someone/model", "sha": COMMIT, "siblings": []}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-            else:
-                body = b""
-                self.send_response(404)
-                self.send_header("X-Error-Code", "RepoNotFound")  # huggingface_hub's RepositoryNotFoundError
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_HEAD = do_GET
-
-        def log_message(self, *args):
-            pass
-
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        result = generate_in_a_process(tmp_path, "--model", "someone/model", HF_HUB_OFFLINE=None,
-                                       HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}")
-        server.shutdown()
+    with answering_hub(answer) as endpoint:
+        result = generate_in_a_process(tmp_path, "--model", "someone/model", HF_HUB_OFFLINE=None, HF_ENDPOINT=endpoint)
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert "hub was not reached" not in result.stderr
     assert ("Downloading someone/model into the Hugging Face cache ..." in result.stderr) == has_model
     assert has_model or "Error: model 'someone/model' not found on the hub" in result.stderr
 
 
-def test_a_silent_hub_is_asked_once_per_run(runner, hub_cache, silent_hub, tiny_model_dir):
-    """bench loads the model once per preset: one wait and one warning, not one per preset."""
+def test_a_silent_hub_is_asked_once_per_run(runner, hub_cache, silent_hub, tiny_model_dir, monkeypatch):
+    """bench loads the model once per preset: one wait (else in each preset's load time) and one warning, not
+    one per preset."""
+    from huggingface_hub import HfApi
+
+    asked, model_info = [], HfApi.model_info
+    monkeypatch.setattr(HfApi, "model_info", lambda api, repo_id, **kwargs: asked.append(repo_id) or
+                        model_info(api, repo_id, **kwargs))
     cache_model(hub_cache, tiny_model_dir)
     result = runner.invoke(app, ["bench", "--presets", "beginner,advanced", *ARGS, "--runs", "1", "--warmup", "0",
                                  "--json", "-"])
     assert result.exit_code == 0, result.output
     assert [row["error"] for row in json.loads(result.stdout)["results"]] == [None, None]
     assert result.stderr.count("Warning: the Hugging Face hub was not reached") == 1
+    assert asked == [DEFAULT_MODEL]
 
 
 def test_a_silent_hub_leaves_the_safety_checker_to_the_cache(hub_cache, silent_hub):
@@ -170,12 +199,54 @@ def test_a_silent_hub_leaves_the_safety_checker_to_the_cache(hub_cache, silent_h
     assert models.load_safety_checker(torch.float32) is None  # not cached: the preset goes on without it
 
 
+def test_the_safety_checkers_download_gets_its_line_too(hub_cache, online_hub, capsys):
+    """A single file has no checker: the SD 1.x one downloads after a line, as a model does (this hub then has
+    no file to give)."""
+    import torch
+
+    from nitro_cli import models
+
+    def answer(path):
+        if path.startswith(f"/api/models/{models.SAFETY_CHECKER_REPO}"):
+            return 200, {"Content-Type": "application/json"}, json.dumps(
+                {"id": models.SAFETY_CHECKER_REPO, "sha": COMMIT, "siblings": []}).encode()
+        return 404, {"X-Error-Code": "EntryNotFound"}, b""
+
+    with answering_hub(answer) as endpoint:
+        online_hub(endpoint)
+        assert models.load_safety_checker(torch.float32) is None
+    assert f"Downloading {models.SAFETY_CHECKER_REPO} into the Hugging Face cache ..." in capsys.readouterr().err
+
+
 def test_a_silent_hub_and_no_cached_copy_is_a_usage_error(runner, hub_cache, silent_hub, tmp_path):
     result = runner.invoke(app, ["generate", "castle", "--out", str(tmp_path / "out"), *ARGS])
     assert result.exit_code == 2, result.output
     assert (f"is not in the Hugging Face cache ({hub_cache}) and the hub could not be reached (no answer "
             f"from {silent_hub} within 1 s)") in result.stderr.replace("\n", "")
     assert "hub was not reached" not in result.stderr
+
+
+def test_a_silent_hub_and_a_cached_copy_in_part_is_one_usage_error(runner, hub_cache, silent_hub, tiny_model_dir,
+                                                                   tmp_path):
+    """Not a warning that the model loads from its cached copy, then an error that it can't."""
+    drop_unet_weights(cache_model(hub_cache, tiny_model_dir))
+    result = runner.invoke(app, ["generate", "castle", "--out", str(tmp_path / "out"), *ARGS])
+    assert result.exit_code == 2, result.output
+    assert (f"Error: model '{DEFAULT_MODEL}' is incomplete in the Hugging Face cache (unet has no weights file"
+            in result.stderr.replace("\n", ""))
+    assert "loads from its cached copy" not in result.stderr
+
+
+def test_a_page_that_is_not_the_hubs_is_named_so(runner, online_hub, tmp_path):
+    """A network's login page answers every request (HTTP 200, HTML): no hub answered, and the error says so,
+    not json's "Expecting value: line 1 column 1 (char 0)"."""
+    with answering_hub(lambda path: (200, {"Content-Type": "text/html"}, b"<html>Log in to the Wi-Fi</html>")) \
+            as endpoint:
+        online_hub(endpoint)
+        result = runner.invoke(app, ["generate", "castle", "--out", str(tmp_path / "out"), *ARGS])
+    assert result.exit_code == 2, result.output
+    assert (f"and the hub could not be reached ({endpoint} answered with a page that is not the hub's"
+            in result.stderr.replace("\n", ""))
 
 
 def drop_unet_weights(snapshot):

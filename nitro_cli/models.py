@@ -434,7 +434,7 @@ def hub_model_error(repo_id: str, exc: BaseException, *, with_safety_checker: bo
     caller (`pass local_files_only=False`, a stacktrace above) and says "outgoing traffic has been disabled" for
     a hub it could not reach. `with_safety_checker`: whether the failed load or fetch wanted the checker."""
     from huggingface_hub import constants
-    from huggingface_hub.errors import GatedRepoError, OfflineModeIsEnabled, RepositoryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
     causes = _exception_chain(exc)
     download = f"`hf download {repo_id}` once online"
@@ -453,13 +453,18 @@ def hub_model_error(repo_id: str, exc: BaseException, *, with_safety_checker: bo
     if snapshot is not None:  # diffusers names the weights file it looked for last (.bin), not the one missing
         what = snapshot_problem(snapshot, with_safety_checker=with_safety_checker) or first_line(exc)
         return _incomplete_snapshot_error(repo_id, what, snapshot)
+    refusal = next((cause for cause in causes if isinstance(cause, HfHubHTTPError)), None)
     if constants.HF_HUB_OFFLINE or any(isinstance(cause, OfflineModeIsEnabled) for cause in causes):
-        unreachable, unset = "HF_HUB_OFFLINE is set", " (or unset HF_HUB_OFFLINE)"
+        why, fix = "HF_HUB_OFFLINE is set", f"{download} (or unset HF_HUB_OFFLINE)"
+    elif refusal is not None:  # an answer, but an error (a bad token, too many requests, a server fault)
+        why = f"the hub answered with an error ({first_line(refusal)})"
+        fix = ("check your token (HF_TOKEN or `hf auth login`; `hf auth whoami` says whose it is)"
+               if getattr(refusal.response, "status_code", None) in (401, 403) else "try again later")
     else:
-        unreachable, unset = f"the hub could not be reached ({first_line(causes[-1])})", ""
-    return UsageError(f"model '{repo_id}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {unreachable}",
-                      hint=f"{download}{unset}; a model in another cache needs HF_HOME pointing there; --model "
-                           "random:tiny for a dry run")
+        why, fix = f"the hub could not be reached ({first_line(causes[-1])})", download
+    return UsageError(f"model '{repo_id}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}",
+                      hint=f"{fix}; a model in another cache needs HF_HOME pointing there; --model random:tiny for a "
+                           "dry run")
 
 
 def _incomplete_snapshot_error(repo_id: str, what: str, snapshot: Path) -> UsageError:

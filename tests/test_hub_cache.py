@@ -314,6 +314,22 @@ def test_unreachable_hub_is_named_with_its_reason(hub_cache, monkeypatch):
     assert "HF_HUB_OFFLINE" not in error.hint
 
 
+@pytest.mark.parametrize("status, fix", [(401, "check your token (HF_TOKEN"), (429, "try again later")])
+def test_a_hub_error_answer_is_not_called_unreachable(hub_cache, monkeypatch, status, fix):
+    from huggingface_hub import constants, errors
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    try:
+        try:
+            raise http_error(errors.HfHubHTTPError, status)
+        except errors.HfHubHTTPError as hub_error:
+            raise OSError("Cannot load model: the model is not cached locally") from hub_error
+    except OSError as exc:
+        error = hub_model_error(DEFAULT_MODEL, exc)
+    assert error.message.endswith("and the hub answered with an error (hub said no)")
+    assert error.hint.startswith(fix)
+
+
 def test_bench_checks_a_hub_model_once_before_any_preset(runner, hub_cache, tiny_model_dir):
     """Not cached (offline): one usage error before any preset, where each row failed alike (exit 1, a report of
     failed rows). Cached: every row loads from the cache."""

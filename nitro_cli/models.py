@@ -366,13 +366,17 @@ def fetch_hub_model(repo_id: str, *, with_safety_checker: bool) -> None:
 
 def _from_cache_alone(repo_id: str, *, with_safety_checker: bool) -> bool:
     """Whether model `repo_id` loads from the Hugging Face cache alone: the hub gave no answer (a warning says
-    so; not cached, or cached in part, a usage error). A download gets a line first."""
+    so). Not cached, or cached in part, with no answer to be had (silent or offline): a usage error. A download
+    gets a line first."""
+    from huggingface_hub import constants
+
     answer = ask_hub(repo_id)
     snapshot = cached_snapshot(repo_id)
     loadable = snapshot is not None and snapshot_problem(snapshot, with_safety_checker=with_safety_checker) is None
-    if answer.silence is not None and not loadable:
-        # Now, rather than a warning that it loads from the cache, then diffusers' words and an error that it can't.
-        raise hub_model_error(repo_id, ConnectionError(answer.silence), with_safety_checker=with_safety_checker)
+    if (answer.silence is not None or constants.HF_HUB_OFFLINE) and not loadable:
+        # Now, rather than after diffusers' own logged error (and a warning that it loads from the cache).
+        raise hub_model_error(repo_id, ConnectionError(answer.silence or "HF_HUB_OFFLINE is set"),
+                              with_safety_checker=with_safety_checker)
     if answer.silence is not None:
         _warn_once(f"the Hugging Face hub was not reached ({answer.silence}): {repo_id} loads from its cached copy; "
                    "HF_HUB_OFFLINE=1 skips asking")

@@ -58,6 +58,17 @@ def test_default_model_loads_from_the_cache_offline_without_hub_chatter(tiny_mod
     assert f"Model: {DEFAULT_MODEL}," in Image.open(record["path"]).text["parameters"]
 
 
+def test_an_incomplete_cached_model_offline_is_one_error_line(tiny_model_dir, tmp_path):
+    """A real process, where diffusers' logger writes: no error of its own before nitro's."""
+    snapshot = cache_model(tmp_path / "hf" / "hub", tiny_model_dir)
+    drop_unet_weights(snapshot)
+    result = generate_in_a_process(tmp_path, HF_HUB_OFFLINE="1")
+    assert result.returncode == 2, result.stderr
+    assert [line for line in result.stderr.splitlines() if not line.startswith("Warning: float16 skipped")] == [
+        f"Error: model '{DEFAULT_MODEL}' is incomplete in the Hugging Face cache (unet has no weights file: {snapshot})",
+        f"Hint: finish the download: `hf download {DEFAULT_MODEL}` once online"]
+
+
 @pytest.fixture
 def silent_endpoint():
     """The address of a hub that takes connections and never answers, as a stalled proxy or firewall does:

@@ -13,13 +13,14 @@ import json
 import re
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from nitro_cli import paths
+from nitro_cli import distributed, paths
 from nitro_cli.errors import RuntimeFailure, UsageError, first_line
 
 DEFAULT_MODEL = "nitrosocke/Nitro-Diffusion"
@@ -386,13 +387,16 @@ def _from_cache_alone(repo_id: str, *, with_safety_checker: bool) -> bool:
 
 
 def _say_downloading(repo_id: str) -> None:
-    """A line before a download that may take minutes: the hub's own bars show only on a terminal."""
-    print(f"Downloading {repo_id} into the Hugging Face cache ...", file=sys.stderr)
+    """A line before a download that may take minutes: the hub's own bars show only on a terminal. Every process
+    of a launched run downloads (the hub's file locks share the work); the main one says so."""
+    if distributed.rank() == 0:
+        print(f"Downloading {repo_id} into the Hugging Face cache ...", file=sys.stderr)
 
 
 @lru_cache(maxsize=None)  # bench loads the model once per preset
 def _warn_once(warning: str) -> None:
-    print(f"Warning: {warning}", file=sys.stderr)
+    if distributed.rank() == 0:  # every process of a launched run asks the hub: one warning for the run
+        print(f"Warning: {warning}", file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -418,17 +422,20 @@ def _ask_hub(endpoint: str, repo_id: str) -> HubAnswer:
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
-    timeout = constants.HF_HUB_ETAG_TIMEOUT
+    asked = time.monotonic()
     try:
-        HfApi(endpoint=endpoint).model_info(repo_id, timeout=timeout)
+        HfApi(endpoint=endpoint).model_info(repo_id, timeout=constants.HF_HUB_ETAG_TIMEOUT)
     except HfHubHTTPError:
         return HubAnswer(found=False)
     except json.JSONDecodeError:  # json's own words ("Expecting value: line 1 column 1") would say nothing
         return HubAnswer(found=False, silence=f"{endpoint} answered with a page that is not the hub's, such as a "
                                               "network's login page")
     except Exception as exc:  # no answer: the network, the time limit
-        # By name: the exception types are those of whichever HTTP library huggingface_hub ships with.
-        return HubAnswer(found=False, silence=(f"no answer from {endpoint} within {timeout} s"
+        # By name: the exception types are those of whichever HTTP library huggingface_hub ships with. The time
+        # waited, not the time limit: huggingface_hub may first ask the same silent hub something of its own
+        # (its agent-harness list, 3 s).
+        waited = time.monotonic() - asked
+        return HubAnswer(found=False, silence=(f"no answer from {endpoint} in {waited:.0f} s"
                                                if "Timeout" in type(exc).__name__ else first_line(exc)))
     return HubAnswer(found=True)
 

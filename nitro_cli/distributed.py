@@ -37,6 +37,13 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0")) if launched() else 0
 
 
+def local_rank() -> int:
+    """This process's rank on its own machine (0 without a launcher). Each machine of a run has its own
+    terminal, network and Hugging Face cache: what concerns them (a hub that doesn't answer, a download) its
+    first process says."""
+    return int(os.environ.get("LOCAL_RANK", "0")) if launched() else 0
+
+
 # What torchrun and accelerate launch set besides WORLD_SIZE, and joining the other processes needs.
 LAUNCHER_VARIABLES = ("RANK", "MASTER_ADDR")
 

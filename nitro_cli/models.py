@@ -388,14 +388,14 @@ def _from_cache_alone(repo_id: str, *, with_safety_checker: bool) -> bool:
 
 def _say_downloading(repo_id: str) -> None:
     """A line before a download that may take minutes: the hub's own bars show only on a terminal. Every process
-    of a launched run downloads (the hub's file locks share the work); the main one says so."""
-    if distributed.rank() == 0:
+    of a launched run downloads (the hub's file locks share the work); each machine's first one says so."""
+    if distributed.local_rank() == 0:
         print(f"Downloading {repo_id} into the Hugging Face cache ...", file=sys.stderr)
 
 
 @lru_cache(maxsize=None)  # bench loads the model once per preset
 def _warn_once(warning: str) -> None:
-    if distributed.rank() == 0:  # every process of a launched run asks the hub: one warning for the run
+    if distributed.local_rank() == 0:  # every process of a launched run asks the hub: one warning per machine
         print(f"Warning: {warning}", file=sys.stderr)
 
 

@@ -221,17 +221,23 @@ def test_a_silent_hub_warning_gives_the_time_waited(hub_cache, silent_hub, tiny_
     assert 3 <= waited <= time.monotonic() - started + 0.5
 
 
-@pytest.mark.parametrize("rank", ["0", "1"])
-def test_a_launched_runs_main_process_alone_warns_of_a_silent_hub(hub_cache, silent_hub, tiny_model_dir,
-                                                                   monkeypatch, capsys, rank):
-    """Every process of a launched run asks the hub: one warning for the run, not one per GPU."""
+# (RANK, LOCAL_RANK): the main process, another on its machine, the first on a second machine.
+LAUNCHED_PROCESSES = [("0", "0", True), ("1", "1", False), ("2", "0", True)]
+
+
+@pytest.mark.parametrize("rank, local_rank, says", LAUNCHED_PROCESSES)
+def test_each_machines_first_process_alone_warns_of_a_silent_hub(hub_cache, silent_hub, tiny_model_dir,
+                                                                  monkeypatch, capsys, rank, local_rank, says):
+    """Every process of a launched run asks the hub: one warning per machine (its terminal, its network), not
+    one per GPU."""
     from nitro_cli import models
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
     cache_model(hub_cache, tiny_model_dir)
     assert models._from_cache_alone(DEFAULT_MODEL, with_safety_checker=False)
-    assert ("Warning: the Hugging Face hub was not reached" in capsys.readouterr().err) == (rank == "0")
+    assert ("Warning: the Hugging Face hub was not reached" in capsys.readouterr().err) == says
 
 
 def test_a_silent_hub_leaves_the_safety_checker_to_the_cache(hub_cache, silent_hub):
@@ -243,16 +249,12 @@ def test_a_silent_hub_leaves_the_safety_checker_to_the_cache(hub_cache, silent_h
     assert models.load_safety_checker(torch.float32) is None  # not cached: the preset goes on without it
 
 
-@pytest.mark.parametrize("rank", ["0", "1"])
-def test_the_safety_checkers_download_gets_its_line_too(hub_cache, online_hub, capsys, monkeypatch, rank):
+def test_the_safety_checkers_download_gets_its_line_too(hub_cache, online_hub, capsys):
     """A single file has no checker: the SD 1.x one downloads after a line, as a model does (this hub then has
-    no file to give). In a launched run every process downloads; the main one alone says so."""
+    no file to give)."""
     import torch
 
     from nitro_cli import models
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", rank)
 
     def answer(path):
         if path.startswith(f"/api/models/{models.SAFETY_CHECKER_REPO}"):
@@ -263,8 +265,27 @@ def test_the_safety_checkers_download_gets_its_line_too(hub_cache, online_hub, c
     with answering_hub(answer) as endpoint:
         online_hub(endpoint)
         assert models.load_safety_checker(torch.float32) is None
-    assert (f"Downloading {models.SAFETY_CHECKER_REPO} into the Hugging Face cache ..."
-            in capsys.readouterr().err) == (rank == "0")
+    assert f"Downloading {models.SAFETY_CHECKER_REPO} into the Hugging Face cache ..." in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rank, local_rank, says", LAUNCHED_PROCESSES)
+def test_each_machines_first_process_alone_says_it_downloads(hub_cache, online_hub, capsys, monkeypatch, rank,
+                                                              local_rank, says):
+    """Every process of a launched run downloads into its machine's cache (the hub's file locks share the
+    work): one line per machine, not one per GPU."""
+    from nitro_cli import models
+
+    def answer(path):
+        return 200, {"Content-Type": "application/json"}, json.dumps({"id": "someone/model", "sha": COMMIT,
+                                                                      "siblings": []}).encode()
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    with answering_hub(answer) as endpoint:
+        online_hub(endpoint)
+        assert not models._from_cache_alone("someone/model", with_safety_checker=False)
+    assert ("Downloading someone/model into the Hugging Face cache ..." in capsys.readouterr().err) == says
 
 
 def test_a_silent_hub_and_no_cached_copy_is_a_usage_error(runner, hub_cache, silent_hub, tmp_path):

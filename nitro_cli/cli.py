@@ -86,7 +86,8 @@ def guarded(command):
         try:
             return command(*args, **kwargs)
         except KeyboardInterrupt:
-            print("Interrupted.", file=sys.stderr)
+            if distributed.rank() == 0:  # a launched run's processes each stop, and say what they saved: said once
+                print("Interrupted.", file=sys.stderr)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as exc:
             failure = _expected_failure(exc)

@@ -328,6 +328,26 @@ def test_a_device_error_every_process_finds_is_told_by_the_main_one(runner, tmp_
     assert ("Error: --device cuda, but no CUDA GPU" in result.stderr) == told, result.stderr
 
 
+@pytest.mark.parametrize("rank, told", [("0", True), ("1", False)])
+def test_a_stopped_run_is_told_interrupted_by_the_main_process(monkeypatch, capsys, rank, told):
+    """Ctrl-C reaches every process of a launched run; each says what it saved, the main one alone that the
+    run was interrupted. Every one exits 130."""
+    import typer
+
+    from nitro_cli.cli import guarded
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+
+    def stopped():
+        raise KeyboardInterrupt
+
+    with pytest.raises(typer.Exit) as exit_info:
+        guarded(stopped)()
+    assert exit_info.value.exit_code == 130
+    assert ("Interrupted." in capsys.readouterr().err) == told
+
+
 def test_a_process_that_cannot_join_the_others_says_why_without_resume(monkeypatch):
     """Joining fails before anything is made (a port another job holds): not "lost touch", no --resume."""
     import accelerate

@@ -46,6 +46,9 @@ class PromptCache:
     def __init__(self, pipe, device: str, enabled: bool, size: int = PROMPT_CACHE_SIZE):
         self._pipe = pipe
         self._device = device
+        # Where the pipeline runs, read once: diffusers' `_execution_device` looks for offload hooks on every
+        # module of every component at each read (milliseconds of host time, while the GPU waits).
+        self.execution_device = pipe._execution_device
         self.enabled = enabled
         self._size = size
         self._store: OrderedDict[tuple[str, str, bool], tuple[Any, Any]] = OrderedDict()
@@ -62,7 +65,7 @@ class PromptCache:
             self._store.move_to_end(key)
             return self._store[key]
         with timed(self._device) as encoding:
-            encoded = self._pipe.encode_prompt(prompt, self._pipe._execution_device, 1, use_guidance,
+            encoded = self._pipe.encode_prompt(prompt, self.execution_device, 1, use_guidance,
                                                negative_prompt=negative or None)
         self.encode_seconds += encoding.seconds
         self.encodes += 1
@@ -140,10 +143,10 @@ def run_batch(pipe, cache: PromptCache, prompts: list[str], negatives: list[str]
               on_step_end: Callable | None = None) -> BatchResult:
     """Denoise and decode one batch. Each image gets its own generator, so image i depends only on its
     own seed: batched and one-by-one runs give the same pixels but for kernel rounding. The generators
-    live on the execution device: ancestral samplers (Euler a) draw noise at every step, and noise drawn
-    on the CPU is a blocking copy, a host-device sync per step in a launch-bound loop. So a seed's image
-    is the same on every run of one machine, not across CPU and GPU. `on_step_end` is diffusers'
-    `callback_on_step_end(pipe, step, timestep, tensors) -> tensors`.
+    live on the execution device (`cache.execution_device`, that of `pipe`): ancestral samplers (Euler a)
+    draw noise at every step, and noise drawn on the CPU is a blocking copy, a host-device sync per step
+    in a launch-bound loop. So a seed's image is the same on every run of one machine, not across CPU and
+    GPU. `on_step_end` is diffusers' `callback_on_step_end(pipe, step, timestep, tensors) -> tensors`.
 
     The pipeline stops at latents so that decoding can be checked (`decode_latents`); the safety
     checker then runs as the pipeline would run it, blacking out what it flags. Seeds past the last
@@ -159,11 +162,11 @@ def run_batch(pipe, cache: PromptCache, prompts: list[str], negatives: list[str]
         latents = pipe(
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
             num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
-            generator=[torch.Generator(pipe._execution_device).manual_seed(seed) for seed in seeds],
+            generator=[torch.Generator(cache.execution_device).manual_seed(seed) for seed in seeds],
             output_type="latent", callback_on_step_end=on_step_end,
         ).images
         pixels, redecoded = decode_latents(pipe, latents)
-        pixels, nsfw = pipe.run_safety_checker(pixels, pipe._execution_device, prompt_embeds.dtype)
+        pixels, nsfw = pipe.run_safety_checker(pixels, cache.execution_device, prompt_embeds.dtype)
         nsfw = [bool(flag) for flag in nsfw] if nsfw is not None else [False] * len(seeds)
         images = to_pil_images(pipe.image_processor.postprocess(pixels, output_type="pt",
                                                                 do_denormalize=[not f for f in nsfw]))

@@ -64,6 +64,23 @@ def test_the_prompt_cache_tells_negative_prompts_apart(tiny_pipe):
     assert cache.stats().encodes == 2 and not torch.equal(blurry, dark)
 
 
+def test_a_batch_reads_the_pipelines_device_once_whatever_its_size(tiny_pipe, monkeypatch):
+    """diffusers' `_execution_device` looks for offload hooks on every module of the pipeline (milliseconds of
+    host time, while the GPU waits): a batch of 8 distinct prompts must not pay for it per prompt and per seed.
+    The one read left is the pipeline call's own."""
+    from diffusers import DiffusionPipeline
+
+    cache = generation.PromptCache(tiny_pipe, "cpu", enabled=True)
+    reads = []
+    device_of = DiffusionPipeline._execution_device.fget
+    monkeypatch.setattr(DiffusionPipeline, "_execution_device",
+                        property(lambda pipe: reads.append(1) or device_of(pipe)))
+    result = generation.run_batch(tiny_pipe, cache, [f"castle {i}" for i in range(8)], [""] * 8, list(range(8)),
+                                  steps=1, guidance=7.5, width=64, height=64)
+    assert len(result.images) == 8 and cache.stats().encodes == 8
+    assert len(reads) <= 1
+
+
 def tiny_plan(prompts: list[str]) -> list[PlannedImage]:
     jobs = [PromptJob(prompt=p, negative="", seed=None, steps=2, guidance=7.5, width=64, height=64) for p in prompts]
     return plan_images(jobs, 1, first_index=0, first_seed=10)

@@ -203,7 +203,7 @@ def _measure_preset(entry: str, result: PresetResult, options: BenchOptions, dev
     progress(f"{result.preset}: built in {loading.seconds:.1f} s"
              + ("; its first call compiles (a minute or more)" if built.compiled else ""))
 
-    cache = PromptCache(built.pipe, built.device, enabled=settings.prompt_cache)
+    cache = PromptCache(built.pipe, enabled=settings.prompt_cache)
     seeds = [BENCH_SEED + i for i in range(settings.batch_size)]
     calls, timed = [], []
     for index in range(options.warmup + options.runs):

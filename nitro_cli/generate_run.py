@@ -197,7 +197,7 @@ def _generate_share(request: GenerateRequest, loaded, built, model_name: str, mi
     from nitro_cli.progress import RunDisplay
 
     settings = loaded.settings
-    cache = PromptCache(built.pipe, built.device, enabled=settings.prompt_cache)
+    cache = PromptCache(built.pipe, enabled=settings.prompt_cache)
     save = functools.partial(output.save_image, folder=request.out, sampler=SAMPLER_NAMES[settings.scheduler],
                              schedule_type=SCHEDULE_TYPES.get(settings.scheduler), model=model_name,
                              preset=loaded.name, overrides=loaded.overrides)

@@ -43,9 +43,8 @@ PROMPT_CACHE_SIZE = 256
 
 
 class PromptCache:
-    def __init__(self, pipe, device: str, enabled: bool, size: int = PROMPT_CACHE_SIZE):
+    def __init__(self, pipe, enabled: bool, size: int = PROMPT_CACHE_SIZE):
         self._pipe = pipe
-        self._device = device
         # Where the pipeline runs, read once: diffusers' `_execution_device` looks for offload hooks on every
         # module of every component at each read (milliseconds of host time, while the GPU waits).
         self.execution_device = pipe._execution_device
@@ -64,7 +63,7 @@ class PromptCache:
             self.hits += 1
             self._store.move_to_end(key)
             return self._store[key]
-        with timed(self._device) as encoding:
+        with timed(str(self.execution_device)) as encoding:
             encoded = self._pipe.encode_prompt(prompt, self.execution_device, 1, use_guidance,
                                                negative_prompt=negative or None)
         self.encode_seconds += encoding.seconds

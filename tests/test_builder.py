@@ -61,7 +61,7 @@ def test_an_amx_cpu_builds_and_runs_the_pipeline_in_bf16():
     built = build_pipeline(load_preset("advanced").settings, "random:tiny", "cpu", cpu_machine(cpu_amx_bf16=True))
     assert built.dtype == "bfloat16" and "precision bfloat16" in built.applied
     assert {p.dtype for p in built.pipe.unet.parameters()} == {torch.bfloat16}
-    result = run_batch(built.pipe, PromptCache(built.pipe, "cpu", enabled=True), ["a castle"], [""], [1], steps=2,
+    result = run_batch(built.pipe, PromptCache(built.pipe, enabled=True), ["a castle"], [""], [1], steps=2,
                        guidance=7.5, width=64, height=64)
     image = np.asarray(result.images[0])
     assert image.shape == (64, 64, 3) and image.std() > 0  # a picture, not a flat (NaN-guarded) fill

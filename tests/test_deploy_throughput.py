@@ -44,7 +44,7 @@ def tiny_pipe():
 def test_the_prompt_cache_keeps_only_the_most_recently_used_prompts(tiny_pipe):
     """A prompts file of thousands of distinct lines must not fill memory with embeddings: the cache is
     bounded, and what it drops is the prompt used longest ago (a repeated prompt stays)."""
-    cache = generation.PromptCache(tiny_pipe, "cpu", enabled=True, size=2)
+    cache = generation.PromptCache(tiny_pipe, enabled=True, size=2)
     first_castle = cache.embeddings("castle", "", 7.5)
     for prompt in ("dragon", "castle", "cat", "castle", "dragon", "cat"):
         cache.embeddings(prompt, "", 7.5)
@@ -58,7 +58,7 @@ def test_the_prompt_cache_tells_negative_prompts_apart(tiny_pipe):
     """Two lines of one prompt with different negative prompts: each image gets its own negative."""
     import torch
 
-    cache = generation.PromptCache(tiny_pipe, "cpu", enabled=True)
+    cache = generation.PromptCache(tiny_pipe, enabled=True)
     _, blurry = cache.embeddings("castle", "blurry", 7.5)
     _, dark = cache.embeddings("castle", "dark", 7.5)
     assert cache.stats().encodes == 2 and not torch.equal(blurry, dark)
@@ -70,7 +70,7 @@ def test_a_batch_reads_the_pipelines_device_once_whatever_its_size(tiny_pipe, mo
     The one read left is the pipeline call's own."""
     from diffusers import DiffusionPipeline
 
-    cache = generation.PromptCache(tiny_pipe, "cpu", enabled=True)
+    cache = generation.PromptCache(tiny_pipe, enabled=True)
     reads = []
     device_of = DiffusionPipeline._execution_device.fget
     monkeypatch.setattr(DiffusionPipeline, "_execution_device",
@@ -99,7 +99,7 @@ def test_a_filled_last_batch_keeps_every_call_at_batch_size_and_changes_no_pixel
     made = {}
     for fixed in (True, False):
         calls.clear()
-        cache = generation.PromptCache(tiny_pipe, "cpu", enabled=True)
+        cache = generation.PromptCache(tiny_pipe, enabled=True)
         saved = {}
         results = generate_images(tiny_pipe, cache, "cpu", images, batch_size=2,
                                   save=lambda planned, image: saved.setdefault(planned.name, np.asarray(image)),
@@ -139,7 +139,7 @@ def test_every_image_handed_to_the_writer_is_saved_before_an_interrupt_ends_the_
 
     images = tiny_plan(["castle", "dragon", "cat"])
     with pytest.raises(KeyboardInterrupt):
-        generate_images(tiny_pipe, generation.PromptCache(tiny_pipe, "cpu", enabled=True), "cpu", images,
+        generate_images(tiny_pipe, generation.PromptCache(tiny_pipe, enabled=True), "cpu", images,
                         batch_size=2, save=slow_save, observer=InterruptSecondBatch())
     assert saved == [images[0].name, images[1].name]
     assert writer_threads == {"nitro-image-writer"}  # saving ran off the denoising thread
@@ -150,7 +150,7 @@ def test_a_failure_in_the_writer_is_raised_in_the_calling_thread(tiny_pipe):
         raise ValueError("encoder exploded")
 
     with pytest.raises(ValueError, match="encoder exploded"):
-        generate_images(tiny_pipe, generation.PromptCache(tiny_pipe, "cpu", enabled=True), "cpu",
+        generate_images(tiny_pipe, generation.PromptCache(tiny_pipe, enabled=True), "cpu",
                         tiny_plan(["castle", "dragon", "cat"]), batch_size=1, save=broken_save, observer=RunObserver())
 
 

@@ -194,7 +194,7 @@ def _first_image(overrides: list[str], device: str, model: str = "random:tiny") 
 
     settings = load_preset("expert", [*TINY_JOB, *overrides] if model == "random:tiny" else overrides).settings
     built = build_pipeline(settings, model, device)
-    cache = PromptCache(built.pipe, built.device, enabled=True)
+    cache = PromptCache(built.pipe, enabled=True)
     result = run_batch(built.pipe, cache, ["arcane style warrior"], [""], [7], steps=settings.steps, guidance=7.5,
                        width=settings.width, height=settings.height)
     return np.asarray(result.images[0])
@@ -229,7 +229,7 @@ def test_denoising_steps_after_the_first_never_wait_for_the_gpu(overrides):
 
     settings = load_preset("expert", [*TINY_JOB, "steps=4", *overrides]).settings
     built = build_pipeline(settings, "random:tiny", "cuda")
-    cache = PromptCache(built.pipe, built.device, enabled=True)
+    cache = PromptCache(built.pipe, enabled=True)
     run_batch(built.pipe, cache, ["a castle"], [""], [1], steps=4, guidance=7.5, width=64, height=64)  # warm-up
 
     def watch_steps(pipe, step, timestep, tensors):
@@ -269,7 +269,7 @@ def test_feature_cache_runs_the_whole_unet_every_nth_step():
     settings = load_preset("advanced", ["feature_cache_interval=2", "width=64", "height=64"]).settings
     built = build_pipeline(settings, "random:tiny", "cpu", cpu_machine())
     assert any(a.startswith("UNet feature cache: the whole UNet every 2 steps") for a in built.applied)
-    run_batch(built.pipe, PromptCache(built.pipe, "cpu", enabled=True), ["a castle"], [""], [1], steps=5,
+    run_batch(built.pipe, PromptCache(built.pipe, enabled=True), ["a castle"], [""], [1], steps=5,
               guidance=7.5, width=64, height=64)
     assert (built.unet_cache.full_calls, built.unet_cache.shallow_calls) == (3, 2)  # steps 0, 2, 4 in full
 
@@ -319,7 +319,7 @@ def test_prompt_seed_steps_and_guidance_never_recompile(interval):
 
     settings = load_preset("expert", [*TINY_JOB, f"feature_cache_interval={interval}"]).settings
     built = build_pipeline(settings, "random:tiny", "cpu", cpu_machine())
-    cache = PromptCache(built.pipe, built.device, enabled=True)
+    cache = PromptCache(built.pipe, enabled=True)
     job = dict(width=64, height=64)
     run_batch(built.pipe, cache, ["arcane style castle"], [""], [1], steps=4, guidance=7.5, **job)
     with torch._dynamo.config.patch(error_on_recompile=True):
@@ -379,7 +379,7 @@ def test_fp8_matmul_quantizes_the_attention_layers_and_keeps_the_picture(fp8_wit
     built = build_pipeline(settings, "random:tiny", "cpu", cpu_machine())
 
     def first_image():
-        result = run_batch(built.pipe, PromptCache(built.pipe, "cpu", enabled=False), ["arcane style warrior"],
+        result = run_batch(built.pipe, PromptCache(built.pipe, enabled=False), ["arcane style warrior"],
                            [""], [7], steps=4, guidance=7.5, width=64, height=64)
         return np.asarray(result.images[0])
 

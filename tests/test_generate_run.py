@@ -590,7 +590,7 @@ def test_nan_or_black_from_a_half_precision_vae_is_decoded_again_in_fp32(monkeyp
         return decoded
 
     monkeypatch.setattr(pipe.vae, "decode", overflowing_decode)
-    cache = generation.PromptCache(pipe, "cpu", enabled=True)
+    cache = generation.PromptCache(pipe, enabled=True)
     result = generation.run_batch(pipe, cache, ["castle", "castle"], ["", ""], [1, 2], steps=2, guidance=7.5,
                                   width=64, height=64)
     assert result.redecoded == [True, False]

@@ -86,7 +86,7 @@ def pipelines(exported):
 def two_images(pipe, steps=2, on_step_end=None):
     from nitro_cli.generation import PromptCache, run_batch
 
-    return run_batch(pipe, PromptCache(pipe, "cpu", enabled=False), ["castle", "dog"], ["", "blurry"], [5, 6],
+    return run_batch(pipe, PromptCache(pipe, enabled=False), ["castle", "dog"], ["", "blurry"], [5, 6],
                      steps=steps, guidance=7.5, width=64, height=64, on_step_end=on_step_end)
 
 

@@ -44,6 +44,9 @@ SD_VAE_SCALE_FACTOR = 8  # SD 1.x latents are 1/8 of the image side
 SD_VAE_SCALING_FACTOR = 0.18215
 EXPORT_HINT = "nitro export onnx --model {model} --out DIR, then --model DIR"
 INSTALL_HINT = "pip install 'nitro-cli[onnx]'"
+# diffusers' OnnxRuntimeModel ends its deprecation at 0.43.0: from there on, making one raises (and the
+# ONNX pipeline is left without its models), hence the `onnx` extra's diffusers<0.43.
+DIFFUSERS_WITHOUT_ONNX = (0, 43)
 
 
 @dataclass
@@ -54,11 +57,19 @@ class ExportReport:
 
 
 def require_onnx_packages() -> None:
-    """onnx (export) and onnxruntime (run) come with the `onnx` extra; without them this is a usage error."""
+    """onnx (export), onnxruntime (run) and a diffusers that still has its ONNX pipeline come with the `onnx`
+    extra; without them this is a usage error, before anything is exported or loaded."""
     missing = [name for name in ("onnx", "onnxruntime") if not hardware.is_importable(name)]
     if missing:
         raise UsageError(f"the ONNX backend needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
                          "not installed", hint=INSTALL_HINT)
+    from packaging.version import Version
+
+    diffusers_version = hardware.package_version("diffusers")
+    if diffusers_version and Version(diffusers_version).release >= DIFFUSERS_WITHOUT_ONNX:
+        raise UsageError(f"the ONNX backend needs diffusers older than 0.43, and {diffusers_version} is installed: "
+                         "diffusers' ONNX pipeline stops at 0.42",
+                         hint=f"{INSTALL_HINT} (it installs diffusers 0.42); the PyTorch backend runs on any diffusers")
 
 
 def is_onnx_folder(path: str | Path) -> bool:

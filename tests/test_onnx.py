@@ -373,8 +373,10 @@ def test_every_preset_field_is_sorted_for_the_onnx_backend():
     assert not (descriptive | applied_by_onnx) & set(PYTORCH_ONLY_FIELDS)
 
 
-@pytest.mark.parametrize("command", [["export", "onnx", "--model", "random:tiny"],
-                                     ["generate", "castle", *FAST, "--set", "backend=onnx"]])
+ONNX_COMMANDS = [["export", "onnx", "--model", "random:tiny"], ["generate", "castle", *FAST, "--set", "backend=onnx"]]
+
+
+@pytest.mark.parametrize("command", ONNX_COMMANDS)
 def test_the_onnx_backend_without_its_packages_is_a_usage_error_naming_the_extra(runner, tmp_path, monkeypatch,
                                                                                   command):
     from nitro_cli import hardware, models
@@ -385,6 +387,26 @@ def test_the_onnx_backend_without_its_packages_is_a_usage_error_naming_the_extra
     assert result.exit_code == 2, result.output
     assert "Error: the ONNX backend needs onnxruntime, which is not installed" in result.stderr
     assert "Hint: pip install 'nitro-cli[onnx]'" in result.stderr
+    assert not list(tmp_path.glob("out/*"))
+
+
+@pytest.mark.parametrize("command", ONNX_COMMANDS)
+@pytest.mark.parametrize("version", ["0.43.0", "0.43.0.dev0", "1.0.1"])
+def test_the_onnx_backend_on_a_diffusers_without_its_onnx_pipeline_is_a_usage_error(runner, tmp_path, monkeypatch,
+                                                                                     command, version):
+    """diffusers 0.43 refuses to make an OnnxRuntimeModel: said before the export's minutes, not in a traceback
+    after them."""
+    from nitro_cli import hardware, models
+
+    installed = hardware.package_version
+    monkeypatch.setattr(hardware, "package_version", lambda name: version if name == "diffusers" else installed(name))
+    monkeypatch.setattr(models, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model for a doomed export"))
+    result = runner.invoke(app, [*command, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert (f"Error: the ONNX backend needs diffusers older than 0.43, and {version} is installed"
+            in result.stderr)
+    assert "Hint: pip install 'nitro-cli[onnx]' (it installs diffusers 0.42)" in result.stderr
+    assert "Traceback" not in result.output
     assert not list(tmp_path.glob("out/*"))
 
 

@@ -69,7 +69,8 @@ def require_onnx_packages() -> None:
     if diffusers_version and Version(diffusers_version).release >= DIFFUSERS_WITHOUT_ONNX:
         raise UsageError(f"the ONNX backend needs diffusers older than 0.43, and {diffusers_version} is installed: "
                          "diffusers' ONNX pipeline stops at 0.42",
-                         hint=f"{INSTALL_HINT} (it installs diffusers 0.42); the PyTorch backend runs on any diffusers")
+                         hint=f"{INSTALL_HINT}, which installs diffusers 0.42; the PyTorch backend "
+                              "(backend: pytorch) runs on this diffusers")
 
 
 def is_onnx_folder(path: str | Path) -> bool:

@@ -405,7 +405,7 @@ def test_the_onnx_backend_on_a_diffusers_without_its_onnx_pipeline_is_a_usage_er
     assert result.exit_code == 2, result.output
     assert (f"Error: the ONNX backend needs diffusers older than 0.43, and {version} is installed"
             in result.stderr)
-    assert "Hint: pip install 'nitro-cli[onnx]' (it installs diffusers 0.42)" in result.stderr
+    assert "Hint: pip install 'nitro-cli[onnx]', which installs diffusers 0.42" in result.stderr
     assert "Traceback" not in result.output
     assert not list(tmp_path.glob("out/*"))
 

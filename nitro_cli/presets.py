@@ -131,10 +131,15 @@ def closest(word: str, options: list[str]) -> str | None:
 
 
 def resolve_path(name_or_path: str) -> Path:
-    """A shipped preset's name, or a path to the user's own YAML file."""
+    """A shipped preset's name, or a path to the user's own YAML file. A shipped name means the shipped preset
+    whatever the current folder holds (`--preset advanced --out advanced` makes an `advanced/` folder, and
+    checklist, doctor and --max-vram load the tiers by name); `./advanced` is a local file of that name."""
     path = Path(name_or_path).expanduser()
-    looks_like_path = path.suffix in (".yaml", ".yml") or "/" in name_or_path or path.exists()
-    if looks_like_path:
+    shipped = shipped_dir() / f"{name_or_path}.yaml"
+    spelled_as_path = path.suffix in (".yaml", ".yml") or "/" in name_or_path
+    if not spelled_as_path and shipped.is_file():
+        return shipped
+    if spelled_as_path or path.exists():
         if path.is_dir():
             raise UsageError(f"{name_or_path} is a folder, not a preset file", hint="give a .yaml file in it")
         if path.exists() and not path.is_file():
@@ -143,9 +148,6 @@ def resolve_path(name_or_path: str) -> Path:
         if not path.is_file():
             raise UsageError(f"preset file not found: {name_or_path}", hint=_missing_file_hint(path))
         return path
-    candidate = shipped_dir() / f"{name_or_path}.yaml"
-    if candidate.is_file():
-        return candidate
     names = shipped_names()
     close = closest(name_or_path, names)
     hint = f"did you mean '{close}'? " if close else ""

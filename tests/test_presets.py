@@ -181,6 +181,22 @@ def test_a_folder_given_as_preset_is_named_a_folder(tmp_path):
         load_preset(str(tmp_path))
 
 
+def test_a_shipped_name_means_the_shipped_preset_whatever_the_current_folder_holds(runner, tmp_path, monkeypatch):
+    """`--preset advanced --out advanced` made an `advanced/` folder, and the next run said "advanced is a folder";
+    an empty `expert` file ran as the expert preset with the baseline's settings; a `deploy/` folder broke
+    `checklist`, which loads every tier by name."""
+    monkeypatch.chdir(tmp_path)
+    for folder in ("advanced", "deploy"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "expert").write_text("")
+    for name in ("advanced", "expert"):
+        assert load_preset(name).source == load_preset(str(ROOT / "presets" / f"{name}.yaml")).source
+    assert load_preset("expert").settings.tier == "expert"
+    assert load_preset("./expert").settings == Preset()  # spelled as a path: the local file
+    result = runner.invoke(app, ["checklist", "--json"])
+    assert result.exit_code == 0, result.output
+
+
 def test_a_shipped_name_with_yaml_appended_suggests_the_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no advanced.yaml here
     with pytest.raises(UsageError) as error:

@@ -191,10 +191,23 @@ def check_unique_keys(node, walked: set[int] | None = None) -> None:
 
 
 class PresetLoader(yaml.SafeLoader):
-    """PyYAML's safe loader reading floats with an exponent as YAML 1.2 does (YAML 1.1, PyYAML's, reads `1e-05`,
-    how Python writes 0.00001, and `1e3` as text): a preset file and `--set` read the same number alike."""
+    """PyYAML's safe loader reading numbers as YAML 1.2 does: YAML 1.1, PyYAML's, reads `1e-05` (how Python writes
+    0.00001) and `1e3` as text, `--set steps=010` as octal 8 and `1:30` as 90 (base 60). A preset file and `--set`
+    read the same number alike."""
 
 
+def yaml12_int(text: str) -> int:
+    """A YAML 1.2 integer: decimal (leading zeros and all), `0o` octal or `0x` hex."""
+    return int(text, 0) if text[:2] in ("0o", "0x") else int(text)
+
+
+INT_TAG = "tag:yaml.org,2002:int"
+PresetLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != INT_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+PresetLoader.add_implicit_resolver(INT_TAG, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+                                   list("-+0123456789"))
+PresetLoader.add_constructor(INT_TAG, lambda loader, node: yaml12_int(loader.construct_scalar(node)))
 PresetLoader.add_implicit_resolver("tag:yaml.org,2002:float",
                                    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$"),
                                    list("-+.0123456789"))

@@ -219,6 +219,20 @@ def test_an_empty_preset_file_keeps_every_default(tmp_path):
     assert load_preset(str(empty)).settings == Preset()
 
 
+@pytest.mark.parametrize("raw, value", [("010", 10), ("-07", -7), ("0o17", 15), ("0x1F", 31), ("1:30", "1:30"),
+                                        ("1_000", "1_000"), ("25", 25)])
+def test_override_integers_are_read_as_yaml_1_2_reads_them(raw, value):
+    """YAML 1.1 (PyYAML) read `--set steps=010` as octal 8 and `1:30` as 90 (base 60), and ran that many steps."""
+    assert parse_overrides([f"steps={raw}"]) == {"steps": value}
+
+
+def test_a_preset_file_reads_integers_as_set_does(tmp_path):
+    own = tmp_path / "own.yaml"
+    own.write_text("steps: 010\nclaimed: 2:1\n")
+    settings = load_preset(str(own)).settings
+    assert (settings.steps, settings.claimed) == (10, "2:1")
+
+
 def test_a_preset_file_reads_exponent_numbers_as_set_does(tmp_path):
     """PyYAML (YAML 1.1) read `guidance: 1e1` in a file as text while `--set guidance=1e1` was a number."""
     own = tmp_path / "own.yaml"

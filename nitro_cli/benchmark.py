@@ -81,8 +81,10 @@ class PresetResult:
     psnr_vs_baseline_db: float | None = None
     applied: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    # With --max-vram: the overrides added to fit the budget, and why (None without a budget).
+    # With --max-vram: the overrides added to fit the budget, and why (None without a budget); the added `--set`
+    # pairs alone for checklist, which says the tier was measured with them.
     vram_plan: str | None = None
+    vram_overrides: list[str] = field(default_factory=list)
     error: str | None = None
 
 
@@ -187,6 +189,7 @@ def _measure_preset(entry: str, result: PresetResult, options: BenchOptions, dev
         _, overrides, plan = vram.fit_request(options.max_vram_gib, entry, overrides, default_preset=entry,
                                               machine=machine, device=device)
         result.vram_plan = vram.describe_choice(options.max_vram_gib, result.preset, plan)
+        result.vram_overrides = list(plan.overrides)
     loaded = load_preset(entry, overrides)
     settings = loaded.settings
     result.source = loaded.source

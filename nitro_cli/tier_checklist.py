@@ -189,8 +189,11 @@ def measured_for(report: dict[str, Any] | None, source: Path | None, tier: str,
     baseline = next((r for r in report["results"] if isinstance(r, dict) and r.get("preset") == BASELINE), {})
     if environment.get("baseline", BASELINE) != BASELINE or baseline.get("shipped") is False:
         measured.update(speedup_vs_baseline=None, psnr_vs_baseline_db=None)
-    # How the figures were made: a dry run's `bench --steps 2 --width 64` seconds are not a 25-step 512x512 image's.
-    measured.update({name: _count(entry.get(name)) for name in ("steps", "width", "height")})
+    # How the figures were made: a dry run's `bench --steps 2 --width 64` seconds are not a 25-step 512x512 image's,
+    # deploy's at batch 1 are not its batch's, and a tier fitted to `bench --max-vram` ran with other settings.
+    measured.update({name: _count(entry.get(name)) for name in ("steps", "width", "height", "batch_size")})
+    added = entry.get("vram_overrides")
+    measured["vram_overrides"] = [o for o in added if isinstance(o, str)] if isinstance(added, list) else []
     measured.update(device=environment.get("device"), model=environment.get("model"), file=str(source))
     return measured
 
@@ -216,7 +219,10 @@ def measured_text(measured: dict[str, Any] | None) -> str:
         return "not measured"
     parts = [f"{measured['median_s']:.3g} s/image"]
     if measured.get("steps") and measured.get("width") and measured.get("height"):
-        parts[0] += f" ({measured['steps']} steps, {measured['width']}x{measured['height']})"
+        batch = f", batch {measured['batch_size']}" if measured.get("batch_size") else ""
+        parts[0] += f" ({measured['steps']} steps, {measured['width']}x{measured['height']}{batch})"
+    if measured.get("vram_overrides"):
+        parts.append("fitted to --max-vram with " + " ".join(f"--set {o}" for o in measured["vram_overrides"]))
     if measured.get("speedup_vs_baseline") is not None:
         parts.append(f"{measured['speedup_vs_baseline']:.2f}x vs baseline")
     if measured.get("peak_vram_mib") is not None:

@@ -323,18 +323,20 @@ def test_a_measurement_names_the_model_it_was_made_with(runner, fake_probe, tmp_
     assert f"{shown}, on NVIDIA H200" in markdown.stdout
 
 
-def test_a_measurement_says_its_steps_and_size(runner, fake_probe, tmp_path):
+def test_a_measurement_says_its_steps_size_and_batch(runner, fake_probe, tmp_path):
     """A dry run's `nitro bench --steps 2 --width 64 --height 64` seconds sat beside the tier's `steps: 25` as if
-    they were its own: the figure says how it was made."""
+    they were its own, and a `--batch-size 2` run's as if at the tier's batch: the figure says how it was made."""
     fake_probe(MACHINES["no GPU"])
     report = tmp_path / "dry-run.json"
     report.write_text(json.dumps({"environment": {"device": "AMD EPYC (2 logical CPUs)", "model": "random:tiny"},
                                   "results": [{"preset": "advanced", "median_s": 0.0795, "steps": 2, "width": 64,
-                                               "height": 64}]}), encoding="utf-8")
+                                               "height": 64, "batch_size": 2}]}), encoding="utf-8")
     human = runner.invoke(app, ["checklist", "--tier", "advanced", "--bench", str(report)], env={"COLUMNS": "300"})
-    assert "0.0795 s/image (2 steps, 64x64), random:tiny (random weights)" in human.stdout
+    assert "0.0795 s/image (2 steps, 64x64, batch 2), random:tiny (random weights)" in human.stdout
     (tier,) = json.loads(runner.invoke(app, ["checklist", "--json", "--tier", "advanced", "--bench", str(report)]).stdout)
-    assert (tier["measured"]["steps"], tier["measured"]["width"], tier["measured"]["height"]) == (2, 64, 64)
+    measured = tier["measured"]
+    assert (measured["steps"], measured["width"], measured["height"], measured["batch_size"]) == (2, 64, 64, 2)
+    assert measured["vram_overrides"] == []
 
 
 def test_a_sliced_attention_item_is_not_judged_by_xformers(runner, fake_probe, tmp_path):

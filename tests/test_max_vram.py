@@ -71,7 +71,12 @@ def test_bench_fits_each_preset_and_fails_the_one_that_cannot(runner, tmp_path):
     plan = vram.plan_for_preset("beginner", load_preset("beginner", job).settings, 3.0, bitsandbytes_installed=False)
     assert plan.fits and plan.overrides
     assert beginner["error"] is None and beginner["vram_plan"] == vram.describe_choice(3.0, "beginner", plan)
+    assert beginner["vram_overrides"] == list(plan.overrides)
     assert "each preset ran with what it needs to fit" in result.stderr.replace("\n", " ")
+    # checklist showed this row as beginner's figure without the settings added to fit.
+    checklist = runner.invoke(app, ["checklist", "--markdown", "--tier", "beginner", "--bench", str(report_file)])
+    added = " ".join(f"--set {o}" for o in plan.overrides)
+    assert f"(2 steps, 64x64, batch 1), fitted to --max-vram with {added}," in checklist.stdout
 
 
 @pytest.mark.parametrize("command", ["generate", "bench"])

@@ -125,9 +125,11 @@ def shipped_names() -> list[str]:
 
 
 def closest(word: str, options: list[str]) -> str | None:
-    """The option nearest to a mistyped `word`, for "did you mean" hints (presets and prompts files)."""
-    matches = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
-    return matches[0] if matches else None
+    """The option nearest to a mistyped `word`, case aside (`STEPS` for `steps`), for "did you mean" hints
+    (presets and prompts files)."""
+    by_lowercase = {option.lower(): option for option in options}
+    matches = difflib.get_close_matches(word.lower(), list(by_lowercase), n=1, cutoff=0.5)
+    return by_lowercase[matches[0]] if matches else None
 
 
 def resolve_path(name_or_path: str) -> Path:

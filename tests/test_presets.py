@@ -58,6 +58,8 @@ def test_flatten_uses_the_keys_set_accepts():
 @pytest.mark.parametrize("override, expected", [
     ("stpes=20", ["unknown key 'stpes'", "did you mean 'steps'"]),
     ("vae.tilng=true", ["unknown key 'vae.tilng'", "did you mean 'vae.tiling'"]),
+    ("STEPS=20", ["unknown key 'STEPS'", "did you mean 'steps'"]),
+    ("scheduler=Euler_A", ["'scheduler' is 'Euler_A'", "did you mean 'euler_a'"]),
     ("steps=0", ["'steps' must be at least 1"]),
     ("guidance=-1", ["'guidance' must be at least 0"]),
     ("guidance=.nan", ["'guidance' must be a number, not nan"]),

@@ -343,6 +343,7 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
         raise RuntimeFailure(f"model '{source.spec}' failed to load: {load_failure_reason(exc, source)}",
                              hint=f"{hint}, or try --model random:tiny for a dry run") from exc
     check_text_to_image_unet(pipe, source.spec)
+    check_tokenizer(pipe, source.spec)
     return pipe
 
 
@@ -577,6 +578,19 @@ def load_failure_reason(exc: BaseException, source: ModelSource) -> str:
     if source.kind == "single_file":
         return f"not an SD 1.x checkpoint: its {weight} has shape {got}, SD 1.x's is {expected}"
     return f"{weight} has shape {got}, its config says {expected}"
+
+
+def check_tokenizer(pipe, spec: str) -> None:
+    """A run-time failure unless the tokenizer pads to the text encoder's length. A missing or empty `tokenizer/`
+    loads without a word as a tokenizer of no vocabulary and a length of 1e30, and the first prompt then fails
+    with an OverflowError traceback (and `export onnx` would copy it)."""
+    length, positions = pipe.tokenizer.model_max_length, pipe.text_encoder.config.max_position_embeddings
+    if length <= positions:
+        return
+    raise RuntimeFailure(f"model '{spec}' failed to load: its tokenizer's maximum length is not the text encoder's "
+                         f"{positions} tokens (a missing or incomplete tokenizer/ folder?)",
+                         hint="check that the files are complete (re-download or re-save them), or try --model "
+                              "random:tiny for a dry run")
 
 
 def check_text_to_image_unet(pipe, spec: str) -> None:

@@ -157,6 +157,25 @@ def test_damaged_model_folder_is_a_run_time_failure(runner, tiny_model_dir, tmp_
     # diffusers' one-line "An error occurred..." and then our Error/Hint lines (checked by hand).
 
 
+@pytest.mark.parametrize("command", ["generate", "export"])
+def test_a_model_folder_without_its_tokenizer_is_a_run_time_failure_naming_it(runner, tiny_model_dir, tmp_path,
+                                                                              command):
+    """diffusers loads a missing tokenizer/ as an empty tokenizer of length 1e30: generate ended in an OverflowError
+    traceback, and `export onnx` wrote that tokenizer into an export that exited 0."""
+    import shutil
+
+    no_tokenizer = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_model_dir, no_tokenizer, ignore=shutil.ignore_patterns("tokenizer"))
+    args = {"generate": ["generate", "castle", "--model", str(no_tokenizer), "--steps", "1", "--width", "64",
+                         "--height", "64", "--out", str(tmp_path / "o")],
+            "export": ["export", "onnx", "--model", str(no_tokenizer), "--out", str(tmp_path / "onnx")]}[command]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "its tokenizer's maximum length is not the text encoder's 77 tokens" in result.stderr
+    assert "tokenizer/ folder" in result.stderr and "Hint:" in result.stderr
+    assert not list(tmp_path.glob("o/*.png")) and not (tmp_path / "onnx" / "unet").exists()
+
+
 @pytest.mark.parametrize("name", ["model.bin", "model.pt", "MODEL.SAFETENSORS"])
 def test_an_existing_file_of_another_kind_is_not_called_missing(tmp_path, name):
     from nitro_cli.errors import UsageError

@@ -211,6 +211,10 @@ def check_opset(opset: int) -> None:
     error before the model loads, not an export failure (exit 1) of its first component minutes later."""
     import torch
 
+    # torch's TorchScript exporter turns its C++ log on for every export (its `setup_onnx_logging` reads
+    # `_jit_is_onnx_log_enabled` without calling it) and logs a failed export's whole graph to stdout, which is
+    # the exported folder's alone (`DIR=$(nitro export onnx ...)`).
+    torch._C._jit_set_onnx_log_output_stream("stderr")
     with tempfile.TemporaryDirectory(prefix="nitro-onnx-") as scratch, warnings.catch_warnings(), \
             torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -220,6 +224,25 @@ def check_opset(opset: int) -> None:
         except Exception as exc:  # RuntimeError (unsupported), TypeError (too large for the C++ side), ...
             raise UsageError(f"--opset {opset}: torch {torch.__version__} does not export it ({first_line(exc)})",
                              hint=f"leave --opset out for {DEFAULT_OPSET}, which every onnxruntime since 1.14 runs") from None
+
+
+def check_onnxruntime_runs(out: Path, components: list[str], opset: int) -> None:
+    """A run-time failure unless this onnxruntime has a CPU kernel for every op of each exported graph: torch
+    writes opsets whose ops onnxruntime may not run yet (onnxruntime 1.32: the VAE encoder's RandomNormalLike at
+    opset 22), and the export would only fail at its first generate. Making a session, unoptimized, finds it in
+    a second; the default opset runs on every onnxruntime since 1.14, so its exports skip this."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    for name in components:
+        try:
+            onnxruntime.InferenceSession(str(out / name / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own exception types
+            raise RuntimeFailure(f"onnxruntime {onnxruntime.__version__} can't run the {name} exported at --opset "
+                                 f"{opset}: {first_line(exc)}",
+                                 hint=f"leave --opset out for {DEFAULT_OPSET}, which every onnxruntime since 1.14 "
+                                      "runs") from None
 
 
 def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> ExportReport:
@@ -262,6 +285,8 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
             # The first line only: the exporter's messages go on with the whole traced graph.
             raise RuntimeFailure(f"ONNX export of the {name} failed: {describe(exc)}",
                                  hint="run with NITRO_DEBUG=1 for the traceback; try another --opset") from exc
+    if opset != DEFAULT_OPSET:
+        check_onnxruntime_runs(out, list(report.components), opset)
     if "safety_checker" not in report.components:
         report.skipped.append(("safety_checker", "the model has none"))
 

@@ -2,6 +2,7 @@
 match PyTorch's, and `backend: onnx` runs it through `nitro generate`."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -258,6 +259,39 @@ def test_an_opset_torch_cannot_export_is_a_usage_error_before_loading(runner, tm
     assert f"Error: --opset {opset}: torch" in result.stderr and "graph" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 2  # Error: and Hint:
     assert not out.exists()
+
+
+def test_a_failed_export_keeps_torchs_graph_log_off_stdout(runner, tmp_path, capfd):
+    """torch's exporter logged the traced graph from C++ to the process's stdout, which scripts read the
+    exported folder from (CliRunner can't see it; the file descriptor can)."""
+    result = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(tmp_path / "x"),
+                                 "--opset", "24"])
+    assert result.exit_code == 2, result.output
+    assert "Torch IR graph" not in capfd.readouterr().out
+
+
+def test_an_export_at_an_opset_onnxruntime_cannot_run_fails_naming_the_component(runner, tmp_path, monkeypatch):
+    """--opset 22 exported a VAE encoder whose RandomNormalLike(22) onnxruntime 1.32 has no kernel for: the export
+    exited 0 and the first generate failed, with a hint to export again the same way."""
+    import onnxruntime
+
+    made = []
+    real = onnxruntime.InferenceSession
+
+    def session(path, *args, **kwargs):
+        made.append(Path(path).parent.name)
+        if made[-1] == "vae_encoder":
+            raise RuntimeError("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find an implementation for "
+                               "RandomNormalLike(22) node with name '/RandomNormalLike'")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    out = tmp_path / "onnx"
+    result = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(out), "--opset", "18"])
+    assert result.exit_code == 1, result.output
+    assert "can't run the vae_encoder exported at --opset 18: [ONNXRuntimeError]" in result.stderr
+    assert "Hint: leave --opset out for 17" in result.stderr and not result.stdout
+    assert "vae_encoder" in made and (out / ".nitro-export-partial").exists()  # not taken for a whole export
 
 
 def fail_at_unet(monkeypatch, error: BaseException) -> None:

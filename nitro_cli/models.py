@@ -225,11 +225,37 @@ def _saved_once(folder: Path, build) -> Path:
                            lambda saved: (saved / "model_index.json").is_file())
 
 
+def checkpoint_globals() -> list:
+    """What SD 1.x `.ckpt` files hold besides weights, which torch's weights-only loading (how diffusers reads a
+    `.ckpt`) refuses, so that such files failed to load (diffusers#8874: v1-5-pruned-emaonly.ckpt): PyTorch
+    Lightning's ModelCheckpoint class, the key of a training checkpoint's callback state, and a numpy
+    `global_step`. AUTOMATIC1111 allows the same. Each is allowed by the name the file gives it (torch matches
+    `__module__`.`__qualname__`): Lightning's class as an empty class of that name, never Lightning's code;
+    numpy's scalar and dtypes rebuild numbers only, `numpy.core` being where numpy 1 saved the scalar."""
+    import numpy
+    from numpy._core.multiarray import scalar
+
+    class ModelCheckpoint:
+        pass
+
+    def numpy1_scalar(dtype, data=None):
+        return scalar(dtype, data)
+
+    named = {ModelCheckpoint: ("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint"),
+             numpy1_scalar: ("numpy.core.multiarray", "scalar")}
+    for stand_in, (module, name) in named.items():
+        stand_in.__module__, stand_in.__name__, stand_in.__qualname__ = module, name, name
+    dtypes = [getattr(numpy.dtypes, name) for name in dir(numpy.dtypes) if name.endswith("DType")]
+    return [*named, scalar, numpy.dtype, *dtypes]
+
+
 def _from_single_file(path: str, **kwargs):
+    import torch
     from diffusers import StableDiffusionPipeline
 
     check_checkpoint_file(path)
-    with tempfile.TemporaryDirectory(prefix="nitro-sd1-config-") as config:
+    with tempfile.TemporaryDirectory(prefix="nitro-sd1-config-") as config, \
+            torch.serialization.safe_globals(checkpoint_globals()):
         write_configs("random:sd15", Path(config))
         return StableDiffusionPipeline.from_single_file(path, config=config, **kwargs)
 

@@ -19,6 +19,8 @@ What from_single_file needs offline (diffusers 0.42, read from diffusers/loaders
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -198,6 +200,36 @@ def test_generate_from_a_single_file_makes_the_picture_of_the_model_saved_in_it(
         runner, tiny, tmp_path, suffix, tiny_configs_for_single_files):
     save_single_file(tiny[0], tmp_path / f"tiny{suffix}")
     from_file, _ = generated_pixels(runner, tmp_path / "file", tmp_path / f"tiny{suffix}", "--preset", "advanced")
+    built_in, _ = generated_pixels(runner, tmp_path / "built-in", "random:tiny", "--preset", "advanced")
+    assert np.array_equal(from_file, built_in)
+
+
+def save_training_checkpoint(pipe, path, monkeypatch) -> None:
+    """`pipe` as a 2022 SD 1.x training run saved it: torch's legacy (non-zip) format, beside the weights a numpy
+    `global_step` saved under numpy 1 (`numpy.core.multiarray.scalar`) and PyTorch Lightning's callback state,
+    keyed by its ModelCheckpoint class."""
+    import types
+
+    model_checkpoint = type("ModelCheckpoint", (), {"__module__": "pytorch_lightning.callbacks.model_checkpoint"})
+    with monkeypatch.context() as lightning:  # a stand-in for pickle to find the class by its name, while saving
+        for name in ("pytorch_lightning", "pytorch_lightning.callbacks", model_checkpoint.__module__):
+            lightning.setitem(sys.modules, name, types.ModuleType(name))
+        sys.modules[model_checkpoint.__module__].ModelCheckpoint = model_checkpoint
+        state = {key: tensor.detach().contiguous() for key, tensor in ldm_state_dict(pipe).items()}
+        torch.save({"state_dict": state, "global_step": np.int64(470000),
+                    "callbacks": {model_checkpoint: {"best_model_path": "last.ckpt"}}},
+                   path, _use_new_zipfile_serialization=False)
+    saved = path.read_bytes()
+    assert saved.count(b"numpy._core.multiarray\nscalar") == 1  # a text GLOBAL: renamed as numpy 1 wrote it
+    path.write_bytes(saved.replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar"))
+
+
+def test_a_training_checkpoint_with_lightning_and_numpy_state_loads(runner, tiny, tmp_path, monkeypatch,
+                                                                    tiny_configs_for_single_files):
+    """diffusers reads a .ckpt with torch's weights-only loading, which refused the numpy and Lightning objects of
+    SD 1.x training checkpoints ("failed to load ... a damaged file needs downloading again")."""
+    save_training_checkpoint(tiny[0], tmp_path / "trained.ckpt", monkeypatch)
+    from_file, _ = generated_pixels(runner, tmp_path / "file", tmp_path / "trained.ckpt", "--preset", "advanced")
     built_in, _ = generated_pixels(runner, tmp_path / "built-in", "random:tiny", "--preset", "advanced")
     assert np.array_equal(from_file, built_in)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -64,11 +65,12 @@ _ALL_OPTIONS = (*LINE_OPTIONS, *_A1111_OPTIONS)
 
 
 def apply_styles(prompt: str, styles: list[str]) -> str:
-    """Append each style's token unless the prompt already has it; no token twice."""
+    """Append each style's token unless the prompt already has it, as words ("archer styled" is not "archer
+    style"); no token twice."""
     result = prompt.strip()
     for style in dict.fromkeys(styles):  # keeps order, drops repeats
         token = STYLE_TOKENS[style]
-        if token not in result.lower():
+        if not re.search(rf"\b{re.escape(token)}\b", result.lower()):
             result = f"{result}, {token}" if result else token
     return result
 
@@ -275,6 +277,8 @@ def parse_prompts(text: str, path: Path, defaults: PromptJob, styles: list[str],
     `sampler`: the run's, by its A1111 name (a line's --sampler_name must be it)."""
     jobs, problems = [], []
     for number, line in enumerate(_lines(text), start=1):
+        # A byte order mark inside the text starts a file joined on (`cat a.txt b.txt`, both saved by Notepad).
+        line = line.lstrip("\ufeff")
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:

@@ -10,7 +10,7 @@ import pytest
 from nitro_cli.cli import app
 from nitro_cli.errors import UsageError
 from nitro_cli.generation import group_batches, plan_images
-from nitro_cli.prompts import PromptJob, parse_prompts, read_prompts_text, truncation_warnings
+from nitro_cli.prompts import PromptJob, apply_styles, parse_prompts, read_prompts_text, truncation_warnings
 from tests.conftest import FAST
 
 DEFAULTS = PromptJob(prompt="", negative="ugly", seed=None, steps=25, guidance=7.5, width=512, height=512)
@@ -32,6 +32,20 @@ def test_plain_lines_comments_blanks_and_unicode(tmp_path):
     assert [(j.line, j.prompt) for j in jobs] == [(3, "castle on a cliff, arcane style"),
                                                    (6, "城堡, 夜晚 ✨, arcane style")]
     assert all(j.negative == "ugly" and j.seed is None and j.steps == 25 for j in jobs)
+
+
+def test_byte_order_marks_of_files_joined_with_cat_start_no_line(tmp_path):
+    """Two Notepad files joined (`cat a.txt b.txt`): the second's byte order mark turned its `# comment` into a
+    prompt, stayed in a plain prompt (3 more CLIP tokens: another picture) and hid an option line's first option."""
+    path = write(tmp_path, "\ufeff# set A\ncastle\n\ufeff# set B: towers\n\ufefftower\n\ufeff--prompt bridge --seed 5\n")
+    jobs = read_jobs(path, DEFAULTS, [])
+    assert [(j.line, j.prompt, j.seed) for j in jobs] == [(2, "castle", None), (4, "tower", None), (5, "bridge", 5)]
+
+
+def test_a_style_token_inside_another_word_is_not_the_style():
+    assert apply_styles("archer styled castle", ["archer"]) == "archer styled castle, archer style"
+    assert apply_styles("marcher style parade", ["archer"]) == "marcher style parade, archer style"
+    assert apply_styles("castle, Archer Style", ["archer"]) == "castle, Archer Style"
 
 
 def test_a1111_overrides_on_a_line(tmp_path):

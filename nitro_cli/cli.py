@@ -86,10 +86,10 @@ def guarded(command):
         try:
             return command(*args, **kwargs)
         except KeyboardInterrupt:
-            if distributed.rank() == 0:  # a launched run's processes each stop, and say what they saved: said once
-                print("Interrupted.", file=sys.stderr)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+            _interrupted()
         except Exception as exc:
+            if _stop_signalled:  # the interrupt itself, come out of a library as its own error (see _interrupt)
+                _interrupted()
             failure = _expected_failure(exc)
             if failure is None:
                 raise
@@ -99,6 +99,12 @@ def guarded(command):
             raise typer.Exit(failure.exit_code) from None
 
     return run
+
+
+def _interrupted() -> None:
+    if distributed.rank() == 0:  # a launched run's processes each stop, and say what they saved: said once
+        print("Interrupted.", file=sys.stderr)
+    raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def main_process_only(name: str, command):
@@ -142,15 +148,25 @@ export_app.command("onnx")(guarded(main_process_only("export onnx", export.onnx)
 app.add_typer(export_app, name="export")
 
 
+_stop_signalled = False
+
+
 def _interrupt(signum, frame) -> None:
+    """Python's Ctrl-C, remembered: a KeyboardInterrupt raised while torch or diffusers imports (the first
+    seconds of every run) may come out as the library's own error (ImportError "cannot load module more than
+    once per process", RuntimeError "Failed to import diffusers.pipelines"), which is the interrupt, exit 130,
+    not a broken install."""
+    global _stop_signalled
+    _stop_signalled = True
     raise KeyboardInterrupt
 
 
 def main() -> None:
     # `kill`, `timeout`, Slurm's preemption and torchrun stop a process with SIGTERM: treated as Ctrl-C,
     # so a run saves its finished images and exits 130, and bench keeps the presets it finished. Unless the
-    # process was started ignoring it (`trap '' TERM`): that wish stands, as Python's own for SIGINT.
-    if signal.getsignal(signal.SIGTERM) != signal.SIG_IGN:
-        signal.signal(signal.SIGTERM, _interrupt)
+    # process was started ignoring it (`trap '' TERM`, or SIGINT in a background job): that wish stands.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) != signal.SIG_IGN:
+            signal.signal(signum, _interrupt)
     streams.prepare()
     app()

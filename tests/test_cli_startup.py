@@ -47,6 +47,42 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_unless_the_process_was_started_ignor
     assert ("STOPPED AS BY CTRL-C" in told) is not kept  # the KeyboardInterrupt that `guarded` makes exit 130
 
 
+def test_ctrl_c_is_remembered_as_a_stop_for_the_whole_run():
+    script = ("import signal\nfrom nitro_cli.cli import main\nimport sys\nsys.argv = ['nitro', '--version']\n"
+              "try:\n    main()\nexcept SystemExit:\n    pass\nprint(signal.getsignal(signal.SIGINT).__name__)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "_interrupt"
+
+
+def test_an_interrupt_a_library_turns_into_its_own_error_is_still_an_interrupt(monkeypatch, capsys):
+    """Ctrl-C or SIGTERM while torch imported came out as torch's ImportError ("cannot load module more than once
+    per process"): exit 1, with a hint to reinstall torch. The same error without a signal stays a failure."""
+    import signal
+
+    import typer
+
+    from nitro_cli import cli
+
+    def importing_torch():
+        try:
+            cli._interrupt(signal.SIGTERM, None)
+        except KeyboardInterrupt:
+            raise ImportError("cannot load module more than once per process") from None
+
+    monkeypatch.setattr(cli, "_stop_signalled", False)
+    with pytest.raises(typer.Exit) as exit_info:
+        cli.guarded(importing_torch)()
+    assert exit_info.value.exit_code == 130 and "Interrupted." in capsys.readouterr().err
+
+    def broken_install():
+        raise ImportError("cannot load module more than once per process")
+
+    monkeypatch.setattr(cli, "_stop_signalled", False)
+    with pytest.raises(ImportError):
+        cli.guarded(broken_install)()
+
+
 def test_python_dash_m_runs_the_same_cli():
     done = subprocess.run([sys.executable, "-m", "nitro_cli", "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0

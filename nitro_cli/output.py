@@ -202,6 +202,11 @@ def _read_record(manifest: Path) -> RunRecord:
     return record
 
 
+def _check_writable(folder: Path) -> None:
+    if not os.access(folder, os.W_OK):
+        raise _unwritable(folder, "permission denied")
+
+
 def start_run(folder: Path, request_fingerprint: str, images: int, seed: int | None, resume: bool) -> RunRecord:
     """The run's first file number and first seed: read back for `--resume`, else fresh (`record_run` writes
     them down once the model has loaded). Temporary files killed runs left in the folder are removed."""
@@ -219,16 +224,15 @@ def start_run(folder: Path, request_fingerprint: str, images: int, seed: int | N
             raise UsageError(f"--resume: the last run in {folder} was a different request "
                              "(prompts, seed, images per prompt, model or preset differ)",
                              hint="repeat the interrupted command exactly, plus --resume; or drop --resume")
+        _check_writable(folder)  # now, not when the first image is saved after the model's load
         remove_stale_temporaries(folder)
         return record
     first_seed = seed if seed is not None else random.randrange(SEED_LIMIT - images)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        writable = os.access(folder, os.W_OK)
     except OSError as exc:  # --out is a file, or under a folder this user can't write to
         raise _unwritable(folder, _file_in_the_way(folder) or exc.strerror or str(exc)) from None
-    if not writable:
-        raise _unwritable(folder, "permission denied")
+    _check_writable(folder)
     remove_stale_temporaries(folder)
     return RunRecord(request_fingerprint, next_index(folder), first_seed, images)
 

@@ -667,21 +667,30 @@ def test_out_that_is_a_file_is_a_usage_error(runner, tmp_path, below):
     assert f"{not_a_folder} is a file, not a folder" in result.stderr
 
 
-def test_an_out_folder_without_write_permission_is_a_usage_error_before_any_image(runner, tmp_path, monkeypatch):
+@pytest.mark.parametrize("resume", [False, True])
+def test_an_out_folder_without_write_permission_is_a_usage_error_before_any_image(runner, tmp_path, monkeypatch,
+                                                                                   resume):
     """A folder that is there but can't be written (another user's, a read-only mount) is named at the start of
-    the run, before its model loads, not as a failed write once it has."""
-    from nitro_cli import output
+    the run, before its model loads, not as a failed write once it has (with --resume too: that failed late,
+    exit 1, with a hint to repeat the command with --resume)."""
+    from nitro_cli import builder, output
 
     out = tmp_path / "out"
     out.mkdir()
+    args = ["generate", "a cat", *FAST, "-n", "2", "--seed", "3", "--out", str(out)]
+    if resume:
+        assert runner.invoke(app, args).exit_code == 0
+        (out / pngs(out)[0]).unlink()
+    before = sorted(out.iterdir())
     real_access = output.os.access
     # The check itself is what is tested: root (CI containers) may write anywhere, whatever the folder's mode.
     monkeypatch.setattr(output.os, "access", lambda path, mode, **kwargs: Path(path) != out
                         and real_access(path, mode, **kwargs))
-    result = runner.invoke(app, ["generate", "a cat", *FAST, "--out", str(out)])
+    monkeypatch.setattr(builder, "build_pipeline", lambda *a, **k: pytest.fail("loaded the model first"))
+    result = runner.invoke(app, [*args, *(["--resume"] if resume else [])])
     assert result.exit_code == 2, result.output
     assert f"Error: cannot write to --out {out}: permission denied" in result.stderr
-    assert list(out.iterdir()) == []
+    assert sorted(out.iterdir()) == before
 
 
 def test_a_run_record_that_cannot_be_written_is_an_error_not_a_traceback(runner, tmp_path, monkeypatch):

@@ -325,6 +325,10 @@ def check_checkpoint_file(path: str) -> None:
                               "for a dry run")
 
 
+DAMAGED_FOLDER_HINT = ("check that the files are complete (re-download or re-save them), or try --model random:tiny "
+                       "for a dry run")
+
+
 def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool, device: str = "cpu",
                   quantization_config=None):
     """The pipeline behind `source`, in `torch_dtype`. A model that can't be had is exit 2 with a hint."""
@@ -346,6 +350,11 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
+    # A folder without a component's weights: diffusers' error names the .bin file it looked for last.
+    problem = snapshot_problem(Path(source.spec), with_safety_checker=with_safety_checker) \
+        if source.kind == "folder" else None
+    if problem is not None:
+        raise RuntimeFailure(f"model '{source.spec}' failed to load: {problem}", hint=DAMAGED_FOLDER_HINT)
     try:
         if source.kind == "single_file" and quantization_config is None:
             pipe = _from_single_file(source.spec, **kwargs)
@@ -364,10 +373,10 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
         # folder, a checkpoint of another architecture) is a run-time failure, exit 1.
         if source.kind == "hub" and isinstance(exc, OSError):
             raise hub_model_error(source.spec, exc, with_safety_checker=with_safety_checker) from exc
-        hint = ("nitro reads SD 1.x checkpoints; a damaged file needs downloading again"
-                if source.kind == "single_file" else "check that the files are complete (re-download or re-save them)")
+        hint = ("nitro reads SD 1.x checkpoints; a damaged file needs downloading again, or try --model random:tiny "
+                "for a dry run" if source.kind == "single_file" else DAMAGED_FOLDER_HINT)
         raise RuntimeFailure(f"model '{source.spec}' failed to load: {load_failure_reason(exc, source)}",
-                             hint=f"{hint}, or try --model random:tiny for a dry run") from exc
+                             hint=hint) from exc
     check_text_to_image_unet(pipe, source.spec)
     check_tokenizer(pipe, source.spec)
     return pipe
@@ -614,9 +623,7 @@ def check_tokenizer(pipe, spec: str) -> None:
     if length <= positions:
         return
     raise RuntimeFailure(f"model '{spec}' failed to load: its tokenizer's maximum length is not the text encoder's "
-                         f"{positions} tokens (a missing or incomplete tokenizer/ folder?)",
-                         hint="check that the files are complete (re-download or re-save them), or try --model "
-                              "random:tiny for a dry run")
+                         f"{positions} tokens (a missing or incomplete tokenizer/ folder?)", hint=DAMAGED_FOLDER_HINT)
 
 
 def check_text_to_image_unet(pipe, spec: str) -> None:

@@ -152,6 +152,7 @@ def test_damaged_model_folder_is_a_run_time_failure(runner, tiny_model_dir, tmp_
     result = runner.invoke(app, ["generate", "castle", "--model", str(damaged), "--out", str(tmp_path / "o"), *args])
     assert result.exit_code == 1, result.output  # the model is there but broken: not bad input
     assert "Error: model" in result.output and "failed to load" in result.output and "Hint:" in result.output
+    assert "failed to load: unet has no weights file" in result.stderr  # not the .bin file diffusers looked for last
     # No "Traceback" check here: under CliRunner, diffusers' log handler may still hold an earlier test's
     # closed stderr and print logging's own "--- Logging error ---" traceback. A real process prints
     # diffusers' one-line "An error occurred..." and then our Error/Hint lines (checked by hand).

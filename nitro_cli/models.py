@@ -64,7 +64,7 @@ def resolve_model(spec: str | None) -> ModelSource:
             raise UsageError(f"unknown built-in model '{spec}'", hint=f"built-in models: {', '.join(RANDOM_MODELS)}")
         return ModelSource(spec, "random")
     path = Path(spec).expanduser()
-    if path.suffix in SINGLE_FILE_SUFFIXES:
+    if path.suffix in SINGLE_FILE_SUFFIXES and not path.is_dir():  # a folder so named is taken as a folder
         if not path.is_file():
             raise UsageError(f"model file not found: {spec}", hint="check the path, or try --model random:tiny for a dry run")
         return ModelSource(str(path), "single_file")

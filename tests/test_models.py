@@ -106,10 +106,13 @@ def test_model_that_cannot_be_had_is_exit_2_without_traceback(runner, tmp_path, 
     assert "stacktrace" not in result.output  # diffusers' pointer to a traceback that is not shown
 
 
-def test_folder_without_model_index_is_exit_2(runner, tmp_path):
-    result = runner.invoke(app, ["generate", "castle", "--model", str(tmp_path), "--out", str(tmp_path / "o"),
+@pytest.mark.parametrize("name", ["model", "model.ckpt"])
+def test_folder_without_model_index_is_exit_2(runner, tmp_path, name):
+    """A folder named like a checkpoint file was "model file not found", though it is there."""
+    (tmp_path / name).mkdir()
+    result = runner.invoke(app, ["generate", "castle", "--model", str(tmp_path / name), "--out", str(tmp_path / "o"),
                                  "--device", "cpu"])
-    assert result.exit_code == 2 and "model_index.json" in result.output
+    assert result.exit_code == 2 and "is a folder but not a diffusers pipeline (no model_index.json)" in result.stderr
 
 
 def test_debug_env_shows_the_traceback(runner, tmp_path, monkeypatch):

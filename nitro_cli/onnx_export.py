@@ -18,6 +18,7 @@ starting noise as the PyTorch pipeline on a CPU (and so nearly the same pixels).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -260,6 +261,7 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
                                                                            f"{source.spec} --set backend=onnx")
     check_opset(opset)  # before --out is created: a bad opset leaves no empty folder behind
     # Checked before the model loads (minutes for SD 1.x), and so not blamed on the exporter later.
+    made = [folder for folder in (out, *out.parents) if not folder.exists()]  # `--out new/a/b`: three, deepest first
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -273,7 +275,13 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
     import torch
     from diffusers import OnnxRuntimeModel, OnnxStableDiffusionPipeline
 
-    pipe = models.load_pipeline(source, torch_dtype=torch.float32, with_safety_checker=True, device="cpu")
+    try:
+        pipe = models.load_pipeline(source, torch_dtype=torch.float32, with_safety_checker=True, device="cpu")
+    except BaseException:  # a model that can't be had (or Ctrl-C while it loads) leaves no empty folders behind
+        with contextlib.suppress(OSError):  # one no longer empty (written to meanwhile) stays, and those above it
+            for folder in made:
+                folder.rmdir()
+        raise
     # Only now: a model that fails to load (or Ctrl-C during the minutes it takes) leaves an earlier export whole.
     _mark_partial(out)
     report = ExportReport(out=out)

@@ -261,6 +261,17 @@ def test_an_opset_torch_cannot_export_is_a_usage_error_before_loading(runner, tm
     assert not out.exists()
 
 
+def test_a_model_that_fails_to_load_leaves_no_empty_folders(runner, tmp_path, tiny_model_dir):
+    """`--out new/a/b` was made before the model loaded, and stayed, empty, after it failed to."""
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_model_dir, damaged, ignore=shutil.ignore_patterns("*.safetensors"))
+    result = runner.invoke(app, ["export", "onnx", "--model", str(damaged), "--out", str(tmp_path / "new" / "a" / "b")])
+    assert result.exit_code == 1 and "has no weights file" in result.stderr, result.output
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_failed_export_keeps_torchs_graph_log_off_stdout(runner, tmp_path, capfd):
     """torch's exporter logged the traced graph from C++ to the process's stdout, which scripts read the
     exported folder from (CliRunner can't see it; the file descriptor can)."""

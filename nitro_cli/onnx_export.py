@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -257,8 +258,8 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
                          hint="give a new or empty folder (an earlier export there is replaced)")
     source = models.resolve_model(model)
     if source.kind == "folder" and is_onnx_folder(source.spec):
-        raise UsageError(f"{source.spec} is already an ONNX export", hint="use it directly: --model "
-                                                                           f"{source.spec} --set backend=onnx")
+        raise UsageError(f"{source.spec} is already an ONNX export",
+                         hint=f"use it directly: --model {shlex.quote(source.spec)} --set backend=onnx")
     check_opset(opset)  # before --out is created: a bad opset leaves no empty folder behind
     # Checked before the model loads (minutes for SD 1.x), and so not blamed on the exporter later.
     made = [folder for folder in (out, *out.parents) if not folder.exists()]  # `--out new/a/b`: three, deepest first
@@ -343,7 +344,7 @@ def exported_folder(source: models.ModelSource) -> Path:
         return Path(source.spec)
     if not source.is_random:
         raise UsageError(f"backend onnx needs an ONNX export, and {source.spec} is not one",
-                         hint=EXPORT_HINT.format(model=source.spec))
+                         hint=EXPORT_HINT.format(model=shlex.quote(source.spec)))
     folder = cache_dir() / "onnx" / source.spec.replace(":", "-")
     if not is_onnx_folder(folder):
         print(f"Exporting {source.spec} to ONNX once, into {folder} ...", file=sys.stderr)

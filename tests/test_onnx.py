@@ -213,6 +213,18 @@ def test_backend_onnx_rejects_what_it_cannot_run(runner, tmp_path, tiny_model_di
     assert not list(tmp_path.glob("*.png"))
 
 
+def test_the_run_it_line_pastes_into_a_shell_whatever_the_folder_is_called(runner, tmp_path):
+    """`Run it: ... --model sp out/x y ...` split the folder in two when pasted; rich also read `[v1]` as markup."""
+    import shlex
+
+    out = tmp_path / "my exports" / "tiny [v1]"
+    result = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("Run it: ")]
+    words = shlex.split(line.removeprefix("Run it: "))
+    assert words[words.index("--model") + 1] == str(out) and words[-2:] == ["--set", "backend=onnx"]
+
+
 def test_export_refuses_a_folder_with_other_files(runner, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     result = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(tmp_path)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from typing import Annotated
 
@@ -37,5 +38,7 @@ def onnx(
         table.add_row(name, f"not exported: {why}")
     console = Console(stderr=True)
     console.print(table)
-    console.print(f"Run it: nitro generate \"PROMPT\" --model {report.out} --set backend=onnx")
+    # Plain print: a command to paste, not wrapped at the terminal's width or read as rich markup ("[1]").
+    print(f"Run it: nitro generate \"PROMPT\" --model {shlex.quote(str(report.out))} --set backend=onnx",
+          file=sys.stderr)
     print(report.out, file=sys.stdout)

@@ -373,6 +373,12 @@ def load_pipeline(source: ModelSource, *, torch_dtype, with_safety_checker: bool
         # folder, a checkpoint of another architecture) is a run-time failure, exit 1.
         if source.kind == "hub" and isinstance(exc, OSError):
             raise hub_model_error(source.spec, exc, with_safety_checker=with_safety_checker) from exc
+        refused = refused_global(exc)
+        if refused is not None:  # not a damaged file: downloading it again changes nothing
+            raise RuntimeFailure(f"model '{source.spec}' failed to load: it holds {refused} beside its weights, "
+                                 "which torch's weights-only loading refuses (unpickling it could run code)",
+                                 hint="use the model's .safetensors file, or convert this one with a tool you "
+                                      "trust") from exc
         hint = ("nitro reads SD 1.x checkpoints; a damaged file needs downloading again, or try --model random:tiny "
                 "for a dry run" if source.kind == "single_file" else DAMAGED_FOLDER_HINT)
         raise RuntimeFailure(f"model '{source.spec}' failed to load: {load_failure_reason(exc, source)}",
@@ -595,6 +601,16 @@ def cached_snapshot(repo_id: str) -> Path | None:
     except OSError:
         return None
     return snapshot if snapshot.is_dir() else None
+
+
+def refused_global(exc: BaseException) -> str | None:
+    """The Python object a `.ckpt` holds that torch's weights-only loading refused, or None: diffusers reports it
+    as "Unable to load weights from checkpoint file", raised from torch's UnpicklingError."""
+    for link in _exception_chain(exc):
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(link))
+        if refused:
+            return refused.group(1)
+    return None
 
 
 def load_failure_reason(exc: BaseException, source: ModelSource) -> str:

@@ -234,6 +234,21 @@ def test_a_training_checkpoint_with_lightning_and_numpy_state_loads(runner, tiny
     assert np.array_equal(from_file, built_in)
 
 
+def test_a_checkpoint_holding_other_python_objects_is_named_as_such(runner, tiny, tmp_path,
+                                                                   tiny_configs_for_single_files):
+    """Told "a damaged file needs downloading again", which changes nothing: torch refused an object in it."""
+    import fractions
+
+    state = {key: tensor.detach().contiguous() for key, tensor in ldm_state_dict(tiny[0]).items()}
+    torch.save({"state_dict": state, "learning_rate": fractions.Fraction(1, 3)}, tmp_path / "odd.ckpt")
+    result = runner.invoke(app, ["generate", "castle", "--model", str(tmp_path / "odd.ckpt"),
+                                 "--out", str(tmp_path / "out"), *[a for a in FAST if a not in ("--model", "random:tiny")]])
+    assert result.exit_code == 1, result.output
+    assert "failed to load: it holds fractions.Fraction beside its weights, which torch's weights-only loading " \
+           "refuses" in result.stderr.replace("\n", " ")
+    assert "Hint: use the model's .safetensors file" in result.stderr and "downloading again" not in result.stderr
+
+
 def test_a_single_file_with_no_safety_checker_to_be_had_says_so(runner, tiny, tmp_path, tiny_configs_for_single_files):
     """beginner asks for the checker, which a single file lacks; offline with an empty cache it can't be had."""
     save_single_file(tiny[0], tmp_path / "tiny.safetensors")

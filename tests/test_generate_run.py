@@ -94,6 +94,16 @@ def test_same_seed_same_pixels_and_random_seeds_are_recorded(runner, tmp_path):
     assert not np.array_equal(*(pixels(drawn / name) for name in pngs(drawn)))
 
 
+def test_seed_minus_one_draws_a_random_seed_as_in_a1111(runner, tmp_path):
+    """A prompts file's `--seed -1` meant random, and the command line's was an error."""
+    result = runner.invoke(app, ["generate", "castle", "-n", "2", "--seed", "-1", "--json", "--out", str(tmp_path),
+                                 *FAST])
+    assert result.exit_code == 0, result.output
+    seeds = [json.loads(line)["seed"] for line in result.stdout.splitlines()]
+    assert seeds[0] >= 0 and seeds[1] == seeds[0] + 1
+    assert json.loads((tmp_path / ".nitro-run.json").read_text(encoding="utf-8"))["first_seed"] == seeds[0]
+
+
 def test_cross_prompt_batches_give_one_by_one_pixels(runner, tmp_path):
     prompts = write_prompts(tmp_path, "castle\n--prompt a dragon --negative_prompt blurry\n")
     batched, single = tmp_path / "batched", tmp_path / "single"

@@ -44,7 +44,7 @@ def test_generate_help_names_every_prompts_file_line_option(runner):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["generate", "castle", "--seed", "-1"], "Error: Invalid value for '--seed'"),
+    (["generate", "castle", "--seed", "-2"], "Error: Invalid value for '--seed'"),
     (["generate", "castle", "--style", "pixar"], "Error: Invalid value for '--style'"),
     (["generate", "castle", "--bogus"], "Error: No such option: --bogus"),
     (["bench", "--runs", "0"], "Error: Invalid value for '--runs'"),

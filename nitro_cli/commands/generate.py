@@ -30,7 +30,7 @@ def generate(
     set_: options.SetOption = None,
     model: options.ModelOption = None,
     negative: Annotated[str, typer.Option("--negative", help="Negative prompt.")] = "",
-    seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="Seed of the first image; image i uses seed+i. Random (and recorded) if unset.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", min=-1, help="Seed of the first image; image i uses seed+i. Random (and recorded) if unset or -1, as in AUTOMATIC1111.")] = None,
     steps: options.StepsOption = None,
     guidance: Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale, CFG (overrides the preset).")] = None,
     width: options.WidthOption = None,
@@ -60,5 +60,5 @@ def generate(
         prompt=prompt, prompts_file=prompts_file, styles=[s.value for s in style or []], preset=preset,
         overrides=list(set_ or []) + flag_overrides(steps=steps, guidance=guidance, width=width, height=height,
                                                     batch_size=batch_size),
-        model=model, negative=negative, seed=seed, num_images=num_images, out=out_folder, resume=resume,
+        model=model, negative=negative, seed=None if seed == -1 else seed, num_images=num_images, out=out_folder, resume=resume,
         device=device.value, max_vram=max_vram, json_output=json_output))

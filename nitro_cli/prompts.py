@@ -116,7 +116,10 @@ def _parse_options(text: str) -> dict[str, object]:
     try:
         words = shlex.split(text)
     except ValueError as exc:  # shlex's only error: an unclosed quote or a trailing backslash
-        raise _BadLine(f"cannot split into options ({exc})") from None
+        why = str(exc)
+        if why == "No closing quotation" and "'" in text:  # `--prompt a girl's castle`, as A1111 fails too
+            why += "; an apostrophe counts as a quote: put the text in double quotes (\"a girl's castle\")"
+        raise _BadLine(f"cannot split into options ({why})") from None
     found: dict[str, object] = {"style": []}
     position = 0
     while position < len(words):

@@ -93,6 +93,8 @@ def test_a_line_with_dashes_but_no_option_is_the_prompt(tmp_path, line):
     ("--prompt castle --cfg_scale nan", "'--cfg_scale' must be a number, not nan"),
     ("--prompt castle --width 500", "'--width' must be a multiple of 8"),
     ('--prompt "castle', "cannot split into options"),
+    ("--prompt a girl's castle --seed 5", "cannot split into options (No closing quotation; an apostrophe counts as "
+                                          "a quote: put the text in double quotes"),
     ("castle --seed 5", "'castle' is not an option"),
     ("--prompt castle --style pixar", "unknown style 'pixar'"),
     ("--seed 5 --steps 10", "no prompt"),

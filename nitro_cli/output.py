@@ -251,9 +251,11 @@ def record_run(folder: Path, record: RunRecord) -> None:
 
 
 def _file_in_the_way(folder: Path) -> str | None:
-    """Which file stands where `folder` or a folder above it should be: mkdir says only "File exists" (or "Not a
+    """Which file (or link to nothing) stands where `folder` or a folder above it should be: mkdir says only "File exists" (or "Not a
     directory"), which reads as if the folder were there."""
     for path in (folder, *folder.parents):
+        if path.is_symlink() and not path.exists():  # mkdir says "File exists" for it too
+            return f"{path} is a symbolic link to {os.readlink(path)}, which is not there"
         if path.exists():
             return None if path.is_dir() else f"{path} is a file, not a folder"
     return None

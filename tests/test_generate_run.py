@@ -677,6 +677,16 @@ def test_out_that_is_a_file_is_a_usage_error(runner, tmp_path, below):
     assert f"{not_a_folder} is a file, not a folder" in result.stderr
 
 
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_out_that_is_a_dangling_link_says_so(runner, tmp_path, below):
+    """A symbolic link to a folder no longer there (an unmounted disk) said "File exists"."""
+    link = tmp_path / "outputs"
+    link.symlink_to(tmp_path / "unmounted")
+    result = runner.invoke(app, ["generate", "a cat", *FAST, "--out", str(link / below)])
+    assert result.exit_code == 2, result.output
+    assert f"{link} is a symbolic link to {tmp_path / 'unmounted'}, which is not there" in result.stderr
+
+
 @pytest.mark.parametrize("resume", [False, True])
 def test_an_out_folder_without_write_permission_is_a_usage_error_before_any_image(runner, tmp_path, monkeypatch,
                                                                                    resume):

@@ -251,8 +251,8 @@ def record_run(folder: Path, record: RunRecord) -> None:
 
 
 def _file_in_the_way(folder: Path) -> str | None:
-    """Which file (or link to nothing) stands where `folder` or a folder above it should be: mkdir says only "File exists" (or "Not a
-    directory"), which reads as if the folder were there."""
+    """Which file (or link to nothing) stands where `folder` or a folder above it should be: mkdir says only "File
+    exists" (or "Not a directory"), which reads as if the folder were there."""
     for path in (folder, *folder.parents):
         if path.is_symlink() and not path.exists():  # mkdir says "File exists" for it too
             return f"{path} is a symbolic link to {os.readlink(path)}, which is not there"

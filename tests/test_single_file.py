@@ -241,8 +241,9 @@ def test_a_checkpoint_holding_other_python_objects_is_named_as_such(runner, tiny
 
     state = {key: tensor.detach().contiguous() for key, tensor in ldm_state_dict(tiny[0]).items()}
     torch.save({"state_dict": state, "learning_rate": fractions.Fraction(1, 3)}, tmp_path / "odd.ckpt")
+    args = [a for a in FAST if a not in ("--model", "random:tiny")]
     result = runner.invoke(app, ["generate", "castle", "--model", str(tmp_path / "odd.ckpt"),
-                                 "--out", str(tmp_path / "out"), *[a for a in FAST if a not in ("--model", "random:tiny")]])
+                                 "--out", str(tmp_path / "out"), *args])
     assert result.exit_code == 1, result.output
     assert "failed to load: it holds fractions.Fraction beside its weights, which torch's weights-only loading " \
            "refuses" in result.stderr.replace("\n", " ")

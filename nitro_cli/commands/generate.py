@@ -60,5 +60,5 @@ def generate(
         prompt=prompt, prompts_file=prompts_file, styles=[s.value for s in style or []], preset=preset,
         overrides=list(set_ or []) + flag_overrides(steps=steps, guidance=guidance, width=width, height=height,
                                                     batch_size=batch_size),
-        model=model, negative=negative, seed=None if seed == -1 else seed, num_images=num_images, out=out_folder, resume=resume,
-        device=device.value, max_vram=max_vram, json_output=json_output))
+        model=model, negative=negative, seed=None if seed == -1 else seed, num_images=num_images, out=out_folder,
+        resume=resume, device=device.value, max_vram=max_vram, json_output=json_output))

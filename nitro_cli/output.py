@@ -121,8 +121,8 @@ def _publish_new(temporary: Path, path: Path) -> None:
     run); a filesystem without hard links (FAT, some network shares) gets the check and the rename."""
     try:
         os.link(temporary, path)
-    except FileExistsError:
-        raise
+    except FileExistsError:  # os.link's error names its source, the temporary file: the name taken is `path`
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
     except OSError:  # no hard links here
         if path.exists():
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None

@@ -862,16 +862,20 @@ def test_a_damaged_run_record_is_a_usage_error_and_keeps_the_images(runner, tmp_
     assert {name: (out / name).read_bytes() for name in pngs(out)} == before
 
 
-def test_a_filesystem_without_hard_links_still_never_replaces_an_image(tmp_path, monkeypatch):
-    """FAT and some network shares refuse os.link: the image is then published by a check and a rename."""
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_a_name_taken_meanwhile_is_never_replaced_and_is_named(tmp_path, monkeypatch, hard_links):
+    """FAT and some network shares refuse os.link: the image is then published by a check and a rename. With
+    hard links, the error named os.link's source, the temporary file, gone by the time it was told."""
     from nitro_cli import output
 
     def no_hard_links(source, target):
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(output.os, "link", no_hard_links)
+    if not hard_links:
+        monkeypatch.setattr(output.os, "link", no_hard_links)
     path = tmp_path / "00000-1-castle.png"
     output._write_atomically(path, lambda temporary: temporary.write_bytes(b"first"))
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError) as taken:
         output._write_atomically(path, lambda temporary: temporary.write_bytes(b"second"))
+    assert taken.value.filename == str(path)
     assert path.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == [path.name]

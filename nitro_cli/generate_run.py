@@ -54,7 +54,6 @@ class CheckedRequest:
 def run(request: GenerateRequest) -> None:
     from nitro_cli import distributed, hardware
     from nitro_cli.builder import resolve_device
-    from nitro_cli.errors import NitroError
 
     # Probed once, when first needed: a --max-vram estimate depends on the GPU (fp32 where fp16 is slow),
     # and without one a bad preset or prompts file fails before torch is even imported.
@@ -66,13 +65,9 @@ def run(request: GenerateRequest) -> None:
         return
     # Several processes join before checking the request: a mistake in it, which every process finds, is then
     # told once, by the main process, not once per process and cut off by the launcher's "Interrupted." (it
-    # stops the others when the first fails). Joining needs the device.
-    try:
-        run_device = resolve_device(request.device, machine())
-    except NitroError as error:
-        if distributed.rank() != 0:  # every process finds it (--device cuda without a GPU): the main one tells it
-            raise SystemExit(error.exit_code) from None
-        raise
+    # stops the others when the first fails). Joining needs the device: a device error (--device cuda without a
+    # GPU) is told by every process, since the first to exit gets the main one stopped, perhaps before it told it.
+    run_device = resolve_device(request.device, machine())
     with distributed.processes(cpu=run_device == "cpu") as processes:
         checked = processes.on_every(lambda: _check(request, machine, show=processes.is_main))
         _make(request, checked, processes, machine)

@@ -332,17 +332,17 @@ def test_a_process_that_lost_the_others_says_so_without_a_traceback(monkeypatch)
         assert "--resume" in failure.value.hint
 
 
-@pytest.mark.parametrize("rank, told", [("0", True), ("1", False)])
-def test_a_device_error_every_process_finds_is_told_by_the_main_one(runner, tmp_path, monkeypatch, rank, told):
-    """--device cuda on a machine without a GPU fails before the processes join: rank 0 says it, the others
-    exit with its code and keep quiet."""
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_device_error_found_before_the_processes_join_is_told_by_each(runner, tmp_path, monkeypatch, rank):
+    """--device cuda on a machine without a GPU fails before the processes join. It was told by rank 0 alone, and
+    lost when rank 1 exited first: the launcher then stopped rank 0 before it had said it."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", rank)
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     args = [a for a in FAST if a not in ("--device", "cpu")]
     result = runner.invoke(app, ["generate", "castle", *args, "--device", "cuda", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
-    assert ("Error: --device cuda, but no CUDA GPU" in result.stderr) == told, result.stderr
+    assert "Error: --device cuda, but no CUDA GPU" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("rank, told", [("0", True), ("1", False)])

@@ -298,6 +298,7 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
         check_onnxruntime_runs(out, list(report.components), opset)
     if "safety_checker" not in report.components:
         report.skipped.append(("safety_checker", "the model has none"))
+        shutil.rmtree(out / "safety_checker", ignore_errors=True)  # an earlier export's (1.2 GB for SD 1.x)
 
     def onnx_model(name: str):
         # Unloaded: save_pretrained only records the class in model_index.json; the file is already in place.

@@ -36,6 +36,7 @@ from nitro_cli.errors import RuntimeFailure, UsageError, describe, first_line
 
 ONNX_PIPELINE_CLASS = "OnnxStableDiffusionPipeline"
 DEFAULT_OPSET = 17  # LayerNormalization as one op; every onnxruntime since 1.14 runs it
+DEFAULT_OPSET_HINT = f"leave --opset out for {DEFAULT_OPSET}, which every onnxruntime since 1.14 runs"
 ONNX_FILE = "model.onnx"
 EXTERNAL_WEIGHTS_FILE = "weights.pb"  # the name diffusers' OnnxRuntimeModel copies along with model.onnx
 # Lies in an export folder from the start of `nitro export onnx` until its last file is written: a folder
@@ -225,7 +226,7 @@ def check_opset(opset: int) -> None:
                               opset_version=opset, dynamo=False)
         except Exception as exc:  # RuntimeError (unsupported), TypeError (too large for the C++ side), ...
             raise UsageError(f"--opset {opset}: torch {torch.__version__} does not export it ({first_line(exc)})",
-                             hint=f"leave --opset out for {DEFAULT_OPSET}, which every onnxruntime since 1.14 runs") from None
+                             hint=DEFAULT_OPSET_HINT) from None
 
 
 def check_onnxruntime_runs(out: Path, components: list[str], opset: int) -> None:
@@ -243,8 +244,7 @@ def check_onnxruntime_runs(out: Path, components: list[str], opset: int) -> None
         except Exception as exc:  # onnxruntime's own exception types
             raise RuntimeFailure(f"onnxruntime {onnxruntime.__version__} can't run the {name} exported at --opset "
                                  f"{opset}: {first_line(exc)}",
-                                 hint=f"leave --opset out for {DEFAULT_OPSET}, which every onnxruntime since 1.14 "
-                                      "runs") from None
+                                 hint=DEFAULT_OPSET_HINT) from None
 
 
 def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> ExportReport:

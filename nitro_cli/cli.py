@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import signal
 import sys
 import traceback
 
 import typer
 from typer.core import TyperGroup
 
-from nitro_cli import __version__, distributed, paths, streams
+from nitro_cli import __version__, distributed, interrupts, paths
 from nitro_cli.commands import bench, checklist, doctor, export, generate
 from nitro_cli.errors import EXIT_INTERRUPTED, OUT_OF_MEMORY_HINT, NitroError, RuntimeFailure, UsageError, first_line
 
@@ -88,7 +87,7 @@ def guarded(command):
         except KeyboardInterrupt:
             _interrupted()
         except Exception as exc:
-            if _stop_signalled:  # the interrupt itself, come out of a library as its own error (see _interrupt)
+            if interrupts.stop_signalled:  # the interrupt itself, come out of a library as its own error
                 _interrupted()
             failure = _expected_failure(exc)
             if failure is None:
@@ -102,8 +101,7 @@ def guarded(command):
 
 
 def _interrupted() -> None:
-    if distributed.rank() == 0:  # a launched run's processes each stop, and say what they saved: said once
-        print("Interrupted.", file=sys.stderr)
+    interrupts.tell()
     raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
@@ -146,27 +144,3 @@ export_app = typer.Typer(name="export", help="Convert a model for other runtimes
                          no_args_is_help=True)
 export_app.command("onnx")(guarded(main_process_only("export onnx", export.onnx)))
 app.add_typer(export_app, name="export")
-
-
-_stop_signalled = False
-
-
-def _interrupt(signum, frame) -> None:
-    """Python's Ctrl-C, remembered: a KeyboardInterrupt raised while torch or diffusers imports (the first
-    seconds of every run) may come out as the library's own error (ImportError "cannot load module more than
-    once per process", RuntimeError "Failed to import diffusers.pipelines"), which is the interrupt, exit 130,
-    not a broken install."""
-    global _stop_signalled
-    _stop_signalled = True
-    raise KeyboardInterrupt
-
-
-def main() -> None:
-    # `kill`, `timeout`, Slurm's preemption and torchrun stop a process with SIGTERM: treated as Ctrl-C,
-    # so a run saves its finished images and exits 130, and bench keeps the presets it finished. Unless the
-    # process was started ignoring it (`trap '' TERM`, or SIGINT in a background job): that wish stands.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(signum) != signal.SIG_IGN:
-            signal.signal(signum, _interrupt)
-    streams.prepare()
-    app()

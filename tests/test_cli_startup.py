@@ -35,7 +35,7 @@ def test_help_does_not_import_heavy_modules(args):
 @pytest.mark.parametrize("inherited, kept", [("SIG_DFL", False), ("SIG_IGN", True)])
 def test_sigterm_stops_a_run_as_ctrl_c_does_unless_the_process_was_started_ignoring_it(inherited, kept):
     script = (f"import signal, sys\nsignal.signal(signal.SIGTERM, signal.{inherited})\n"
-              "from nitro_cli.cli import main\nsys.argv = ['nitro', '--version']\n"
+              "from nitro_cli.__main__ import main\nsys.argv = ['nitro', '--version']\n"
               "try:\n    main()\nexcept SystemExit:\n    pass\n"
               "try:\n    signal.raise_signal(signal.SIGTERM)\nexcept KeyboardInterrupt:\n"
               "    print('STOPPED AS BY CTRL-C', file=sys.stderr)\n"
@@ -48,11 +48,27 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_unless_the_process_was_started_ignor
 
 
 def test_ctrl_c_is_remembered_as_a_stop_for_the_whole_run():
-    script = ("import signal\nfrom nitro_cli.cli import main\nimport sys\nsys.argv = ['nitro', '--version']\n"
+    script = ("import signal\nfrom nitro_cli.__main__ import main\nimport sys\nsys.argv = ['nitro', '--version']\n"
               "try:\n    main()\nexcept SystemExit:\n    pass\nprint(signal.getsignal(signal.SIGINT).__name__)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "_interrupt"
+    assert done.stdout.strip().splitlines()[-1] == "_stop"
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_a_stop_while_the_command_line_itself_imports_is_an_interrupt(stop):
+    """Ctrl-C in a run's first half second, while typer and rich import: Python's KeyboardInterrupt traceback,
+    before nitro's handler was installed."""
+    script = ("import runpy, signal, sys\n"
+              "class StopWhileImporting:\n"
+              "    def find_spec(self, name, path=None, target=None):\n"
+              "        if name == 'typer':\n"
+              f"            signal.raise_signal(signal.{stop})\n"
+              "sys.meta_path.insert(0, StopWhileImporting())\n"
+              "sys.argv = ['nitro', '--version']\n"
+              "runpy.run_module('nitro_cli', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr, done.stdout) == (130, "Interrupted.\n", "")
 
 
 def test_an_interrupt_a_library_turns_into_its_own_error_is_still_an_interrupt(monkeypatch, capsys):
@@ -62,15 +78,15 @@ def test_an_interrupt_a_library_turns_into_its_own_error_is_still_an_interrupt(m
 
     import typer
 
-    from nitro_cli import cli
+    from nitro_cli import cli, interrupts
 
     def importing_torch():
         try:
-            cli._interrupt(signal.SIGTERM, None)
+            interrupts._stop(signal.SIGTERM, None)
         except KeyboardInterrupt:
             raise ImportError("cannot load module more than once per process") from None
 
-    monkeypatch.setattr(cli, "_stop_signalled", False)
+    monkeypatch.setattr(interrupts, "stop_signalled", False)
     with pytest.raises(typer.Exit) as exit_info:
         cli.guarded(importing_torch)()
     assert exit_info.value.exit_code == 130 and "Interrupted." in capsys.readouterr().err
@@ -78,7 +94,7 @@ def test_an_interrupt_a_library_turns_into_its_own_error_is_still_an_interrupt(m
     def broken_install():
         raise ImportError("cannot load module more than once per process")
 
-    monkeypatch.setattr(cli, "_stop_signalled", False)
+    monkeypatch.setattr(interrupts, "stop_signalled", False)
     with pytest.raises(ImportError):
         cli.guarded(broken_install)()
 

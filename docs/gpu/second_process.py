@@ -8,7 +8,7 @@ The command's own output is unchanged; the breakdown goes to stderr at the end.
 
 import sys
 
-from nitro_cli.cli import main
+from nitro_cli.__main__ import main
 
 sys.argv = ["nitro", *sys.argv[1:]]
 try:

@@ -55,6 +55,19 @@ def check_not_blank(value: str | None, option: str, hint: str) -> None:
         raise UsageError(f"{option} is empty", hint=hint)
 
 
+def check_utf8(value: str, what: str) -> None:
+    """Text typed in a Latin-1 terminal or passed by a script saved as cp1252 reaches Python as undecodable bytes
+    (kept as lone surrogates), which no prompt encoder, file name or PNG text chunk can take."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        character = ord(value[exc.start])
+        found = f"byte 0x{character - 0xDC00:02x}" if 0xDC80 <= character <= 0xDCFF else f"U+{character:04X}"
+        raise UsageError(f"{what} is not UTF-8 text ({found} at character {exc.start + 1})",
+                         hint="set the terminal or script to UTF-8 (e.g. LANG=C.UTF-8), or give the text in a UTF-8 "
+                              "prompts file with --prompts-file") from None
+
+
 def out_folder(value: str) -> Path:
     """`--out` as typed: typer's Path type would read "" (a script's `--out "$DIR"`, the variable unset) as the
     current folder."""

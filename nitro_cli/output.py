@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nitro_cli import __version__
-from nitro_cli.errors import UsageError
+from nitro_cli.errors import NitroError, RuntimeFailure, UsageError
 
 MANIFEST_NAME = ".nitro-run.json"
 SEED_LIMIT = 2**32  # drawn seeds stay in A1111's range, so they can be typed back into it
@@ -204,7 +204,7 @@ def _read_record(manifest: Path) -> RunRecord:
 
 def _check_writable(folder: Path) -> None:
     if not os.access(folder, os.W_OK):
-        raise _unwritable(folder, "permission denied")
+        raise _unwritable(folder, "not writable (permissions or a read-only filesystem)")
 
 
 def start_run(folder: Path, request_fingerprint: str, images: int, seed: int | None, resume: bool) -> RunRecord:
@@ -231,7 +231,7 @@ def start_run(folder: Path, request_fingerprint: str, images: int, seed: int | N
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # --out is a file, or under a folder this user can't write to
-        raise _unwritable(folder, _file_in_the_way(folder) or exc.strerror or str(exc)) from None
+        raise _write_failure(folder, exc) from None
     _check_writable(folder)
     remove_stale_temporaries(folder)
     return RunRecord(request_fingerprint, next_index(folder), first_seed, images)
@@ -247,7 +247,7 @@ def record_run(folder: Path, record: RunRecord) -> None:
                                                                  encoding="utf-8"),
                           overwrite=True)
     except OSError as exc:
-        raise _unwritable(folder, exc.strerror or str(exc)) from None
+        raise _write_failure(folder, exc) from None
 
 
 def _file_in_the_way(folder: Path) -> str | None:
@@ -259,6 +259,17 @@ def _file_in_the_way(folder: Path) -> str | None:
         if path.exists():
             return None if path.is_dir() else f"{path} is a file, not a folder"
     return None
+
+
+# The disk failed the write, not the choice of folder: a run-time failure (exit 1), as when it fills up later.
+_DISK_ERRORS = (errno.ENOSPC, errno.EIO, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _write_failure(folder: Path, exc: OSError) -> NitroError:
+    if exc.errno in _DISK_ERRORS:
+        return RuntimeFailure(f"cannot write to --out {folder}: {exc.strerror or exc}",
+                              hint="free disk space, or give --out DIR on another disk")
+    return _unwritable(folder, _file_in_the_way(folder) or exc.strerror or str(exc))
 
 
 def _unwritable(folder: Path, why: str) -> UsageError:

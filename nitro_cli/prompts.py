@@ -70,7 +70,7 @@ def apply_styles(prompt: str, styles: list[str]) -> str:
     result = prompt.strip()
     for style in dict.fromkeys(styles):  # keeps order, drops repeats
         token = STYLE_TOKENS[style]
-        if not re.search(rf"\b{re.escape(token)}\b", result.lower()):
+        if not _has_token(result, token):
             result = f"{result}, {token}" if result else token
     return result
 
@@ -307,6 +307,22 @@ def _shortened(text: str) -> str:
     return f"{text[:QUOTED_MAX_CHARS]}... ({len(text) - QUOTED_MAX_CHARS} more characters)"
 
 
+def _has_token(text: str, token: str) -> bool:
+    return re.search(rf"\b{re.escape(token)}\b", text.lower()) is not None
+
+
+def _lost_styles(kept: str, dropped: str) -> str:
+    """What a warning adds when the cut takes a style token with it: --style appends the token, so on a long
+    prompt the style is silently lost, while the image's metadata still shows the token."""
+    lost = [token for token in STYLE_TOKENS.values() if _has_token(dropped, token) and not _has_token(kept, token)]
+    if not lost:
+        return ""
+    tokens = " and ".join(repr(token) for token in lost)
+    if len(lost) == 1:
+        return f"; the style token {tokens} is in that end and has no effect: put it at the start of the prompt"
+    return f"; the style tokens {tokens} are in that end and have no effect: put them at the start of the prompt"
+
+
 def truncation_warnings(tokenizer, jobs: list[PromptJob]) -> list[str]:
     """One warning per distinct prompt or negative prompt longer than the text encoder reads (77 tokens
     for CLIP), quoting the part that is dropped as the user wrote it (decoded tokens would read
@@ -319,7 +335,8 @@ def truncation_warnings(tokenizer, jobs: list[PromptJob]) -> list[str]:
         # Offsets of each token in `text`; the start and end tokens count towards the limit.
         offsets = tokenizer(text, return_offsets_mapping=True).offset_mapping
         if len(offsets) > limit:
-            dropped = _shortened(text[offsets[limit - 1][0]:].strip())
+            cut_at = offsets[limit - 1][0]
+            dropped = _shortened(text[cut_at:].strip())
             warnings.append(f"{label} longer than {limit} tokens; this end of it is ignored: \"{dropped}\" "
-                            f"(in \"{text[:40]}...\")")
+                            f"(in \"{text[:40]}...\"){_lost_styles(text[:cut_at], text[cut_at:])}")
     return _listed(warnings, f"prompts or negative prompts longer than {limit} tokens, cut short the same way")

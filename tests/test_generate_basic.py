@@ -38,3 +38,16 @@ def test_an_empty_out_is_a_usage_error_not_the_current_folder(runner, tmp_path, 
     assert result.exit_code == 2, result.output
     assert "Error: --out is empty" in result.stderr and "Hint:" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("given, told", [(["caf\udce9 castle"], "the prompt"),
+                                         (["castle", "--negative", "caf\udce9"], "--negative")],
+                         ids=["prompt", "negative"])
+def test_text_that_is_not_utf8_is_a_usage_error(runner, tmp_path, given, told):
+    """A Latin-1 terminal or a cp1252 script passes é as the byte 0xe9, which Python keeps as a lone surrogate:
+    the prompt's fingerprint raised UnicodeEncodeError, a traceback (exit 1). A prompts file already said so."""
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["generate", *given, *FAST, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"Error: {told} is not UTF-8 text (byte 0xe9 at character 4)" in result.stderr
+    assert "Hint:" in result.stderr and not out.exists()

@@ -251,6 +251,19 @@ def test_truncation_warning_quotes_from_the_first_token_dropped():
     assert 'this end of it is ignored: "lighthouse tower" (in' in warning
 
 
+@pytest.mark.parametrize("prompt, lost", [(", ".join(f"tower {i}" for i in range(40)) + ", arcane style", True),
+                                          ("arcane style, " + ", ".join(f"tower {i}" for i in range(40)), False)],
+                         ids=["appended", "at-the-start"])
+def test_truncation_warning_names_a_style_token_the_cut_drops(prompt, lost):
+    """`--style` appends its token: on a prompt past 77 tokens the style had no effect (the image was the same as
+    without it) while the metadata showed the token, and the warning quoted only the dropped end's start."""
+    from nitro_cli.models import clip_tokenizer
+
+    [warning] = truncation_warnings(clip_tokenizer(), [PromptJob(prompt, "", None, 2, 7.5, 64, 64)])
+    assert ("the style token 'arcane style' is in that end and has no effect: put it at the start of the prompt"
+            in warning) is lost
+
+
 def test_truncation_warning_of_a_huge_prompt_stays_short():
     """A prompts file's line of megabytes was quoted whole on stderr."""
     from nitro_cli.models import clip_tokenizer

@@ -709,23 +709,27 @@ def test_an_out_folder_without_write_permission_is_a_usage_error_before_any_imag
     monkeypatch.setattr(builder, "build_pipeline", lambda *a, **k: pytest.fail("loaded the model first"))
     result = runner.invoke(app, [*args, *(["--resume"] if resume else [])])
     assert result.exit_code == 2, result.output
-    assert f"Error: cannot write to --out {out}: permission denied" in result.stderr
+    assert f"Error: cannot write to --out {out}: not writable (permissions or a read-only filesystem)" in result.stderr
     assert sorted(out.iterdir()) == before
 
 
-def test_a_run_record_that_cannot_be_written_is_an_error_not_a_traceback(runner, tmp_path, monkeypatch):
+@pytest.mark.parametrize("error, code, hint", [(errno.ENOSPC, 1, "free disk space"), (errno.EACCES, 2, "--out DIR")],
+                         ids=["disk-full", "permission"])
+def test_a_run_record_that_cannot_be_written_is_an_error_not_a_traceback(runner, tmp_path, monkeypatch, error, code,
+                                                                         hint):
     """The folder passed the check, then `.nitro-run.json` could not be written (the disk filled up while the
-    model loaded): no image was made, and the user is told where and why."""
+    model loaded): no image was made, and the user is told where and why. A full disk is a run-time failure
+    (exit 1, as when it fills up at a later image), not bad usage."""
     from nitro_cli import output
 
-    def disk_full(path, write, overwrite=False):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def cannot_write(path, write, overwrite=False):
+        raise OSError(error, os.strerror(error))
 
-    monkeypatch.setattr(output, "_write_atomically", disk_full)
+    monkeypatch.setattr(output, "_write_atomically", cannot_write)
     result = runner.invoke(app, ["generate", "a cat", *FAST, "--out", str(tmp_path)])
-    assert result.exit_code == 2, result.output
-    assert f"Error: cannot write to --out {tmp_path}: No space left on device" in result.stderr
-    assert "Hint:" in result.stderr and pngs(tmp_path) == []
+    assert result.exit_code == code, result.output
+    assert f"Error: cannot write to --out {tmp_path}: {os.strerror(error)}" in result.stderr
+    assert hint in result.stderr.split("Hint:")[1] and pngs(tmp_path) == []
 
 
 def test_out_of_memory_while_loading_is_exit_1_with_lighter_settings(runner, tmp_path, monkeypatch):

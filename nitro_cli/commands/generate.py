@@ -54,6 +54,8 @@ def generate(
                          hint='nitro generate "arcane style castle" --model random:tiny')
     options.check_not_blank(preset, "--preset", f"leave it out for {generate_run.DEFAULT_PRESET}, or name a preset "
                                                 "(shipped or a .yaml file)")
+    options.check_utf8(prompt or "", "the prompt")
+    options.check_utf8(negative, "--negative")
     options.check_max_vram(max_vram)
     out_folder = options.out_folder(out)
     generate_run.run(generate_run.GenerateRequest(

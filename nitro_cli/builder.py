@@ -599,7 +599,8 @@ def use_compile_caches() -> str:
     Must run before the first compilation; torch reads the variable each time it opens its cache."""
     from nitro_cli import paths
 
-    folder = str(paths.compile_cache_dir())
+    # Created and checked here: inductor's own mkdir of an unwritable one is a traceback at the first call.
+    folder = str(paths.make_cache_folder(paths.compile_cache_dir()))
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
     import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config

@@ -241,6 +241,14 @@ def _check_disk(machine: Machine) -> list[Check]:
     return [Check("disk", OK, f"{machine.free_disk_mib // 1024} GiB free for {machine.outputs_dir}")]
 
 
+def _check_cache(machine: Machine) -> list[Check]:
+    if machine.cache_problem is None:
+        return []
+    return [Check("cache", WARN, f"nitro's cache folder can't be written ({machine.cache_problem}): what keeps files "
+                                 "there (compiled presets, single-file checkpoints, ONNX, bench reports) fails",
+                  "set NITRO_CACHE_DIR to a folder you can write to")]
+
+
 def _check_compile(machine: Machine) -> list[Check]:
     """Whether expert's and deploy's torch.compile runs, by the builder's own rule."""
     needs = "Triton" if machine.has_gpu else "a C++ compiler"
@@ -254,7 +262,7 @@ def _check_compile(machine: Machine) -> list[Check]:
 
 
 CHECKS = (_check_packages, _check_gpu, _check_cpu, _check_each_gpu, _check_xformers, _check_bitsandbytes,
-          _check_fp8, _check_model, _check_disk, _check_compile)
+          _check_fp8, _check_model, _check_disk, _check_cache, _check_compile)
 
 
 def run_checks(machine: Machine) -> list[Check]:

@@ -92,6 +92,7 @@ class Machine:
     bitsandbytes_test: PackageTest | None = None
     model_cache: CachedModel | None = None
     free_disk_mib: int | None = None
+    cache_problem: str | None = None  # why nitro's cache folder can't be written (paths.unwritable)
 
     @property
     def has_gpu(self) -> bool:
@@ -304,4 +305,5 @@ def probe(deep: bool = False) -> Machine:
         bitsandbytes_test=_test_bitsandbytes(cuda),
         model_cache=_cached_model(),
         free_disk_mib=_free_disk_mib(Path(machine.outputs_dir)),
+        cache_problem=paths.unwritable(paths.cache_dir()),
     )

@@ -66,6 +66,16 @@ def make_cache_folder(folder: Path) -> Path:
     return folder
 
 
+def unwritable(folder: Path) -> str | None:
+    """Why `folder` can't be created or written (None when it can), without creating it: doctor only looks."""
+    for path in (folder, *folder.parents):
+        if path.is_dir():
+            return None if os.access(path, os.W_OK) else f"{path} is not writable"
+        if path.exists() or path.is_symlink():
+            return f"{path} is not a folder"
+    return None
+
+
 def made_once(folder: Path, make: Callable[[Path], object], is_complete: Callable[[Path], bool]) -> Path:
     """`folder` in nitro's cache, unless `is_complete` already, made by `make(staging)` in a new hidden folder beside it and
     renamed into place: a reader never sees half of it, an interrupted `make` leaves nothing there, and

@@ -394,3 +394,22 @@ def test_doctor_json_top_level_fields_follow_the_contract(runner, fake_probe):
     assert (report["python"], report["torch"], report["diffusers"]) == ("3.11.7", "2.13.0+cu130", "0.42.1")
     # "name to version or null": a package that is not installed is there, as null.
     assert report["packages"]["xformers"] is None and report["packages"]["bitsandbytes"] is None
+
+
+def test_a_cache_folder_that_cannot_be_written_is_a_warning_with_the_fix(runner, tmp_path, monkeypatch):
+    """NITRO_CACHE_DIR naming a file: doctor said "compile caches in FILE/torch-compile", all ok, and expert then
+    stopped with a traceback at its first compile."""
+    in_the_way = tmp_path / "cache"
+    in_the_way.write_text("")
+    monkeypatch.setenv("NITRO_CACHE_DIR", str(in_the_way))
+    report = json.loads(runner.invoke(app, ["doctor", "--json"]).stdout)
+    [check] = [check for check in report["checks"] if check["name"] == "cache"]
+    assert check["status"] == "warn" and f"{in_the_way} is not a folder" in check["detail"]
+    assert check["fix"] == "set NITRO_CACHE_DIR to a folder you can write to"
+
+
+def test_a_cache_folder_not_made_yet_is_fine_and_doctor_does_not_make_it(tmp_path):
+    from nitro_cli import paths
+
+    assert paths.unwritable(tmp_path / "new" / "cache") is None and not (tmp_path / "new").exists()
+    assert "cache" not in {c.name for c in diagnosis.run_checks(machine(cache_problem=None))}

@@ -503,3 +503,12 @@ def test_sdpa_backend_auto_leaves_torchs_pick_on_a_gpu():
     built = BuiltPipeline(pipe=types.SimpleNamespace(unet=torch.nn.Linear(1, 1)), device="cuda", dtype="float16")
     builder._apply_sdpa_backend(built, "auto", "sdpa", fake_machines.machine(fake_machines.A100))
     assert "forward" not in vars(built.pipe.unet) and built.skipped == [] and built.applied == []
+
+
+def test_compile_caches_in_a_cache_folder_that_cannot_be_written_are_a_usage_error(tmp_path, monkeypatch):
+    """Inductor made the folder itself at the first compiled call: NotADirectoryError, a traceback (exit 1)."""
+    in_the_way = tmp_path / "cache"
+    in_the_way.write_text("")
+    monkeypatch.setenv("NITRO_CACHE_DIR", str(in_the_way))
+    with pytest.raises(UsageError, match=r"cache folder .*torch-compile can't be written"):
+        builder.use_compile_caches()

@@ -341,8 +341,13 @@ def save_to_history(report: BenchReport) -> Path:
 
 def newest_in_history() -> Path | None:
     """The report `save_to_history` kept last, or None."""
-    reports = sorted(paths.bench_dir().glob("bench-*.json"), key=lambda p: (p.stat().st_mtime, p.name))
-    return reports[-1] if reports else None
+    reports = []
+    for path in paths.bench_dir().glob("bench-*.json"):
+        try:
+            reports.append((path.stat().st_mtime, path.name, path))
+        except OSError:  # a link to nothing, or a report removed while this looked: not a report to read
+            continue
+    return max(reports)[2] if reports else None
 
 
 def _csv_cell(value: Any) -> Any:

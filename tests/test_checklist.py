@@ -365,6 +365,18 @@ def test_a_users_file_named_like_a_tier_takes_only_its_own_row(runner, fake_prob
     assert (tiers[0]["measured"] is None) is shipped
 
 
+@pytest.mark.skipif(not hasattr(os, "symlink") or os.name == "nt", reason="makes a symbolic link")
+def test_a_link_to_nothing_among_the_reports_is_passed_over(runner, fake_probe):
+    """A report that is a link to nothing (or one removed while checklist looked) was a FileNotFoundError
+    traceback: the newest readable report is used."""
+    fake_probe(MACHINES["no GPU"])
+    newest = write_bench(paths.bench_dir(), "bench-20261126-100000.json", 0.7)
+    (paths.bench_dir() / "bench-20261127-100000.json").symlink_to(paths.bench_dir() / "gone.json")
+    result = runner.invoke(app, ["checklist", "--json", "--tier", "advanced"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["measured"]["file"] == str(newest)
+
+
 def test_the_newest_report_of_two_in_one_second_is_the_suffixed_one(runner, fake_probe):
     """bench names a second report of the same second `bench-STAMP-2.json`, which sorts before `bench-STAMP.json`."""
     fake_probe(MACHINES["no GPU"])

@@ -79,9 +79,11 @@ def effective_precision(precision: str, device: str, machine: hardware.Machine) 
         return "float32", None
     if device == "cpu":
         if not machine.cpu_amx_bf16:
-            # Measured on AVX2 CPUs: fp16/bf16 are emulated, tens of times slower than fp32.
+            # fp16/bf16 are emulated on AVX2 CPUs, tens of times slower than fp32: over 100 s per bf16 UNet step
+            # on a 2-vCPU AMD EPYC (plain diffusers, 2026-11-26, docs/reference-measurements.md).
             return "float32", "CPU without native half precision: float32 used"
-        # AMX multiplies bf16 and not fp16 (fp16 ran at fp32's speed): bf16 is this CPU's fast half precision.
+        # AMX multiplies bf16 and not fp16 (fp16 ran at fp32's speed on a 2-vCPU AMX Xeon, 2026-11-26, in an
+        # ad-hoc UNet timing, not kept: docs/benchmarks.md): bf16 is this CPU's fast half precision.
         return "bfloat16", None if precision == "bfloat16" else "CPU with AMX: bfloat16 used, its native half precision"
     gpu = machine.gpus[0]
     if precision == "bfloat16" and not gpu.bf16 and gpu.fast_fp16:

@@ -143,10 +143,11 @@ def _check_cpu(machine: Machine) -> list[Check]:
         return []
     dtype, _ = builder.effective_precision("float16", "cpu", machine)
     if dtype == "bfloat16":
-        return [Check("cpu", OK, "AMX with bf16: half-precision presets run in bfloat16 (2.6-3.1x float32 on a 2-vCPU "
-                                 "Xeon, docs/benchmarks.md)")]
+        return [Check("cpu", OK, "AMX with bf16: half-precision presets run in bfloat16 (2.6-3.1x float32 with "
+                                 "advanced on a 2-vCPU AMX Xeon, nitro bench, 2026-11-26, docs/benchmarks.md)")]
     return [Check("cpu", OK, "no AMX: presets run in float32 (half precision is emulated on this CPU, far slower)",
-                  "for about 1.4x on the CPU, see ONNX Runtime in docs/deploy.md")]
+                  "for about 1.4x on the CPU, see ONNX Runtime in docs/deploy.md (1.43x and 1.51x PyTorch's float32 "
+                  "on 2-vCPU Xeon and AMD EPYC guests, nitro bench, 2026-11-26/27)")]
 
 
 def _check_each_gpu(machine: Machine) -> list[Check]:

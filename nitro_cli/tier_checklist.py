@@ -23,7 +23,7 @@ from nitro_cli.presets import Preset, flatten, load_preset, shipped_names
 DESCRIPTIVE = ("tier", "scenario", "claimed")
 TIER_ORDER = ("baseline", "beginner", "advanced", "expert", "deploy")
 
-# What the article claims per technique (shared/seed/README.md): data about the article, keyed by the
+# What the article claims per technique (docs/reference-measurements.md, "The article"): data about the article, keyed by the
 # preset setting that implements the technique. Settings the article never mentions have no entry.
 ARTICLE_CLAIMS = {
     "precision": "14.2 → 8.7 GB VRAM (§2.1)",
@@ -33,11 +33,12 @@ ARTICLE_CLAIMS = {
     "steps": "20-25 steps (§3.1, §5.1)",
     "prompt_cache": "-30% time for 5+ images of one prompt (§3.3)",
     "offload": "model sharding: a 6 GB RTX 2060 runs 512² at 5.8 GB (§2.2); part of expert's 3x (§5.1). "
-               "Measured: memory down, time up: model offload 1.77 GiB peak at 1.9x the fp16 time (H200 reference); "
-               "lowvram 2039 MiB at 1.87x beginner's time (nitro bench, H200)",
+               "Measured: memory down, time up: model offload 1.77 GiB peak at 1.9x the fp16 time "
+               "(plain diffusers, H200, 2026-11-26, docs/reference-measurements.md); "
+               "lowvram 2039 MiB at 1.87x beginner's time (nitro bench, H200, 2026-11-26, docs/benchmarks.md)",
     "quantization": "8-bit loading: a 6 GB card fits (§2.2); part of expert's 3x (§5.1). Measured: memory down, "
                     "time up: bitsandbytes 8-bit UNet step 74.3 vs 27.6 ms fp16 eager (2.7x slower), "
-                    "1.86 GiB resident (H200 reference)",
+                    "1.86 GiB resident (plain diffusers, H200, 2026-11-26, docs/reference-measurements.md)",
 }
 
 # Items the article puts into a tier that nitro keeps out of it because they save memory and cost time

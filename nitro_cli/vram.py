@@ -51,7 +51,7 @@ FOOTPRINTS: tuple[Footprint, ...] = (
     Footprint("deploy", 6368, batch_size=8),
     Footprint("lowvram", 2039),  # at 1.87x beginner's time
     Footprint("lowvram", 2430, width=1024, height=1024),
-    # Not measured yet: issue 7's 1.0 GiB target (sequential offload + NF4).
+    # Not measured yet: minvram's 1.0 GiB target (sequential offload + NF4).
     Footprint("minvram", 1024, measured=False),
 )
 

@@ -3,7 +3,11 @@
 # random:sd15 at 512x512; the second-process first image of expert (its compile caches were filled by
 # the bench run); expert at 50 steps (UNet time per step = the 50-minus-25 difference over 25 steps);
 # deploy's throughput at batch 8; lowvram at 1024x1024. Results and logs go to $OUT (or ./gpu-out).
-# Needs the wheels the GPU machine lacks in .whl/ (../shared/tools/device-wheels.sh bitsandbytes==0.50.2 torchao==0.18.0).
+# A GPU machine without diffusers, bitsandbytes and torchao needs their wheels in .whl/; download them from the
+# checkout's root on a machine with internet (diffusers: the version you use, 0.42.1 here):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux2014_x86_64 \
+#     --platform any -d .whl diffusers==0.42.1 importlib_metadata bitsandbytes==0.50.2 torchao==0.18.0
 . "$(dirname "$0")/setup.sh"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"

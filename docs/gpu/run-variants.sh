@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # GPU measurement still open (one device call, at most 9.5 minutes on an H100/H200; the most wanted first,
 # each step under its own timeout so a slow one leaves the rest their time):
-#  1. expert beside its two opt-in levers, the feature cache and fp8 matmuls (issue 6: their speed and PSNR
+#  1. expert beside its two opt-in levers, the feature cache and fp8 matmuls (open: their speed and PSNR
 #     against expert), and beside expert without the compiled VAE decoder; then the first image of a second
-#     process (issue 6: at most 15 s), with and without the compiled VAE decoder (on a CPU its tracing was a
+#     process (target: at most 15 s), with and without the compiled VAE decoder (on a CPU its tracing was a
 #     quarter of a second process's compile time: docs/benchmarks.md);
-#  2. deploy sustained over 200 prompts with `nitro generate` (issue 8: images/s);
-#  3. minvram beside beginner (issue 7: peak VRAM <= 1 GiB, time), when time is left.
+#  2. deploy sustained over 200 prompts with `nitro generate` (target: 12 images/s);
+#  3. minvram beside beginner (target: peak VRAM <= 1 GiB; and its time), when time is left.
 # The GPU-only tests need a device session of their own (a call of about 5.5 minutes; after this one, the
 # machine's start and a 15-minute budget leave too little): no per-step host sync, flash attention for the
 # UNet only, compiled vs eager PSNR on random:sd15, fp8 matmuls with CUDA graphs, low-VRAM presets, probe:

@@ -1,5 +1,5 @@
 # Sourced by the docs/gpu/run-*.sh scripts: output folder, offline caches, the carried wheels
-# (.whl/, from ../shared/tools/device-wheels.sh bitsandbytes==0.50.2 torchao==0.18.0), and the `nitro` command line.
+# (.whl/: the pip download command in docs/gpu/run-tiers.sh; used only when present), and the `nitro` command line.
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 NITRO_CACHE_DIR=${NITRO_CACHE_DIR:-/tmp/nitro-cache}

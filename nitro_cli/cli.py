@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import sys
@@ -74,6 +75,9 @@ def _expected_failure(exc: Exception) -> NitroError | None:
     # user can act on. Matched by name: importing torch here would slow every `--help`.
     if type(exc).__name__ == "OutOfMemoryError":
         return RuntimeFailure(f"out of GPU memory: {first_line(exc)}", hint=OUT_OF_MEMORY_HINT)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # a report to stdout (`> report.json`) included
+        return RuntimeFailure(f"could not write {exc.filename or 'the output'}: {exc.strerror}",
+                              hint="free disk space, or write to another disk")
     return paths.compile_cache_failure(exc)
 
 

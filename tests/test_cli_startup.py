@@ -292,3 +292,15 @@ def test_a_report_written_as_is_follows_earlier_lines_and_the_streams_error_hand
     stdout.write("earlier line\n")
     write_as_is(stdout, "model\r\nmod\u00e8les/\u00e9t\u00e9\r\n")
     assert raw.getvalue() == b"earlier line\nmodel\r\nmod\\xe8les/\\xe9t\\xe9\r\n"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="writes to /dev/full, a device that is always full")
+@pytest.mark.parametrize("command", [["doctor", "--json"], ["checklist", "--markdown"]])
+def test_a_report_to_a_full_disk_is_an_error_not_a_traceback(command):
+    """`nitro doctor --json > report.json` on a full disk (a reason to run doctor): an OSError traceback."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "nitro_cli", *command], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "Error: could not write the output: No space left on device" in done.stderr
+    assert "Hint: free disk space" in done.stderr

@@ -90,13 +90,22 @@ class Recommendation:
     preset: str
     reason: str
     notes: tuple[str, ...] = ()
+    # --set overrides the preset needs on this machine: minvram's quantization without bitsandbytes (vram.py).
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The preset, with the overrides it needs: what a user or script is to run."""
+        return self.preset + "".join(f" --set {override}" for override in self.overrides)
 
 
 def recommend(machine: Machine) -> Recommendation:
     rule = next(r for r in RECOMMENDATION_RULES if r.applies(machine))
-    notes = []
+    notes, overrides = [], ()
     if machine.has_gpu and rule.preset in vram.MEMORY_SAVING:
-        notes.append(f"VRAM: {vram_plan(machine).explanation}")
+        plan = vram_plan(machine)
+        notes.append(f"VRAM: {plan.explanation}")
+        overrides = plan.overrides
     if machine.has_gpu and not machine.gpus[0].fast_fp16:
         gpu = machine.gpus[0]
         notes.append(f"{gpu.name} (compute capability {gpu.capability}): {gpu.fp16_problem}: fp32 needed. nitro runs "
@@ -107,7 +116,7 @@ def recommend(machine: Machine) -> Recommendation:
         # Installing Triton helps only where the GPU is new enough for it.
         fix = " (pip install triton)" if why == builder.TRITON_MISSING else ""
         notes.append(f"{why}{fix}: expert and deploy run eager")
-    return Recommendation(rule.preset, rule.reason, tuple(notes))
+    return Recommendation(rule.preset, rule.reason, tuple(notes), tuple(overrides))
 
 
 def _gpu_label(gpu: GpuInfo) -> str:

@@ -413,3 +413,19 @@ def test_a_cache_folder_not_made_yet_is_fine_and_doctor_does_not_make_it(tmp_pat
 
     assert paths.unwritable(tmp_path / "new" / "cache") is None and not (tmp_path / "new").exists()
     assert "cache" not in {c.name for c in diagnosis.run_checks(machine(cache_problem=None))}
+
+
+@pytest.mark.parametrize("bitsandbytes, overrides", [(None, ["quantization=fp8_storage"]), ("0.50.2", [])],
+                         ids=["without-bitsandbytes", "with-bitsandbytes"])
+def test_the_recommendation_carries_the_overrides_its_preset_needs_here(runner, fake_probe, bitsandbytes, overrides):
+    """A 4 GB card on a default install (bitsandbytes is an extra): doctor recommended `--preset minvram`, whose
+    NF4 then stopped generate with "bitsandbytes not installed"; only the vram check's fix had the override."""
+    fake_probe(machine(gpu("NVIDIA GeForce GTX 1650", (7, 5), 3910), packages={"bitsandbytes": bitsandbytes}))
+    report = json.loads(runner.invoke(app, ["doctor", "--json"]).stdout)
+    assert (report["recommended_preset"], report["recommended_overrides"]) == ("minvram", overrides)
+    assert report["recommendation"]["overrides"] == overrides
+    shown = "".join(f" --set {override}" for override in overrides)
+    assert report["summary"].endswith(f"recommended minvram{shown}")
+    assert f"--preset minvram{shown}:" in " ".join(runner.invoke(app, ["doctor"]).stdout.split())
+    checklist = runner.invoke(app, ["checklist", "--tier", "minvram", "--markdown"]).stdout
+    assert f"recommended preset: minvram{shown}" in " ".join(checklist.split())

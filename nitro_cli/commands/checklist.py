@@ -103,7 +103,7 @@ def checklist(
 
     gpu = machine.gpus[0] if machine.has_gpu else None
     machine_line = (f"{gpu.name} ({gpu.total_vram_mib} MiB, compute capability {gpu.capability})" if gpu
-                    else "no CUDA device (CPU)") + f"; recommended preset: {recommend(machine).preset}"
+                    else "no CUDA device (CPU)") + f"; recommended preset: {recommend(machine).label}"
     source_line = _where_measured(report_path, paths.bench_dir(), damaged)
     if json_output:
         print(json.dumps([asdict(t) for t in tiers], indent=2))

@@ -27,7 +27,7 @@ def summary_line(machine, checks, recommendation) -> str:
             f"(CUDA {machine.torch_cuda or 'none'}, cuDNN {machine.torch_cudnn or 'none'}) | "
             f"diffusers {packages.get('diffusers')} | {gpus} | driver {machine.driver_version or 'n/a'} | "
             f"xformers {packages.get('xformers') or 'none'} | bitsandbytes {packages.get('bitsandbytes') or 'none'} | "
-            f"{counts['fail']} fail, {counts['warn']} warn | recommended {recommendation.preset}")
+            f"{counts['fail']} fail, {counts['warn']} warn | recommended {recommendation.label}")
 
 
 def report(machine, checks, recommendation) -> dict[str, Any]:
@@ -53,8 +53,9 @@ def report(machine, checks, recommendation) -> dict[str, Any]:
         "compile_cache_dir": machine.compile_cache_dir,
         "checks": [vars(check) for check in checks],
         "recommended_preset": recommendation.preset,
-        "recommendation": {"preset": recommendation.preset, "reason": recommendation.reason,
-                           "notes": list(recommendation.notes)},
+        "recommended_overrides": list(recommendation.overrides),
+        "recommendation": {"preset": recommendation.preset, "overrides": list(recommendation.overrides),
+                           "reason": recommendation.reason, "notes": list(recommendation.notes)},
         "summary": summary_line(machine, checks, recommendation),
     }
 
@@ -102,7 +103,7 @@ def _show(machine, checks, recommendation) -> None:
                       escape(check.fix))
     print_table(console, table, widen_off_terminal=False)
     notes = "".join(f"\nNote: {escape(note)}" for note in recommendation.notes)
-    console.print(Panel(f"[bold]--preset {recommendation.preset}[/]: {escape(recommendation.reason)}{notes}",
+    console.print(Panel(f"[bold]--preset {escape(recommendation.label)}[/]: {escape(recommendation.reason)}{notes}",
                         title="Recommended preset", expand=False))
     console.print("For bug reports:", style="dim")
     console.print(summary_line(machine, checks, recommendation), soft_wrap=True, markup=False, highlight=False)

@@ -165,7 +165,7 @@ def _missing_file_hint(path: Path) -> str:
     except OSError:  # no such folder, or one we may not list
         neighbours = {}
     close = closest(path.stem, list(neighbours))  # stems: every name shares the suffix, which would match alone
-    guess = (f"did you mean the shipped preset (--preset {shipped})? " if shipped
+    guess = (f"did you mean the shipped preset {shipped} (its name, without .yaml)? " if shipped
              else f"did you mean {path.parent / neighbours[close]}? " if close else "")
     return f"{guess}shipped presets: {', '.join(shipped_names())}"
 

@@ -146,12 +146,17 @@ def _basis(preset: str, width: int, height: int, batch_size: int, fp32: bool) ->
     return basis
 
 
+def _gib(value: float) -> str:
+    """A budget as people write it: `--max-vram 6` stays 6, a card's 3910 MiB is 3.82 (not 3.81836)."""
+    return f"{round(value, 2):g}"
+
+
 def _verdict(preset: str, peak: float, max_vram_gib: float, basis: str) -> str:
     margins = f"{ESTIMATE_MARGIN - 1:.0%} + {HEADROOM_GIB} GiB headroom"
     if fits(peak, max_vram_gib):
-        return f"expected peak {peak:.2f} GiB ({basis}) + {margins} fits {max_vram_gib:g} GiB"
+        return f"expected peak {peak:.2f} GiB ({basis}) + {margins} fits {_gib(max_vram_gib)} GiB"
     return (f"even {preset} is expected to need {peak:.2f} GiB ({basis}) + {margins}, over "
-            f"{max_vram_gib:g} GiB: use smaller images or batches")
+            f"{_gib(max_vram_gib)} GiB: use smaller images or batches")
 
 
 def _quantization_override(bitsandbytes_installed: bool) -> tuple[str, str]:

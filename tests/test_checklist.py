@@ -400,3 +400,22 @@ def test_an_empty_tier_is_a_usage_error(runner, fake_probe):
     fake_probe(MACHINES["no GPU"])
     result = runner.invoke(app, ["checklist", "--json", "--tier", ""])
     assert result.exit_code == 2 and "Error: --tier is empty" in result.stderr and result.stdout == ""
+
+
+def test_an_empty_bench_option_is_a_usage_error(runner, fake_probe):
+    """`--bench "$REPORT"` with the variable unset: typer read "" as the current folder ("bench report . is not
+    readable JSON: Is a directory")."""
+    fake_probe(MACHINES["no GPU"])
+    result = runner.invoke(app, ["checklist", "--bench", ""])
+    assert result.exit_code == 2 and "Error: --bench is empty" in result.stderr
+
+
+def test_a_bar_in_a_markdown_cell_does_not_end_the_cell():
+    """A library's error text among an item's reasons could hold a | and shift the table's columns."""
+    from nitro_cli.commands.checklist import _markdown
+
+    tier = build_checklist(MACHINES["no GPU"], ["advanced"], None, None)[0]
+    item = dataclasses.replace(tier.items[0], available=False, reason="xformers: ops | not built")
+    table = _markdown([dataclasses.replace(tier, items=[item])], "source", "machine")
+    [row] = [line for line in table.splitlines() if line.startswith(f"| {item.name} |")]
+    assert "ops \\| not built" in row and row.replace("\\|", "").count("|") == 5

@@ -176,3 +176,9 @@ def test_the_plan_is_made_for_a_tall_image_of_a_prompts_file(preset):
         assert chosen == "advanced" and "offload=model" in plan.overrides
     assert vram.fit_request(4.0, preset, [], default_preset="beginner", machine=rtx,
                             device="cuda")[2].overrides == ()
+
+
+def test_a_cards_memory_is_shown_as_people_write_it():
+    """doctor's VRAM note on a 3910 MiB card said "fits 3.81836 GiB"."""
+    plan = vram.plan_for_vram(3910 / 1024)
+    assert "3.82 GiB" in plan.explanation and "3.818" not in plan.explanation

@@ -362,3 +362,11 @@ def test_a_yes_or_no_is_not_a_whole_number(override):
     """YAML reads yes/on/true as booleans, which Python counts as the number 1: `--set steps=yes` would run 1 step."""
     with pytest.raises(UsageError, match="must be a whole number, not True"):
         load_preset("beginner", [override])
+
+
+def test_a_shipped_name_written_as_a_file_suggests_the_name_for_any_option(tmp_path, monkeypatch):
+    """The hint said `(--preset deploy)` also to `nitro checklist --tier deploy.yaml`."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError) as error:
+        load_preset("deploy.yaml")
+    assert "did you mean the shipped preset deploy (its name, without .yaml)?" in error.value.hint

@@ -36,7 +36,9 @@ def _markdown(tiers, source_line: str, machine_line: str) -> str:
         for item in tier.items:
             can = "yes" if item.available else "no"
             verdict = f"{can}: {item.reason}" if item.reason else can
-            lines.append(f"| {item.name} | `{item.setting}` | {verdict} | {item.claimed or '-'} |")
+            cells = (item.name, f"`{item.setting}`", verdict, item.claimed or "-")
+            # A | in a cell (a library's error text among the reasons) would end the cell.
+            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
         lines.append("")
         lines += [f"- {note}" for note in tier.notes] + ([""] if tier.notes else [])
     return "\n".join(lines)
@@ -73,7 +75,7 @@ def _show(tiers, source_line: str, machine_line: str) -> None:
 
 def checklist(
     tier: Annotated[Optional[str], typer.Option("--tier", help="One tier (a shipped preset name or YAML path); default: all.")] = None,
-    bench: Annotated[Optional[Path], typer.Option("--bench", metavar="FILE", show_default="newest in the bench cache folder", help="`nitro bench --json` report to take measured numbers from.")] = None,
+    bench: Annotated[Optional[str], typer.Option("--bench", metavar="FILE", show_default="newest in the bench cache folder", help="`nitro bench --json` report to take measured numbers from.")] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print Markdown tables on stdout.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON list of tiers on stdout.")] = False,
 ) -> None:
@@ -85,9 +87,10 @@ def checklist(
     from nitro_cli.tier_checklist import build_checklist, read_bench_report, tier_names
 
     options.check_not_blank(tier, "--tier", "leave it out for every tier, or name one (a shipped preset or a .yaml file)")
+    options.check_not_blank(bench, "--bench", "leave it out for the newest report `nitro bench` kept, or give a file")
     if markdown and json_output:
         raise UsageError("--markdown and --json both print on stdout: choose one")
-    report_path = bench or newest_in_history()
+    report_path = Path(bench) if bench else newest_in_history()
     report, damaged = None, None
     if report_path:
         try:

@@ -23,8 +23,8 @@ from nitro_cli.presets import Preset, flatten, load_preset, shipped_names
 DESCRIPTIVE = ("tier", "scenario", "claimed")
 TIER_ORDER = ("baseline", "beginner", "advanced", "expert", "deploy")
 
-# What the article claims per technique (docs/reference-measurements.md, "The article"): data about the article, keyed by the
-# preset setting that implements the technique. Settings the article never mentions have no entry.
+# What the article claims per technique (docs/reference-measurements.md, "The article"): data about the
+# article, keyed by the preset setting that implements the technique. Settings it never mentions have no entry.
 ARTICLE_CLAIMS = {
     "precision": "14.2 → 8.7 GB VRAM (§2.1)",
     "attention=xformers": "+40% attention speed, -25% memory (§2.3)",

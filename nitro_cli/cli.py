@@ -14,7 +14,8 @@ from typer.core import TyperGroup
 
 from nitro_cli import __version__, distributed, interrupts, paths
 from nitro_cli.commands import bench, checklist, doctor, export, generate
-from nitro_cli.errors import EXIT_INTERRUPTED, OUT_OF_MEMORY_HINT, NitroError, RuntimeFailure, UsageError, first_line
+from nitro_cli.errors import (EXIT_INTERRUPTED, OUT_OF_MEMORY_HINT, NitroError, RuntimeFailure, UsageError, first_line,
+                              report)
 
 
 class PlainErrors(TyperGroup):
@@ -46,7 +47,7 @@ def _plain_click_errors():
             raise
         context = getattr(exc, "ctx", None)
         hint = f"see `{context.command_path} --help`" if context is not None else None
-        _report(UsageError(exc.format_message(), hint=hint))
+        report(UsageError(exc.format_message(), hint=hint))
         raise typer.Exit(exc.exit_code) from None
 
 
@@ -59,12 +60,6 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     add_completion=False,
 )
-
-
-def _report(exc: NitroError) -> None:
-    print(f"Error: {exc.message}", file=sys.stderr)
-    if exc.hint:
-        print(f"Hint: {exc.hint}", file=sys.stderr)
 
 
 def _expected_failure(exc: Exception) -> NitroError | None:
@@ -90,6 +85,8 @@ def guarded(command):
             return command(*args, **kwargs)
         except KeyboardInterrupt:
             _interrupted()
+        except typer.Exit:  # a command's own exit code (bench's 130, after saying what it kept), a RuntimeError
+            raise
         except Exception as exc:
             if interrupts.stop_signalled:  # the interrupt itself, come out of a library as its own error
                 _interrupted()
@@ -98,7 +95,7 @@ def guarded(command):
                 raise
             if os.environ.get("NITRO_DEBUG"):
                 traceback.print_exc()
-            _report(failure)
+            report(failure)
             raise typer.Exit(failure.exit_code) from None
 
     return run

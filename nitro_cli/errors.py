@@ -1,5 +1,7 @@
 """Expected failures: each carries what to tell the user and the contract's exit code."""
 
+import sys
+
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -41,3 +43,10 @@ class RuntimeFailure(NitroError):
     """The work failed while running: out of memory, a model that failed to load, ..."""
 
     exit_code = EXIT_RUNTIME
+
+
+def report(failure: NitroError) -> None:
+    """The failure as the contract prints it: `Error:` and `Hint:` lines on stderr."""
+    print(f"Error: {failure.message}", file=sys.stderr)
+    if failure.hint:
+        print(f"Hint: {failure.hint}", file=sys.stderr)

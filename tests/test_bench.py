@@ -450,8 +450,8 @@ def test_json_and_csv_into_one_file_is_a_usage_error_before_any_preset_runs(runn
     assert not paths.bench_dir().exists()
 
 
-def test_a_report_file_that_fails_to_write_keeps_the_history_copy(runner, tmp_path, monkeypatch):
-    target, write_text = tmp_path / "bench.json", Path.write_text
+def _disk_full_at(monkeypatch, target):
+    write_text = Path.write_text
 
     def disk_full_at_target(path, *args, **kwargs):
         if path == target:
@@ -459,12 +459,44 @@ def test_a_report_file_that_fails_to_write_keeps_the_history_copy(runner, tmp_pa
         return write_text(path, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", disk_full_at_target)
+
+
+def test_a_report_file_that_fails_to_write_keeps_the_history_copy_and_the_other_file(runner, tmp_path, monkeypatch):
+    """A full disk at --json stopped before --csv, which was on another disk and never written."""
+    target, csv_file = tmp_path / "bench.json", tmp_path / "bench.csv"
+    _disk_full_at(monkeypatch, target)
     result = runner.invoke(app, ["bench", "--presets", "beginner", *FAST, "--runs", "1", "--warmup", "0",
-                                 "--json", str(target)])
+                                 "--json", str(target), "--csv", str(csv_file)])
     assert result.exit_code == 1, result.output
     assert f"Error: could not write {tmp_path / 'bench.json'}: No space left on device" in result.stderr
     saved = list(paths.bench_dir().glob("bench-*.json"))
-    assert len(saved) == 1 and f"Hint: the report is saved in {saved[0]}" in result.stderr
+    assert len(saved) == 1 and f"Hint: the measurements are kept, as JSON, in {saved[0]}" in result.stderr
+    assert len(csv_file.read_text().splitlines()) == 2
+
+
+def test_a_report_file_that_fails_to_write_after_ctrl_c_is_told(runner, tmp_path, monkeypatch):
+    """Stopped by a signal, bench's own exit (130, after "Interrupted: N of M presets finished") went through the
+    branch for a library's error after a signal: the failed --json was not told, and "Interrupted." came twice."""
+    import nitro_cli.builder
+    from nitro_cli import interrupts
+
+    real_build = nitro_cli.builder.build_pipeline
+
+    def interrupted_at_advanced(settings, *args, **kwargs):
+        if not settings.safety_checker:
+            monkeypatch.setattr(interrupts, "stop_signalled", True)  # as the signal handler does
+            raise KeyboardInterrupt
+        return real_build(settings, *args, **kwargs)
+
+    monkeypatch.setattr(nitro_cli.builder, "build_pipeline", interrupted_at_advanced)
+    target = tmp_path / "bench.json"
+    _disk_full_at(monkeypatch, target)
+    result = runner.invoke(app, ["bench", "--presets", "baseline,advanced", *FAST, "--runs", "1", "--warmup", "0",
+                                 "--json", str(target)])
+    assert result.exit_code == 130, result.output
+    told = result.stderr.splitlines()
+    assert f"Error: could not write {target}: No space left on device" in told
+    assert told[-1].startswith("Interrupted: 1 of 2 presets finished") and "Interrupted." not in told
 
 
 def test_two_rows_with_one_name_are_a_usage_error_before_any_preset_runs(runner, tmp_path):
@@ -634,3 +666,20 @@ def test_the_table_says_which_rows_a_busy_machine_moved_and_when_nothing_compare
     [busy] = [note for note in notes if f"over {NOISY_SPREAD}x" in note]
     assert "advanced" in busy and "beginner" not in busy and "expert" not in busy
     assert any("baseline not run" in note and "no speed-up or PSNR" in note for note in notes)
+
+
+def test_the_table_writes_out_very_fast_rows(runner, scripted_measure):
+    """A GPU dry run on random:tiny: 0.0004 s/image read 0.000, and 5000 it/s read 5e+03."""
+    scripted_measure([(1.0, 100.0), (0.0004, 100.0), (0.0004, 100.0)])
+    result = runner.invoke(app, ["bench", "--presets", "beginner", *FAST, "--runs", "1", "--warmup", "1"])
+    assert result.exit_code == 0, result.output
+    [row] = [line.split() for line in result.stderr.splitlines() if line.split()[:2] == ["beginner", "2"]]
+    assert row[2:5] == ["0.0004000", "0.0004000-0.0004000", "5000"]
+
+
+def test_json_and_csv_both_on_stdout_is_a_usage_error_that_says_so(runner):
+    """It said "--json and --csv name one file, -": `-` is not a file to a user who typed it."""
+    result = runner.invoke(app, ["bench", "--presets", "beginner", *FAST, "--json", "-", "--csv", "-"])
+    assert result.exit_code == 2, result.output
+    assert "Error: --json - and --csv - would both print on stdout" in result.stderr
+    assert not paths.bench_dir().exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -9,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from nitro_cli import benchmark, options, paths, streams
+from nitro_cli import benchmark, errors, options, paths, streams
 from nitro_cli.errors import EXIT_INTERRUPTED, RuntimeFailure, UsageError
 from nitro_cli.tables import print_table
 
@@ -19,6 +20,14 @@ NOISY_SPREAD = 1.5  # slowest over fastest timed call above which the machine, n
 
 def _number(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _significant(value: float, digits: int) -> str:
+    """`value` to `digits` significant digits, written out: a GPU dry run's 1234 it/s is not 1.23e+03, and its
+    0.000412 s/image is not 0.000."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    return f"{value:.{max(0, digits - 1 - math.floor(math.log10(abs(value))))}f}"
 
 
 def _print_report(console, report) -> None:
@@ -41,7 +50,8 @@ def _print_report(console, report) -> None:
             vram += f" ({r.peak_device_vram_mib:.0f})"
         psnr = "inf" if r.psnr_vs_baseline_db == float("inf") else _number(r.psnr_vs_baseline_db, 1)
         table.add_row(
-            r.preset, str(r.steps), f"{r.median_s:.3f}", f"{r.min_s:.3f}-{r.max_s:.3f}", f"{r.it_per_s:.3g}",
+            r.preset, str(r.steps), _significant(r.median_s, 4),
+            f"{_significant(r.min_s, 4)}-{_significant(r.max_s, 4)}", _significant(r.it_per_s, 3),
             "-" if r.speedup_vs_baseline is None else f"{r.speedup_vs_baseline:.2f}x", vram,
             _number(r.peak_rss_mib, 0), _number(r.load_s), _number(r.first_call_s), psnr,
         )
@@ -127,6 +137,9 @@ def bench(
     options.check_max_vram(max_vram)
     options.check_report_file(json_file, "--json")
     options.check_report_file(csv_file, "--csv")
+    if json_file == csv_file == options.STDOUT:
+        raise UsageError("--json - and --csv - would both print on stdout, one after the other",
+                         hint="give one of them a file, e.g. --csv bench.csv")
     if json_file is not None and csv_file is not None and json_file.resolve() == csv_file.resolve():
         # The CSV is written second: it would silently replace the JSON report.
         raise UsageError(f"--json and --csv name one file, {json_file}", hint="give each report its own file")
@@ -159,6 +172,7 @@ def bench(
         history = None
         console.print(f"Warning: could not save the report in {paths.bench_dir()}: {exc.strerror or exc} "
                       "(set NITRO_CACHE_DIR to a writable folder)", markup=False)
+    unwritten = []  # each file is tried: a full disk at --json still leaves a --csv written elsewhere
     for path, text in ((json_file, benchmark.json_text), (csv_file, benchmark.csv_text)):
         if path == options.STDOUT:
             streams.write_as_is(sys.stdout, text(report))
@@ -166,9 +180,14 @@ def bench(
             try:
                 path.write_text(text(report), encoding="utf-8", newline="")  # the CSV's own \r\n line ends
             except OSError as exc:
-                raise RuntimeFailure(f"could not write {path}: {exc.strerror or exc}",
-                                     hint=f"the report is saved in {history}; copy it from there" if history
-                                     else "write it to another folder") from None
+                unwritten.append(f"could not write {path}: {exc.strerror or exc}")
+    if unwritten:
+        failure = RuntimeFailure("; ".join(unwritten), hint=f"the measurements are kept, as JSON, in {history}; or "
+                                                             "run again with files in another folder" if history
+                                 else "run again with files in another folder")
+        if not report.interrupted:
+            raise failure
+        errors.report(failure)  # told before the interrupt's own line and exit code
     if report.interrupted:
         console.print(f"Interrupted: {len(report.results)} of {len(entries)} presets finished; the report "
                       "keeps them", markup=False)

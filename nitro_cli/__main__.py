@@ -11,12 +11,15 @@ def main() -> None:
     interrupts.install()
     try:
         from nitro_cli import cli
+
+        cli.app()  # typer first reads the commands' signatures: outside any command's own handling
     except BaseException as exc:
-        if not (isinstance(exc, KeyboardInterrupt) or interrupts.stop_signalled):
+        # A command's own exit (SystemExit, 130 after a stop included) stands; a library may turn the interrupt
+        # into its own error (see interrupts._stop).
+        if not (isinstance(exc, KeyboardInterrupt) or (interrupts.stop_signalled and isinstance(exc, Exception))):
             raise
         interrupts.tell()
         sys.exit(EXIT_INTERRUPTED)
-    cli.app()
 
 
 if __name__ == "__main__":

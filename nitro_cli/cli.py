@@ -42,6 +42,8 @@ CLICK_ERROR = next(base for base in typer.BadParameter.__mro__ if base.__name__ 
 def _plain_click_errors():
     try:
         yield
+    except KeyboardInterrupt:  # while typer parses the options (and imports what it needs): it would exit 130 untold
+        _interrupted()
     except CLICK_ERROR as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # not an error: typer shows the help
             raise

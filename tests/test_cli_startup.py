@@ -71,6 +71,36 @@ def test_a_stop_while_the_command_line_itself_imports_is_an_interrupt(stop):
     assert (done.returncode, done.stderr, done.stdout) == (130, "Interrupted.\n", "")
 
 
+def test_a_stop_while_typer_reads_the_commands_is_an_interrupt():
+    """Ctrl-C while typer builds the command line from the commands' signatures (before any of them runs): Python's
+    KeyboardInterrupt traceback. typer.main.get_command is typer's documented way to that command line."""
+    script = ("import runpy, signal, sys\n"
+              "import typer.main\n"
+              "def stopped(app):\n"
+              "    signal.raise_signal(signal.SIGINT)\n"
+              "typer.main.get_command = stopped\n"
+              "sys.argv = ['nitro', '--version']\n"
+              "runpy.run_module('nitro_cli', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr, done.stdout) == (130, "Interrupted.\n", "")
+
+
+def test_a_stop_while_typer_parses_the_options_is_told(monkeypatch):
+    """typer turns a KeyboardInterrupt while it parses (and imports what it needs, e.g. pydantic) into exit 130
+    with nothing said."""
+    from typer.core import TyperGroup
+    from typer.testing import CliRunner
+
+    from nitro_cli.cli import app
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TyperGroup, "make_context", stopped)
+    result = CliRunner().invoke(app, ["doctor", "--json"])
+    assert (result.exit_code, result.stderr) == (130, "Interrupted.\n")
+
+
 def test_an_interrupt_a_library_turns_into_its_own_error_is_still_an_interrupt(monkeypatch, capsys):
     """Ctrl-C or SIGTERM while torch imported came out as torch's ImportError ("cannot load module more than once
     per process"): exit 1, with a hint to reinstall torch. The same error without a signal stays a failure."""

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from nitro_cli import __version__, hardware, models, paths, vram
+from nitro_cli import __version__, hardware, models, output, paths, vram
 from nitro_cli.errors import NitroError, describe
 
 DEFAULT_PRESETS = ("baseline", "beginner", "advanced", "expert")
@@ -335,7 +335,8 @@ def save_to_history(report: BenchReport) -> Path:
     while path.exists():  # two runs in the same second
         suffix += 1
         path = folder / f"bench-{stamp}-{suffix}.json"
-    path.write_text(json_text(report), encoding="utf-8")
+    # Whole or not at all: a report cut short by a full disk would be the newest, and checklist would read none.
+    output.write_atomically(path, lambda temporary: temporary.write_text(json_text(report), encoding="utf-8"))
     return path
 
 

@@ -64,6 +64,9 @@ app = typer.Typer(
 )
 
 
+DISK_FULL_HINT = "free disk space, or write to another disk (NITRO_CACHE_DIR moves nitro's cache)"
+
+
 def _expected_failure(exc: Exception) -> NitroError | None:
     """`exc` as the failure to tell the user, or None for a bug (its traceback stands)."""
     if isinstance(exc, NitroError):
@@ -73,8 +76,9 @@ def _expected_failure(exc: Exception) -> NitroError | None:
     if type(exc).__name__ == "OutOfMemoryError":
         return RuntimeFailure(f"out of GPU memory: {first_line(exc)}", hint=OUT_OF_MEMORY_HINT)
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # a report to stdout (`> report.json`) included
-        return RuntimeFailure(f"could not write {exc.filename or 'the output'}: {exc.strerror}",
-                              hint="free disk space, or write to another disk")
+        return RuntimeFailure(f"could not write {exc.filename or 'the output'}: {exc.strerror}", hint=DISK_FULL_HINT)
+    if type(exc).__name__ == "SafetensorError" and os.strerror(errno.ENOSPC) in str(exc):  # Rust's io error: no errno
+        return RuntimeFailure(f"could not save weights: {os.strerror(errno.ENOSPC)}", hint=DISK_FULL_HINT)
     return paths.compile_cache_failure(exc)
 
 

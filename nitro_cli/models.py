@@ -220,9 +220,10 @@ def single_file_folder(path: str, torch_dtype) -> Path:
 
 
 def _saved_once(folder: Path, build) -> Path:
-    """`folder`, saved from the pipeline `build()` gives unless it is already there (see paths.made_once)."""
+    """`folder`, saved from the pipeline `build()` gives unless it is already there whole (see paths.made_once):
+    one with a weights file deleted by hand, or a damaged model_index.json, is saved again."""
     return paths.made_once(folder, lambda staging: build().save_pretrained(staging),
-                           lambda saved: (saved / "model_index.json").is_file())
+                           lambda saved: snapshot_problem(saved) is None)
 
 
 def checkpoint_globals() -> list:

@@ -19,6 +19,7 @@ starting noise as the PyTorch pipeline on a CPU (and so nearly the same pixels).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shlex
@@ -291,6 +292,8 @@ def export_onnx(model: str | None, out: Path, *, opset: int = DEFAULT_OPSET) -> 
         try:
             report.components[name] = _export_one(module, example, inputs, outputs, axes, out / name, opset)
         except Exception as exc:  # the tracer and onnx raise many kinds of errors; name the component
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise  # told as a full disk, not as the exporter's failure with an --opset hint
             # The first line only: the exporter's messages go on with the whole traced graph.
             raise RuntimeFailure(f"ONNX export of the {name} failed: {describe(exc)}",
                                  hint="run with NITRO_DEBUG=1 for the traceback; try another --opset") from exc
@@ -349,7 +352,21 @@ def exported_folder(source: models.ModelSource) -> Path:
     folder = cache_dir() / "onnx" / source.spec.replace(":", "-")
     if not is_onnx_folder(folder):
         print(f"Exporting {source.spec} to ONNX once, into {folder} ...", file=sys.stderr)
-    return made_once(folder, lambda staging: export_onnx(source.spec, staging), is_onnx_folder)
+    return made_once(folder, lambda staging: export_onnx(source.spec, staging), _is_complete_export)
+
+
+def _is_complete_export(folder: Path) -> bool:
+    """A cached export whole: a file in it deleted by hand is exported again, not an error at every run."""
+    return is_onnx_folder(folder) and not missing_files(folder, with_safety_checker=True)
+
+
+def _export_again_hint(folder: Path) -> str:
+    """How to replace a broken export: the cache's own is made again once deleted; the user's, by exporting."""
+    from nitro_cli.paths import cache_dir
+
+    if folder.resolve().is_relative_to(cache_dir().resolve()):
+        return f"delete {shlex.quote(str(folder))}: the next run exports it again"
+    return "export it again: " + EXPORT_HINT.format(model="MODEL")
 
 
 def missing_files(folder: Path, *, with_safety_checker: bool) -> list[str]:
@@ -373,7 +390,7 @@ def load_onnx_pipeline(folder: Path, *, provider: str, with_safety_checker: bool
     missing = missing_files(folder, with_safety_checker=with_safety_checker)
     if missing:
         raise RuntimeFailure(f"the ONNX export {folder} is incomplete: no {', '.join(missing)}",
-                             hint="export it again: " + EXPORT_HINT.format(model="MODEL"))
+                             hint=_export_again_hint(folder))
     from diffusers import OnnxStableDiffusionPipeline
     from diffusers.utils import logging
 
@@ -389,7 +406,7 @@ def load_onnx_pipeline(folder: Path, *, provider: str, with_safety_checker: bool
             return OnnxStableDiffusionPipeline.from_pretrained(str(folder), **kwargs)
     except Exception as exc:  # onnxruntime raises its own exception types for broken or foreign graphs
         raise RuntimeFailure(f"ONNX Runtime could not load {folder}: {first_line(exc)}",
-                             hint="export it again: " + EXPORT_HINT.format(model="MODEL")) from exc
+                             hint=_export_again_hint(folder)) from exc
 
 
 class OnnxVaeDecoder:

@@ -26,15 +26,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nitro_cli import __version__
+from nitro_cli import __version__, paths
 from nitro_cli.errors import NitroError, RuntimeFailure, UsageError
 
 MANIFEST_NAME = ".nitro-run.json"
 SEED_LIMIT = 2**32  # drawn seeds stay in A1111's range, so they can be typed back into it
-
-# Writing a temporary file takes well under a second, so one older than this was left by a killed process
-# (SIGKILL, the OOM killer, a power cut).
-STALE_TEMPORARY_SECONDS = 3600
 
 # Five digits at least: past 99999 the numbers simply grow (`100000-...`), and still count.
 NAME_PATTERN = re.compile(r"^(\d{5,})-(\d+)-.*\.png$")
@@ -100,7 +96,7 @@ def _temporary_path(path: Path) -> Path:
 TEMPORARY_PATTERN = re.compile(r"^\..+\.\d+-[0-9a-f]{8}\.part$")
 
 
-def _write_atomically(path: Path, write, overwrite: bool = False) -> None:
+def write_atomically(path: Path, write, overwrite: bool = False) -> None:
     """`write(temporary)` to a hidden name in the same folder, then rename: readers see all or nothing,
     and an interruption leaves no partial file behind. Unless `overwrite`, an existing `path` is never
     replaced: FileExistsError (another run took the name)."""
@@ -130,9 +126,9 @@ def _publish_new(temporary: Path, path: Path) -> None:
 
 
 def remove_stale_temporaries(folder: Path) -> None:
-    """The temporary files killed runs left in `folder`. Their age tells, not their process id: on a folder
-    shared by several machines (a multi-node launch), a process id may be another machine's."""
-    cutoff = time.time() - STALE_TEMPORARY_SECONDS
+    """The temporary files killed runs left in `folder` (SIGKILL, the OOM killer, a power cut): writing one takes
+    well under a second, so one older than paths.STALE_SECONDS is a leftover."""
+    cutoff = time.time() - paths.STALE_SECONDS
     for path in folder.glob(".*.part"):
         try:
             if TEMPORARY_PATTERN.match(path.name) and path.stat().st_mtime < cutoff:
@@ -147,7 +143,7 @@ def save_png(image, path: Path, parameters: str) -> None:
 
     info = PngInfo()
     info.add_text("parameters", parameters)
-    _write_atomically(path, lambda temporary: image.save(temporary, format="PNG", pnginfo=info))
+    write_atomically(path, lambda temporary: image.save(temporary, format="PNG", pnginfo=info))
 
 
 # Preset fields the parameters already give under A1111's own names (Steps, CFG scale, Size).
@@ -242,7 +238,7 @@ def record_run(folder: Path, record: RunRecord) -> None:
     image: a run that fails to load (a damaged checkpoint) or is stopped while loading leaves the record of
     the run before it, which can then still be resumed."""
     try:
-        _write_atomically(folder / MANIFEST_NAME,
+        write_atomically(folder / MANIFEST_NAME,
                           lambda temporary: temporary.write_text(json.dumps(dataclasses.asdict(record)),
                                                                  encoding="utf-8"),
                           overwrite=True)

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -76,13 +77,37 @@ def unwritable(folder: Path) -> str | None:
     return None
 
 
+# A temporary file or staging folder nothing has written to for this long belongs to a process that is gone.
+# Its age tells, not a process id: on a folder shared by several machines (a multi-node launch, a cache on a
+# network share), a process id may be another machine's.
+STALE_SECONDS = 3600
+_STAGING_NAME = re.compile(r"^\..+-[a-z0-9_]{8}$")  # made_once's: tempfile.mkdtemp(prefix=".NAME-")
+
+
+def remove_stale_stagings(parent: Path) -> None:
+    """The staging folders killed processes left in `parent` (kill -9, the OOM killer: no `finally` runs), which
+    can hold gigabytes (an SD 1.x ONNX export): one whose newest file is older than STALE_SECONDS. A process
+    still making an entry writes into its own."""
+    cutoff = time.time() - STALE_SECONDS
+    for staging in parent.iterdir():
+        if not (_STAGING_NAME.match(staging.name) and staging.is_dir() and not staging.is_symlink()):
+            continue
+        try:
+            if max(path.lstat().st_mtime for path in (staging, *staging.rglob("*"))) < cutoff:
+                shutil.rmtree(staging)
+        except OSError:  # removed meanwhile, or not this user's to remove: it only takes space
+            pass
+
+
 def made_once(folder: Path, make: Callable[[Path], object], is_complete: Callable[[Path], bool]) -> Path:
     """`folder` in nitro's cache, unless `is_complete` already, made by `make(staging)` in a new hidden folder beside it and
     renamed into place: a reader never sees half of it, an interrupted `make` leaves nothing there, and
     processes making it at once (one per GPU) never write into one folder: the first rename wins."""
     if is_complete(folder):
         return folder
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=make_cache_folder(folder.parent)))
+    parent = make_cache_folder(folder.parent)
+    remove_stale_stagings(parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=parent))
     try:
         make(staging)
         if folder.exists() and not is_complete(folder):  # damaged (a file in it deleted by hand): replaced

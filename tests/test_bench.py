@@ -683,3 +683,21 @@ def test_json_and_csv_both_on_stdout_is_a_usage_error_that_says_so(runner):
     assert result.exit_code == 2, result.output
     assert "Error: --json - and --csv - would both print on stdout" in result.stderr
     assert not paths.bench_dir().exists()
+
+
+def test_a_history_report_cut_short_by_a_full_disk_is_not_left_behind(runner, monkeypatch):
+    """The cache copy was written in place: a full disk left it empty, the newest report, and checklist then read
+    "not readable JSON" and showed nothing measured, even after space was freed."""
+    write_text = Path.write_text
+
+    def disk_fills_up(path, *args, **kwargs):
+        if path.parent == paths.bench_dir():
+            write_text(path, "")
+            raise OSError(28, "No space left on device")
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", disk_fills_up)
+    result = runner.invoke(app, ["bench", "--presets", "beginner", *FAST, "--runs", "1", "--warmup", "0"])
+    assert result.exit_code == 0, result.output
+    assert "Warning: could not save the report" in result.stderr
+    assert list(paths.bench_dir().iterdir()) == []

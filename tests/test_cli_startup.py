@@ -334,3 +334,14 @@ def test_a_report_to_a_full_disk_is_an_error_not_a_traceback(command):
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "Error: could not write the output: No space left on device" in done.stderr
     assert "Hint: free disk space" in done.stderr
+
+
+def test_a_full_disk_while_safetensors_saves_is_told_as_one():
+    """safetensors' Rust error carries no errno: saving a model into a full cache was a SafetensorError traceback."""
+    from nitro_cli import cli
+
+    SafetensorError = type("SafetensorError", (Exception,), {})
+    failure = cli._expected_failure(SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                                                    'message: "No space left on device" })'))
+    assert failure is not None and failure.exit_code == 1 and "No space left on device" in failure.message
+    assert cli._expected_failure(SafetensorError("header too large")) is None

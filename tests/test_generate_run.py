@@ -381,7 +381,7 @@ def test_a_run_removes_the_temporary_files_a_killed_run_left(runner, tmp_path):
 
 
 def test_the_temporary_names_a_write_uses_are_the_ones_a_later_run_removes(tmp_path):
-    """The name _write_atomically writes to and the pattern cleanup matches are one form: were they to drift
+    """The name write_atomically writes to and the pattern cleanup matches are one form: were they to drift
     apart, a killed run's half-written files would stay in --out for good."""
     from nitro_cli import output
 
@@ -725,7 +725,7 @@ def test_a_run_record_that_cannot_be_written_is_an_error_not_a_traceback(runner,
     def cannot_write(path, write, overwrite=False):
         raise OSError(error, os.strerror(error))
 
-    monkeypatch.setattr(output, "_write_atomically", cannot_write)
+    monkeypatch.setattr(output, "write_atomically", cannot_write)
     result = runner.invoke(app, ["generate", "a cat", *FAST, "--out", str(tmp_path)])
     assert result.exit_code == code, result.output
     assert f"Error: cannot write to --out {tmp_path}: {os.strerror(error)}" in result.stderr
@@ -878,8 +878,8 @@ def test_a_name_taken_meanwhile_is_never_replaced_and_is_named(tmp_path, monkeyp
     if not hard_links:
         monkeypatch.setattr(output.os, "link", no_hard_links)
     path = tmp_path / "00000-1-castle.png"
-    output._write_atomically(path, lambda temporary: temporary.write_bytes(b"first"))
+    output.write_atomically(path, lambda temporary: temporary.write_bytes(b"first"))
     with pytest.raises(FileExistsError) as taken:
-        output._write_atomically(path, lambda temporary: temporary.write_bytes(b"second"))
+        output.write_atomically(path, lambda temporary: temporary.write_bytes(b"second"))
     assert taken.value.filename == str(path)
     assert path.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == [path.name]

@@ -307,6 +307,40 @@ def test_a_cache_entry_is_made_once_and_again_only_when_damaged_or_missing(tmp_p
     assert [p.name for p in folder.parent.iterdir()] == ["entry"]
 
 
+def test_staging_folders_killed_processes_left_are_removed_once_stale(tmp_path):
+    """kill -9 or the OOM killer during a fill runs no `finally`: each killed run left a hidden staging folder (GBs
+    for an SD 1.x ONNX export) that nothing removed. One still being written (another process's) is kept."""
+    import os
+    import time
+
+    parent = tmp_path / "onnx"
+    stale, fresh = parent / ".random-sd15-ab12cd34", parent / ".random-tiny-0123abcd"
+    for staging in (stale, fresh):
+        (staging / "unet").mkdir(parents=True)
+        (staging / "unet" / "model.onnx").write_text("half")
+    long_ago = time.time() - paths.STALE_SECONDS - 60
+    for path in (stale, stale / "unet", stale / "unet" / "model.onnx"):
+        os.utime(path, (long_ago, long_ago))
+    (parent / ".not-a-staging-folder").mkdir()
+
+    def make(staging):
+        (staging / "weights").write_text("whole")
+
+    paths.made_once(parent / "entry", make, lambda candidate: (candidate / "weights").is_file())
+    assert sorted(p.name for p in parent.iterdir()) == [".not-a-staging-folder", fresh.name, "entry"]
+
+
+def test_a_saved_random_model_missing_a_weights_file_is_saved_again(tmp_path):
+    """A cache entry was whole as soon as its model_index.json was there: a weights file deleted by hand failed
+    every later load ("unet has no weights file"), with a hint to try --model random:tiny, the model given."""
+    from nitro_cli.models import random_model_folder
+
+    folder = random_model_folder("random:tiny")
+    [weights] = (folder / "unet").glob("diffusion_pytorch_model.*")
+    weights.unlink()
+    assert random_model_folder("random:tiny") == folder and weights.is_file()
+
+
 def test_a_folder_with_plain_and_fp16_weights_loads_the_plain_ones(tmp_path):
     """A full download of an SD 1.x repo holds both: fp32 presets (baseline) must get the full-precision weights."""
     from nitro_cli.models import ModelSource, _weights_variant_of

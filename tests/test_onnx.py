@@ -180,6 +180,55 @@ def test_backend_onnx_generates_end_to_end(runner, tmp_path, exported):
         assert psnr(np.asarray(Image.open(torch_dir / name)), np.asarray(Image.open(record["path"]))) >= 30
 
 
+def test_a_cached_export_missing_a_graph_is_exported_again(exported, monkeypatch):
+    """The cached export of a random model counted as whole with its model_index.json alone: a graph deleted by
+    hand failed every run, with a hint to run `nitro export onnx`, which never repairs the cache."""
+    import shutil
+
+    from nitro_cli import models, onnx_export
+    from nitro_cli.paths import cache_dir
+
+    folder = cache_dir() / "onnx" / "random-tiny"
+    shutil.copytree(exported, folder)
+    (folder / "unet" / "model.onnx").unlink()
+    monkeypatch.setattr(onnx_export, "export_onnx", lambda spec, out: shutil.copytree(exported, out, dirs_exist_ok=True))
+    assert onnx_export.exported_folder(models.resolve_model("random:tiny")) == folder
+    assert (folder / "unet" / "model.onnx").is_file()
+
+
+def test_a_cached_export_onnx_runtime_cannot_load_names_the_folder_to_delete(exported):
+    """A graph cut short (a full disk, a copy stopped half way) can't be told from its name: the hint said to export
+    it again with `nitro export onnx`, which leaves the cache as it is."""
+    import shutil
+
+    from nitro_cli import onnx_export
+    from nitro_cli.errors import RuntimeFailure
+    from nitro_cli.paths import cache_dir
+
+    folder = cache_dir() / "onnx" / "random-tiny"
+    shutil.copytree(exported, folder)
+    (folder / "unet" / "model.onnx").write_bytes(b"cut short")
+    with pytest.raises(RuntimeFailure, match="could not load") as error:
+        onnx_export.load_onnx_pipeline(folder, provider="CPUExecutionProvider", with_safety_checker=False)
+    assert error.value.hint == f"delete {folder}: the next run exports it again"
+
+
+def test_a_full_disk_during_an_export_is_told_as_one(runner, tmp_path, monkeypatch):
+    """It was "ONNX export of the text_encoder failed: OSError: [Errno 28] ..." with a hint to try another --opset."""
+    import errno
+
+    from nitro_cli import onnx_export
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "onnx" / "text_encoder" / "model.onnx"))
+
+    monkeypatch.setattr(onnx_export, "_export_one", disk_full)
+    result = runner.invoke(app, ["export", "onnx", "--model", "random:tiny", "--out", str(tmp_path / "onnx")])
+    assert result.exit_code == 1, result.output
+    assert "No space left on device" in result.stderr and "Hint: free disk space" in result.stderr
+    assert "--opset" not in result.stderr
+
+
 def test_processes_exporting_a_random_model_at_once_never_share_a_folder(exported, monkeypatch):
     """Under a launcher, every process of an ONNX run of random:tiny exports it into the cache at once: each
     writes its own staging folder, and all of them end with the one whole export."""

@@ -674,7 +674,7 @@ def test_the_table_writes_out_very_fast_rows(runner, scripted_measure):
     result = runner.invoke(app, ["bench", "--presets", "beginner", *FAST, "--runs", "1", "--warmup", "1"])
     assert result.exit_code == 0, result.output
     [row] = [line.split() for line in result.stderr.splitlines() if line.split()[:2] == ["beginner", "2"]]
-    assert row[2:5] == ["0.0004000", "0.0004000-0.0004000", "5000"]
+    assert row[2:5] == ["0.000400", "0.000400-0.000400", "5000"]
 
 
 def test_json_and_csv_both_on_stdout_is_a_usage_error_that_says_so(runner):

@@ -30,6 +30,10 @@ def _significant(value: float, digits: int) -> str:
     return f"{value:.{max(0, digits - 1 - math.floor(math.log10(abs(value))))}f}"
 
 
+def _seconds(value: float) -> str:
+    return f"{value:.3f}" if value >= 0.1 else _significant(value, 3)  # milliseconds keep three digits too
+
+
 def _print_report(console, report) -> None:
     """The numbers as one table, then what each preset applied and skipped (too long for a column)."""
     from rich import box
@@ -50,8 +54,8 @@ def _print_report(console, report) -> None:
             vram += f" ({r.peak_device_vram_mib:.0f})"
         psnr = "inf" if r.psnr_vs_baseline_db == float("inf") else _number(r.psnr_vs_baseline_db, 1)
         table.add_row(
-            r.preset, str(r.steps), _significant(r.median_s, 4),
-            f"{_significant(r.min_s, 4)}-{_significant(r.max_s, 4)}", _significant(r.it_per_s, 3),
+            r.preset, str(r.steps), _seconds(r.median_s), f"{_seconds(r.min_s)}-{_seconds(r.max_s)}",
+            _significant(r.it_per_s, 3),
             "-" if r.speedup_vs_baseline is None else f"{r.speedup_vs_baseline:.2f}x", vram,
             _number(r.peak_rss_mib, 0), _number(r.load_s), _number(r.first_call_s), psnr,
         )

@@ -6,7 +6,8 @@ import json
 import sys
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
 
 from nitro_cli import distributed
@@ -46,9 +47,10 @@ class RunDisplay(RunObserver):
         self._model, self._preset = model, preset
         # Rich's bars move stdout's writes onto their console (stderr), above the bars: right when stdout is the
         # same terminal, but `nitro generate --json > images.jsonl` typed in a terminal would get an empty file.
+        # Elapsed, then remaining (rich's estimate from the recent pace, as tqdm shows it; blank without a total).
         self._progress = Progress(TextColumn("{task.description:<7}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), console=self.console, disable=not (bars and self.console.is_terminal),
-                                  redirect_stdout=sys.stdout.isatty())
+                                  TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
+                                  disable=not (bars and self.console.is_terminal), redirect_stdout=sys.stdout.isatty())
         self._images = self._progress.add_task("images", total=total_images)
         self._steps = self._progress.add_task("steps", total=None)
         self._vae_fp32_said = False

@@ -54,6 +54,15 @@ def test_the_prompt_cache_keeps_only_the_most_recently_used_prompts(tiny_pipe):
     assert cache.embeddings("castle", "", 7.5) is not first_castle  # dropped by dragon and cat, encoded again
 
 
+def test_cached_embeddings_hold_no_autograd_graph(tiny_pipe):
+    """encode_prompt ran with autograd on: every cached embedding kept the text encoder's saved activations alive
+    (on random:tiny, 256 prompts added 190 MiB of RSS; for SD 1.x about 27 MiB per encode in fp16)."""
+    cache = generation.PromptCache(tiny_pipe, enabled=True)
+    prompt_embeds, negative_embeds = cache.embeddings("castle", "blurry", 7.5)
+    assert prompt_embeds.grad_fn is None and negative_embeds.grad_fn is None
+    assert not prompt_embeds.requires_grad
+
+
 def test_the_prompt_cache_tells_negative_prompts_apart(tiny_pipe):
     """Two lines of one prompt with different negative prompts: each image gets its own negative."""
     import torch

@@ -298,6 +298,18 @@ def test_stdout_lines_stay_on_stdout_while_progress_bars_draw(runner, tmp_path, 
     assert str(tmp_path) not in result.stderr
 
 
+def test_the_images_bar_shows_the_time_left(runner, tmp_path, monkeypatch):
+    """A prompts file of thousands of images showed only the time elapsed; tqdm and AUTOMATIC1111 show what is left."""
+    import re
+
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich draws its bars, as on a terminal
+    result = runner.invoke(app, ["generate", "castle", "-n", "3", "--batch-size", "1", "--out", str(tmp_path), *FAST])
+    assert result.exit_code == 0, result.output
+    drawn = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", result.stderr).replace("\r", "\n")
+    times = r"\d+:\d\d:\d\d"
+    assert re.search(rf"images .* 3/3 {times} {times}", drawn), drawn
+
+
 def test_resume_makes_exactly_the_missing_images(runner, tmp_path, monkeypatch):
     out = tmp_path / "out"
     args = ["generate", "castle", "-n", "3", "--batch-size", "1", "--out", str(out), *FAST]

@@ -21,7 +21,7 @@ class Style(str, Enum):
 def generate(
     prompt: Annotated[Optional[str], typer.Argument(help="What to draw.")] = None,
     prompts_file: Annotated[Optional[Path], typer.Option(
-        "--prompts-file", "-f", help="UTF-8 file (- for standard input), one prompt per line (# comments); lines may carry A1111-style "
+        "--prompts-file", "-f", help="UTF-8 file (- for standard input, read to its end before the first image), one prompt per line (# comments); lines may carry A1111-style "
                                      "overrides: --prompt --negative_prompt --seed --steps --cfg_scale --width --height --style "
                                      "--n_iter --batch_size --sampler_name.")] = None,
     style: Annotated[Optional[list[Style]], typer.Option("--style", metavar="|".join(s.value for s in Style), help="Add a Nitro-Diffusion style token (repeatable: mixed styles).")] = None,

@@ -252,11 +252,16 @@ def _check_disk(machine: Machine) -> list[Check]:
 
 
 def _check_cache(machine: Machine) -> list[Check]:
-    if machine.cache_problem is None:
-        return []
-    return [Check("cache", WARN, f"nitro's cache folder can't be written ({machine.cache_problem}): what keeps files "
-                                 "there (compiled presets, single-file checkpoints, ONNX, bench reports) fails",
-                  "set NITRO_CACHE_DIR to a folder you can write to")]
+    if machine.cache_problem is not None:
+        return [Check("cache", WARN, f"nitro's cache folder can't be written ({machine.cache_problem}): what keeps "
+                                     "files there (compiled presets, single-file checkpoints, ONNX, bench reports) "
+                                     "fails", "set NITRO_CACHE_DIR to a folder you can write to")]
+    free = machine.cache_free_disk_mib
+    if free is not None and free < LOW_DISK_MIB:  # an SD 1.x ONNX export alone is GBs; outputs may be elsewhere
+        return [Check("cache", WARN, f"{free} MiB free for nitro's cache: ONNX exports, compiled code and saved "
+                                     "models go there",
+                      "free some space, or set NITRO_CACHE_DIR to a folder on another disk")]
+    return []
 
 
 def _check_compile(machine: Machine) -> list[Check]:

@@ -93,6 +93,7 @@ class Machine:
     model_cache: CachedModel | None = None
     free_disk_mib: int | None = None
     cache_problem: str | None = None  # why nitro's cache folder can't be written (paths.unwritable)
+    cache_free_disk_mib: int | None = None  # where ONNX exports, compiled code and saved models go
 
     @property
     def has_gpu(self) -> bool:
@@ -306,4 +307,5 @@ def probe(deep: bool = False) -> Machine:
         model_cache=_cached_model(),
         free_disk_mib=_free_disk_mib(Path(machine.outputs_dir)),
         cache_problem=paths.unwritable(paths.cache_dir()),
+        cache_free_disk_mib=_free_disk_mib(paths.cache_dir()),
     )

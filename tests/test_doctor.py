@@ -429,3 +429,12 @@ def test_the_recommendation_carries_the_overrides_its_preset_needs_here(runner, 
     assert f"--preset minvram{shown}:" in " ".join(runner.invoke(app, ["doctor"]).stdout.split())
     checklist = runner.invoke(app, ["checklist", "--tier", "minvram", "--markdown"]).stdout
     assert f"recommended preset: minvram{shown}" in " ".join(checklist.split())
+
+
+def test_little_free_disk_for_the_cache_is_a_warning():
+    """The disk check looks where outputs go; an ONNX export or compiled code filling the cache's disk (another
+    disk, a small home) failed with doctor saying ok."""
+    checks = checks_of(machine(cache_free_disk_mib=500))
+    assert checks["cache"].status == "warn" and "500 MiB free for nitro's cache" in checks["cache"].detail
+    assert "NITRO_CACHE_DIR" in checks["cache"].fix
+    assert "cache" not in checks_of(machine(cache_free_disk_mib=50_000))

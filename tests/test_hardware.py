@@ -105,7 +105,7 @@ def test_cpu_probe_has_no_gpu_facts():
     if machine.has_gpu:
         pytest.skip("this machine has a GPU")
     assert machine.gpus == () and machine.bitsandbytes_test is None
-    assert machine.free_disk_mib and machine.compile_cache_dir.endswith("torch-compile")
+    assert machine.free_disk_mib and machine.cache_free_disk_mib and machine.compile_cache_dir.endswith("torch-compile")
 
 
 @pytest.mark.gpu

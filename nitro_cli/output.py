@@ -239,9 +239,9 @@ def record_run(folder: Path, record: RunRecord) -> None:
     the run before it, which can then still be resumed."""
     try:
         write_atomically(folder / MANIFEST_NAME,
-                          lambda temporary: temporary.write_text(json.dumps(dataclasses.asdict(record)),
-                                                                 encoding="utf-8"),
-                          overwrite=True)
+                         lambda temporary: temporary.write_text(json.dumps(dataclasses.asdict(record)),
+                                                                encoding="utf-8"),
+                         overwrite=True)
     except OSError as exc:
         raise _write_failure(folder, exc) from None
 

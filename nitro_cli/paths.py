@@ -84,7 +84,7 @@ STALE_SECONDS = 3600
 _STAGING_NAME = re.compile(r"^\..+-[a-z0-9_]{8}$")  # made_once's: tempfile.mkdtemp(prefix=".NAME-")
 
 
-def remove_stale_stagings(parent: Path) -> None:
+def _remove_stale_stagings(parent: Path) -> None:
     """The staging folders killed processes left in `parent` (kill -9, the OOM killer: no `finally` runs), which
     can hold gigabytes (an SD 1.x ONNX export): one whose newest file is older than STALE_SECONDS. A process
     still making an entry writes into its own."""
@@ -106,7 +106,7 @@ def made_once(folder: Path, make: Callable[[Path], object], is_complete: Callabl
     if is_complete(folder):
         return folder
     parent = make_cache_folder(folder.parent)
-    remove_stale_stagings(parent)
+    _remove_stale_stagings(parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=parent))
     try:
         make(staging)
